@@ -1,0 +1,40 @@
+# Two commands do all set-up: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# Use the machine's shared copy of the official datasets when there is one (tests and benchmarks do);
+# otherwise cnnlab resolves data itself: --data-dir, $$CNNLAB_DATA, ~/.cache/cnnlab, download.
+SHARED_DATA := $(abspath ../shared/datasets)
+ifeq ($(origin CNNLAB_DATA), undefined)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export CNNLAB_DATA := $(SHARED_DATA)
+endif
+endif
+
+.PHONY: demo test lint bench install clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 resolves to the local CPU wheel; anything else pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cnnlab demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

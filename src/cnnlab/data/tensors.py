@@ -1,0 +1,154 @@
+"""In-memory image datasets: one uint8 tensor (N, C, H, W), int64 labels and class names.
+
+Batches are sliced from the resident tensor, cast and normalised on the training device on the fly, so
+there is no per-sample Python and no DataLoader for data that fits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A labelled image set held as one uint8 tensor.
+
+    Attributes:
+        images: uint8 tensor of shape (N, C, H, W), values 0..255.
+        labels: int64 tensor of shape (N,).
+        classes: class names; ``labels`` index into it.
+        name: where the data came from, for messages and run metadata.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str = ""
+    indices: torch.Tensor | None = field(default=None, compare=False)  # positions in the source set
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels shape {tuple(self.labels.shape)} != ({self.images.shape[0]},)")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, idx: torch.Tensor | Sequence[int], name: str | None = None) -> ImageData:
+        """The images at ``idx`` (a view-free copy), keeping class names."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        base = self.indices[idx] if self.indices is not None else idx
+        return ImageData(self.images[idx], self.labels[idx], self.classes, name or self.name, base)
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The same data resident on ``device`` (still uint8)."""
+        return ImageData(self.images.to(device), self.labels.to(device), self.classes, self.name, self.indices)
+
+    def class_counts(self) -> list[int]:
+        """Images per class, in class order."""
+        return torch.bincount(self.labels.cpu(), minlength=self.num_classes).tolist()
+
+
+def split(data: ImageData, val: float | int, seed: int) -> tuple[ImageData, ImageData]:
+    """Splits off a random validation set.
+
+    Args:
+        data: the training set.
+        val: validation size, as a fraction in (0, 1) or a number of images (e.g. 10000 for 50k/10k).
+        seed: seed of the permutation, so the split is repeatable.
+
+    Returns:
+        (train, validation).
+    """
+    n = len(data)
+    n_val = int(round(val * n)) if 0 < val < 1 else int(val)
+    if not 0 < n_val < n:
+        raise CnnlabError(f"data.val_split={val} leaves no training or no validation images out of {n}; "
+                          "use a fraction in (0, 1) or a count below the training-set size")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return data.subset(perm[n_val:], f"{data.name}[train]"), data.subset(perm[:n_val], f"{data.name}[val]")
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 → float model input: ``(x / 255 - mean) / std`` per channel.
+
+    ``mean=0, std=1`` is the tutorials' ``x / 255``.
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def _stats(self, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
+        if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
+            raise CnnlabError(f"normalisation has {mean.numel()} means / {std.numel()} stds for {channels}-channel "
+                              "images; give one value or one per channel")
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Casts a uint8 batch (N, C, H, W) to normalised float32."""
+        mean, std = self._stats(x, x.shape[1])
+        scale = 1.0 / (255.0 * std)
+        out = x.float().mul_(scale).sub_(mean / std)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``__call__`` back to floats in [0, 1] (for display)."""
+        mean, std = self._stats(x, x.shape[1])
+        return (x * std + mean).clamp(0, 1)
+
+    @classmethod
+    def fit(cls, data: ImageData, max_images: int = 10000) -> Normalizer:
+        """Per-channel mean/std of (up to ``max_images`` of) a training set, in [0, 1] units."""
+        x = data.images[:max_images].float().div_(255)
+        return cls(tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist()))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+IMAGENET = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def batches(
+    data: ImageData,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (uint8 images, labels) slices of ``data``; casting is the caller's (device-side) job.
+
+    Shuffling draws one permutation per call from ``generator`` (so a seeded generator makes the order
+    repeatable and resumable).
+    """
+    n = len(data)
+    if shuffle:
+        order = torch.randperm(n, generator=generator)
+        order = order.to(data.images.device)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        if shuffle:
+            idx = order[i:i + batch_size]
+            yield data.images[idx], data.labels[idx]
+        else:
+            yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
