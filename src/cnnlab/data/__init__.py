@@ -1,0 +1,1 @@
+"""Datasets: sources (download + verify + cache), readers, in-memory tensors, augmentation."""
