@@ -110,6 +110,12 @@ class Normalizer:
         out = x.float().mul_(scale).sub_(mean / std)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
+    def from_unit(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Normalises a float batch already in [0, 1] (e.g. after augmentation)."""
+        mean, std = self._stats(x, x.shape[1])
+        out = (x - mean) / std
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of ``__call__`` back to floats in [0, 1] (for display)."""
         mean, std = self._stats(x, x.shape[1])

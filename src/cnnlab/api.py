@@ -1,0 +1,372 @@
+"""Library entry points behind the CLI: prepare data and model, train, evaluate a run.
+
+Each CLI command parses its arguments into a :class:`Config` (or a run directory) and calls one function
+here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab import __version__
+from cnnlab.config import Config, DataConfig, ModelConfig
+from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, split
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RESULTS, SUMMARY, WEIGHTS, Run, default_run_dir
+from cnnlab.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    NanGuard,
+    ProgressBar,
+    StopAtTarget,
+    metric_name,
+)
+from cnnlab.train.checkpoint import load_into, load_weights_file
+from cnnlab.train.metrics import Evaluation
+from cnnlab.train.trainer import Engine, Trainer, evaluate, make_engine, seed_everything
+
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class Data:
+    """Prepared data of one experiment."""
+
+    train: ImageData
+    val: ImageData | None
+    test: ImageData
+    normalizer: Normalizer
+    note: str  # one line describing what validates and tests
+    report: Any = None  # folder datasets: the decode report (skipped files, imbalance)
+
+
+def prepare_data(cfg: DataConfig, *, log: Log = _print) -> Data:
+    """Loads (or decodes) the dataset, splits validation off and fixes the normaliser."""
+    if cfg.dataset.startswith("folder:"):
+        train, test, report = _folder_data(cfg, log)
+        val, note = test, f"validating and testing on {len(test):,} held-out images (seed {cfg.split_seed})"
+    else:
+        from cnnlab.data.datasets import load_dataset
+
+        train, test = load_dataset(cfg.dataset, cfg.data_dir)
+        report = None
+        if cfg.val_split:
+            train, val = split(train, cfg.val_split, cfg.split_seed)
+            note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
+        else:
+            val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
+    return Data(train, val, test, make_normalizer(cfg.normalize, train), note, report)
+
+
+def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
+    from cnnlab.data.folder import FolderSpec, load_folder
+
+    if not cfg.image_size:
+        raise CnnlabError("folder datasets need data.image_size (e.g. --set data.image_size=50)")
+    spec = FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
+                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize)
+    loaded = load_folder(spec)
+    for line in loaded.report.to_lines():
+        log(line)
+    val = cfg.val_split or 0.2
+    train, test = split(loaded.data, val, cfg.split_seed)
+    return train, test, loaded.report
+
+
+def make_normalizer(kind: str, train: ImageData) -> Normalizer:
+    if kind == "standard":
+        return Normalizer.fit(train)
+    if kind == "imagenet":
+        if train.shape[0] == 1:  # one grey channel: the mean of ImageNet's channel statistics
+            return Normalizer((sum(IMAGENET.mean) / 3,), (sum(IMAGENET.std) / 3,))
+        return IMAGENET
+    return Normalizer()
+
+
+def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The configured network for data of ``input_shape`` (C, H, W) with ``num_classes`` classes."""
+    if cfg.layers:
+        from cnnlab.models.spec import build_spec
+
+        return build_spec(list(cfg.layers), input_shape=input_shape, num_classes=num_classes)
+    if not cfg.name:
+        raise CnnlabError("the config names no model; set model.name (see cnnlab models) or model.layers")
+    from cnnlab.models import create_model
+
+    try:
+        return create_model(cfg.name, num_classes=num_classes, input_shape=input_shape, **cfg.options)
+    except TypeError as exc:
+        raise CnnlabError(f"model.options {cfg.options} do not fit model {cfg.name!r} ({exc})") from None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    history: list[dict[str, Any]]
+    test: Evaluation | None
+    stop_reason: str | None
+    failed: str | None
+
+
+def train(
+    cfg: Config,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    log: Log = _print,
+) -> TrainResult:
+    """Trains ``cfg`` into a run directory (new, or ``resume``d) and evaluates it on the test set."""
+    t0 = time.perf_counter()
+    if resume is not None:
+        run = Run.open(resume)
+        if not (run.checkpoints / "last").exists() and not (run.checkpoints / ".last.old").exists():
+            raise CnnlabError(f"{run.path} has no checkpoint to resume from (it stopped before the first epoch ended)")
+    else:
+        run = Run.create(out or default_run_dir(cfg), overwrite=overwrite)
+    run.write_config(cfg)
+    seed_everything(cfg.train.seed)
+    data = prepare_data(cfg.data, log=log)
+    engine = make_engine(cfg.train)
+    model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
+    head = _apply_transfer(model, cfg.model, log)
+    augment = _augmenter(cfg)
+    callbacks = _callbacks(cfg, progress)
+    trainer = Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
+                      engine=engine, augment=augment, callbacks=callbacks, checkpoint_dir=run.checkpoints,
+                      head=head, backbone_lr=cfg.model.backbone_lr)
+    if resume is not None:
+        trainer.resume("last")
+        run.write_history(trainer.history)
+        log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}")
+    run.update_meta(
+        cnnlab=__version__, torch=torch.__version__, status="running", dataset=cfg.data.dataset,
+        input_shape=list(data.train.shape), classes=list(data.train.classes), normalizer=data.normalizer.to_dict(),
+        engine={"device": str(engine.device), "precision": engine.precision, "channels_last": engine.channels_last,
+                "threads": torch.get_num_threads()},
+        params=count_params(model), command=" ".join(sys.argv))
+    if data.report is not None:
+        run.write_json("data_report.json", data.report.to_dict())
+    log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")
+    log(f"Model: {cfg.model.name if not cfg.model.layers else 'layers from config'} - {count_params(model):,} params - "
+        f"{engine.device.type} {engine.precision}{' channels_last' if engine.channels_last else ''} "
+        f"{torch.get_num_threads()} threads - batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr:g}")
+    history_logger = _HistoryWriter(run)
+    trainer.callbacks.append(history_logger)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        run.update_meta(status="interrupted")
+        raise
+    if trainer.failed:
+        run.update_meta(status="failed", failure=trainer.failed)
+        log(f"Stopped: {trainer.failed}")
+        return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failed)
+    if cfg.callbacks.restore_best and (run.checkpoints / "best").exists():
+        load_into(trainer.model, load_weights_file(run.checkpoints / "best" / "model.safetensors"), "checkpoints/best")
+        log("Restored the weights of the best epoch")
+    save_weights(trainer.model, run.file(WEIGHTS))
+    test = evaluate(trainer.model, data.test, normalizer=data.normalizer, engine=engine,
+                    batch_size=cfg.train.eval_batch_size, tta=cfg.train.tta)
+    run.write_json(RESULTS, test.to_dict())
+    _write_summary(run, trainer.model, data, test, trainer)
+    run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
+                    wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc, test_loss=test.loss)
+    if trainer.stop_reason:
+        log(f"Stopped early: {trainer.stop_reason}")
+    return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
+
+
+class _HistoryWriter(Callback):
+    """Rewrites metrics.jsonl / history.csv after every epoch."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def on_epoch_end(self, trainer, metrics) -> None:  # noqa: D102
+        if not trainer.failed:
+            self.run.write_history(trainer.history)
+
+
+def _callbacks(cfg: Config, progress: bool | None) -> list:
+    cbs: list = [NanGuard()]
+    if cfg.callbacks.stop_at:
+        cbs.append(StopAtTarget.parse(cfg.callbacks.stop_at))
+    monitor = metric_name(cfg.callbacks.monitor)
+    if cfg.callbacks.early_stopping:
+        cbs.append(EarlyStopping(monitor, cfg.callbacks.early_stopping, cfg.callbacks.min_delta))
+    cbs.append(ModelCheckpoint(monitor))
+    cbs.append(ProgressBar(live=progress))
+    return cbs
+
+
+def _augmenter(cfg: Config):
+    from cnnlab.data.augment import Augmenter
+
+    aug = Augmenter(cfg.data.augment)
+    return aug if aug.enabled else None
+
+
+def _apply_transfer(model: nn.Module, cfg: ModelConfig, log: Log) -> str | None:
+    """Loads pretrained/local weights and freezes the backbone as configured; returns the head's name."""
+    head = getattr(model, "cnnlab_head", None)
+    if cfg.pretrained or cfg.weights:
+        from cnnlab.models.transfer import load_initial_weights
+
+        load_initial_weights(model, cfg, log)
+    if cfg.freeze == "backbone":
+        if head is None:
+            raise CnnlabError(f"model {cfg.name!r} has no known classifier head to keep trainable; "
+                              "freeze: backbone works with the registered deep CNNs (cnnlab models)")
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(head + ".")
+    return head
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Writes the model's state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _write_summary(run: Run, model: nn.Module, data: Data, test: Evaluation, trainer: Trainer) -> None:
+    from cnnlab.inspect.summary import summary_text
+
+    lines = [summary_text(model, data.train.shape), ""]
+    lines.append(f"Epochs: {trainer.epoch}  Test accuracy: {test.acc:.4f}  Test loss: {test.loss:.4f}")
+    lines.append("Per-class accuracy:")
+    lines += [f"  {c:<14} {a:.4f}" for c, a in test.per_class.items()]
+    run.file(SUMMARY).write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------ using a run
+
+
+@dataclass
+class LoadedRun:
+    run: Run
+    cfg: Config
+    model: nn.Module
+    normalizer: Normalizer
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+
+
+def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
+    """A run's config, model with its trained weights (eval mode, CPU), normaliser and classes."""
+    run = Run.open(path)
+    cfg = run.read_config()
+    meta = run.meta
+    for key in ("input_shape", "classes", "normalizer"):
+        if key not in meta:
+            raise CnnlabError(f"{run.file('run.json')} lacks {key!r}; the run did not get past data preparation")
+    shape = tuple(meta["input_shape"])
+    classes = tuple(meta["classes"])
+    model = build_model(cfg.model, input_shape=shape, num_classes=len(classes))
+    src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
+    load_into(model, load_weights_file(src), str(src))
+    model.eval()
+    norm = Normalizer(tuple(meta["normalizer"]["mean"]), tuple(meta["normalizer"]["std"]))
+    return LoadedRun(run, cfg, model, norm, classes, shape)
+
+
+def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: bool = False,
+                 log: Log = _print) -> tuple[LoadedRun, Evaluation, ImageData]:
+    """Re-evaluates a run's final model on its test set (same data config, optional other data dir)."""
+    lr = load_run(path)
+    dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
+    data = prepare_data(dcfg, log=lambda s: None)
+    engine = make_engine(lr.cfg.train)
+    ev = evaluate(lr.model.to(engine.device), data.test, normalizer=lr.normalizer, engine=Engine(engine.device, engine.amp_dtype, False),
+                  batch_size=lr.cfg.train.eval_batch_size, tta=lr.cfg.train.tta, keep_probs=keep_probs)
+    return lr, ev, data.test
+
+
+# ------------------------------------------------------------------------------------- the demo job
+
+# The first tutorial's CNN (Conv64-Pool-Conv64-Pool-Dense128-Dense10, Adam) on Fashion-MNIST with the
+# engine's default recipe. configs/fashion_mnist_cnn.yaml holds the same settings (a test checks).
+DEMO: dict[str, Any] = {
+    "name": "fashion_mnist_cnn",
+    "description": "Tutorial 1: Fashion-MNIST with Conv64-Pool-Conv64-Pool-Dense128-Dense10",
+    "data": {"dataset": "fashion-mnist"},
+    "model": {"name": "cnn_64x2"},
+    "train": {"epochs": 5, "batch_size": 128, "optimizer": "adam", "lr": 0.001},
+}
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"28,28,1"`` (Keras's H,W,C order) → (C, H, W)."""
+    try:
+        h, w, c = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise CnnlabError(f"--input-shape {text!r}: expected H,W,C like 28,28,1 or 224,224,3") from None
+    if min(h, w, c) < 1:
+        raise CnnlabError(f"--input-shape {text!r}: sizes must be positive")
+    return c, h, w
+
+
+def model_for_summary(source: str, input_shape: str | None, num_classes: int | None) -> tuple[nn.Module, tuple, str]:
+    """A model to summarise from a registered name, a YAML config, or a YAML list of layers."""
+    from cnnlab.config import read_yaml
+    from cnnlab.data.datasets import DATASETS
+    from cnnlab.models import create_model, model_names
+
+    shape = parse_input_shape(input_shape) if input_shape else None
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        import yaml
+
+        if not path.is_file():
+            raise CnnlabError(f"{path} not found; pass a registered model name or an existing YAML file")
+        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
+        if isinstance(raw, list):
+            raw = {"model": {"layers": raw}}
+        cfg = load_config_dict(read_yaml(path) if not isinstance(raw, dict) else raw)
+        ds = cfg.data.dataset
+        if shape is None:
+            if ds not in DATASETS:
+                raise CnnlabError(f"{path}: cannot infer the input shape of dataset {ds!r}; pass --input-shape H,W,C")
+            shape = DATASETS.get(ds).shape
+        classes = num_classes or (len(DATASETS.get(ds).classes) if ds in DATASETS else 10)
+        return build_model(cfg.model, input_shape=shape, num_classes=classes), shape, cfg.name or path.stem
+    if source not in model_names():
+        from cnnlab.errors import one_of
+
+        raise one_of("model", source, model_names())
+    from cnnlab.models.seeds import SEED_SPECS
+
+    if source in SEED_SPECS:
+        shape = shape or SEED_SPECS[source][1]
+        classes = num_classes or 10
+    else:
+        shape = shape or ((3, 299, 299) if source == "inception_v3" else (3, 224, 224))
+        classes = num_classes or 1000
+    return create_model(source, num_classes=classes, input_shape=shape), shape, source
+
+
+def load_config_dict(raw: dict) -> Config:
+    from cnnlab.config import from_dict
+
+    return from_dict(Config, raw, "")

@@ -1,0 +1,99 @@
+"""The ``cnnlab`` command: argument parsing → config → one library call. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+EPILOG = """examples:
+  cnnlab demo                                          train the first tutorial's CNN on Fashion-MNIST
+  cnnlab train --config configs/fashion_mnist_cnn.yaml --set train.epochs=10
+  cnnlab train --model cnn_64x2 --dataset mnist --epochs 3 --stop-at val_acc=0.99
+  cnnlab train --resume runs/fashion_mnist_cnn         continue a stopped run
+  cnnlab evaluate runs/fashion_mnist_cnn --json
+  cnnlab predict runs/fashion_mnist_cnn shoe.png --top-k 3
+  cnnlab summary cnn_64x2                               Keras-style table of a model
+data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML experiment file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.epochs=10 or model.layers.0.filters=32 (repeatable)")
+    p.add_argument("--model", help="registered model name (cnnlab models); replaces the config's model")
+    p.add_argument("--dataset", help="registered dataset (cnnlab datasets list) or folder:PATH")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="bf16 autocast (auto where native) or fp32")
+    p.add_argument("--stop-at", action="append", default=[], metavar="METRIC=VALUE",
+                   help="stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)")
+    p.add_argument("--data-dir", help="folder holding <dataset>/<official files>")
+    p.add_argument("--out", help="run directory to create (default runs/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="plain epoch lines, no live bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cnnlab", description="Train, evaluate, compare and see inside CNN image classifiers.",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train the first tutorial's CNN on Fashion-MNIST and show where the results are")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced each time)")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train", help="train a model from a config (or --model/--dataset) into a run directory",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _train_args(p)
+
+    p = sub.add_parser("evaluate", help="test loss/accuracy, per-class accuracy and confusion matrix of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="one JSON object: test_loss, test_acc, per_class, confusion")
+    p.add_argument("--data-dir")
+
+    p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    p = sub.add_parser("datasets", help="list datasets or show one's details")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dsub.add_parser("list", help="registered datasets")
+    q = dsub.add_parser("info", help="classes, shapes, files, checksums and where the files are")
+    q.add_argument("name")
+    q.add_argument("--data-dir")
+
+    sub.add_parser("models", help="list registered models")
+
+    p = sub.add_parser("summary", help="Keras-style layer table of a registered model or a YAML config/layer list")
+    p.add_argument("model", metavar="MODEL_OR_YAML")
+    p.add_argument("--input-shape", metavar="H,W,C", help="input shape (default: the model's tutorial input)")
+    p.add_argument("--num-classes", type=int, default=None)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        from cnnlab import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except CnnlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

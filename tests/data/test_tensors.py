@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, batches, split
+from cnnlab.errors import CnnlabError
+
+
+def test_split_is_seeded_disjoint_and_complete(toy):
+    a_train, a_val = split(toy, 0.25, seed=3)
+    b_train, b_val = split(toy, 60, seed=3)
+    assert len(a_val) == 60 and len(a_train) == 180
+    assert torch.equal(a_val.indices, b_val.indices)
+    assert sorted(a_train.indices.tolist() + a_val.indices.tolist()) == list(range(len(toy)))
+    assert not torch.equal(split(toy, 0.25, seed=4)[1].indices, a_val.indices)
+    with pytest.raises(CnnlabError, match="leaves no training"):
+        split(toy, len(toy), seed=0)
+
+
+def test_normalizer_matches_the_formula():
+    x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)
+    assert torch.allclose(Normalizer()(x), x.float() / 255)
+    n = Normalizer((0.5,), (0.25,))
+    assert torch.allclose(n(x), (x.float() / 255 - 0.5) / 0.25)
+    assert torch.allclose(n.denormalize(n(x)), x.float() / 255)
+    assert torch.allclose(n.from_unit(x.float() / 255), n(x))
+    rgb = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    assert IMAGENET(rgb, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(CnnlabError, match="3 means / 3 stds for 1-channel"):
+        IMAGENET(x)
+
+
+def test_fit_normalizer(toy):
+    n = Normalizer.fit(toy)
+    z = n(toy.images)
+    assert abs(z.mean().item()) < 1e-4 and abs(z.std().item() - 1) < 1e-2
+
+
+def test_batches_cover_every_image_once(toy):
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat([y for _, y in batches(toy, 7, shuffle=True, generator=g)])
+    assert len(seen) == len(toy) and sorted(seen.tolist()) == sorted(toy.labels.tolist())
+    assert sum(len(y) for _, y in batches(toy, 7, drop_last=True)) == len(toy) // 7 * 7
+
+
+def test_image_data_validates():
+    with pytest.raises(ValueError, match="uint8"):
+        ImageData(torch.zeros(2, 1, 3, 3), torch.zeros(2, dtype=torch.long), ("a",))

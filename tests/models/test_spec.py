@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.models.seeds import seed_layers
+from cnnlab.models.spec import build_spec
+
+# Keras 3.15's parameter counts for the same architectures at the tutorials' inputs.
+KERAS_PARAMS = {
+    "dnn_128": 101_770, "cnn_64x2": 243_786, "cnn_32_64": 225_034, "cnn_32x1": 693_962,
+    "fc_1024": 814_090, "cnn_32_64_dropout": 1_199_882, "cnn_64k5": 924_374, "fc_200x2_dropout": 199_210,
+    "cifar_basic": 477_994, "cifar_improved": 1_469_994, "cnn_64x2_linear64": 140_682,
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_tutorial_models_match_keras_parameter_counts(name):
+    shape = (3, 32, 32) if name.startswith("cifar") else (1, 28, 28)
+    model = create_model(name, num_classes=10, input_shape=shape)
+    assert sum(p.numel() for p in model.parameters()) == KERAS_PARAMS[name]
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_keras_layer_names():
+    model = create_model("cnn_64x2", num_classes=10, input_shape=(1, 28, 28))
+    assert [n for n, _ in model.named_children()] == [
+        "conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1", "flatten", "dense", "dense_1"]
+
+
+def test_same_padding_with_stride_matches_tensorflow():
+    # TF 'same': output ceil(n / s); 7 → 4 with stride 2 and k=3 needs 2 pixels of padding split 1/1,
+    # 8 → 4 needs 1 pixel, all at the end (asymmetric).
+    for size, expected in ((7, 4), (8, 4)):
+        m = build_spec([{"type": "Conv2D", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"},
+                        {"type": "MaxPooling2D", "pool_size": 3, "strides": 2, "padding": "same"},
+                        {"type": "Flatten"}], input_shape=(1, size, size))
+        assert m.conv2d(torch.zeros(1, 1, size, size)).shape[-1] == expected
+        assert m(torch.zeros(1, 1, size, size)).shape == (1, 2 * (-(-expected // 2)) ** 2)
+
+
+def test_asymmetric_same_padding_pads_the_end():
+    m = build_spec([{"type": "Conv2D", "filters": 1, "kernel_size": 2, "padding": "same", "use_bias": False},
+                    {"type": "Flatten"}], input_shape=(1, 3, 3))
+    with torch.no_grad():
+        m.conv2d.weight.fill_(1.0)
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    y = m.conv2d(x)[0, 0]
+    # k=2: TF pads one pixel at the bottom/right only, so the top-left output sums x[0:2, 0:2].
+    assert y.shape == (3, 3)
+    assert y[0, 0].item() == 0 + 1 + 3 + 4
+    assert y[2, 2].item() == 8
+
+
+def test_average_same_pool_ignores_padding():
+    m = build_spec([{"type": "AveragePooling2D", "pool_size": 2, "padding": "same"}, {"type": "Flatten"}],
+                   input_shape=(1, 3, 3))
+    y = m(torch.ones(1, 1, 3, 3))
+    assert torch.allclose(y, torch.ones_like(y))
+
+
+def test_kernel_larger_than_input_is_a_clear_error():
+    with pytest.raises(CnnlabError, match=r"model.layers.5 \(conv2d_2: Conv2D\): kernel 3x3 is larger than its 2x2 input"):
+        # 28 → 26 → 13 → 11 → 5 → pool 2 → a 3x3 kernel cannot fit
+        build_spec([*seed_layers("cnn_64x2")[:4], {"type": "MaxPooling2D"},
+                    {"type": "Conv2D", "filters": 8, "kernel_size": 3}, {"type": "Flatten"}],
+                   input_shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([{"type": "Conv3D"}], "unknown layer type in model.layers.0 'Conv3D'; valid: Activation"),
+    ([{"type": "Conv2D", "filters": 4}], "missing 'kernel_size'"),
+    ([{"type": "Conv2D", "filters": 4, "kernel_size": 3, "stride": 2}], "unknown key 'stride'; valid: activation"),
+    ([{"type": "Dense", "units": 10}], "add a Flatten"),
+    ([{"type": "Flatten"}, {"type": "Conv2D", "filters": 4, "kernel_size": 3}], "move it before Flatten"),
+    ([{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "swoosh"}], "unknown activation"),
+    ([{"type": "Flatten"}, {"type": "Dropout", "rate": 1.5}], "rate must be a number in"),
+    ([{"type": "Conv2D", "filters": 0, "kernel_size": 3}], "filters must be an integer"),
+    ([{"type": "Conv2D", "filters": 2, "kernel_size": 3}], "end with Flatten and Dense"),
+    (["conv"], "must be a mapping"),
+])
+def test_bad_specs(layers, message):
+    with pytest.raises(CnnlabError, match=message):
+        build_spec(layers, input_shape=(1, 28, 28))
+
+
+def test_class_count_must_match():
+    with pytest.raises(CnnlabError, match="outputs 10 values but the data has 3 classes"):
+        build_spec([{"type": "Flatten"}, {"type": "Dense", "units": 10}], input_shape=(1, 4, 4), num_classes=3)
+
+
+def test_fused_training_path_equals_eval_path_and_gradients():
+    torch.manual_seed(0)
+    model = create_model("cnn_64x2", num_classes=10, input_shape=(1, 28, 28))
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    y_eval = model(x)
+    (g_eval,) = torch.autograd.grad(y_eval.sum(), model.conv2d.weight)
+    model.train()  # no dropout in this model, so train/eval differ only by the conv→pool→relu order
+    y_train = model(x)
+    (g_train,) = torch.autograd.grad(y_train.sum(), model.conv2d.weight)
+    assert torch.allclose(y_eval, y_train, atol=1e-6)
+    assert torch.allclose(g_eval, g_train, atol=1e-5)
+
+
+def test_keras_batchnorm_momentum_translates():
+    m = build_spec([{"type": "Conv2D", "filters": 3, "kernel_size": 3}, {"type": "BatchNormalization"},
+                    {"type": "Flatten"}], input_shape=(1, 5, 5))
+    bn = m.batch_normalization
+    assert bn.momentum == pytest.approx(0.01) and bn.eps == pytest.approx(1e-3)

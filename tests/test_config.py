@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from cnnlab.commands import demo_config
+from cnnlab.config import Config, apply_override, dump_yaml, from_dict, load_config, read_yaml
+from cnnlab.errors import CnnlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.epochs=10", "train.lr=0.01", "data.dataset=mnist", "callbacks.stop_at=[val_acc=0.9]"])
+    assert cfg.train.epochs == 10 and cfg.train.lr == 0.01
+    assert cfg.data.dataset == "mnist"
+    assert cfg.callbacks.stop_at == ("val_acc=0.9",)
+    assert cfg.model.name == "cnn_64x2"
+
+
+def test_int_accepted_for_float_but_not_reverse():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(CnnlabError, match="train.epochs expects an integer, got 'ten'"):
+        load_config(None, ["train.epochs=ten"])
+    with pytest.raises(CnnlabError, match="train.channels_last expects true or false"):
+        load_config(None, ["train.channels_last=3"])
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(CnnlabError, match=r"unknown config key 'train.epoch'.*valid keys in train: epochs"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(CnnlabError, match="unknown config key 'trian'"):
+        from_dict(Config, {"trian": {}}, "")
+
+
+def test_choices_are_checked():
+    with pytest.raises(CnnlabError, match="train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"):
+        load_config(None, ["train.optimizer=adagrad"])
+
+
+def test_set_edits_a_named_models_layers():
+    cfg = load_config(None, ["model.layers.0.filters=32"])
+    assert cfg.model.layers[0]["filters"] == 32
+    assert cfg.model.layers[-1]["units"] == "num_classes"
+    with pytest.raises(CnnlabError, match="index 99 out of range"):
+        load_config(None, ["model.layers.99.filters=32"])
+
+
+def test_set_needs_key_value():
+    with pytest.raises(CnnlabError, match="expected KEY=VALUE"):
+        apply_override({}, "train.epochs")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["model.layers.2.filters=16", "data.augment.hflip=true", "train.tta=hflip"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(CnnlabError, match="not found"):
+        read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(CnnlabError, match="not valid YAML"):
+        read_yaml(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(CnnlabError, match="must hold a mapping"):
+        read_yaml(lst)
+
+
+def test_demo_config_equals_the_shipped_yaml():
+    assert demo_config() == load_config(ROOT / "configs" / "fashion_mnist_cnn.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_loads_and_builds(path):
+    from cnnlab.api import build_model
+    from cnnlab.data.datasets import DATASETS
+
+    cfg = load_config(path)
+    if cfg.data.dataset in DATASETS:
+        info = DATASETS.get(cfg.data.dataset)
+        model = build_model(cfg.model, input_shape=info.shape, num_classes=len(info.classes))
+        assert sum(p.numel() for p in model.parameters()) > 0
