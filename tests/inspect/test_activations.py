@@ -13,8 +13,8 @@ from torch import nn
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.activations import capture, channel_maps, execution_order, feature_map_grid
-from cnnlab.inspect.plot_maps import panel_grid, plot_channel_maps, plot_feature_grid
-from cnnlab.inspect.plots import save_figure
+from cnnlab.inspect.plot_maps import plot_channel_maps, plot_feature_grid
+from cnnlab.inspect.plots import grid_shape, save_figure
 
 NORM = Normalizer((0.5,), (0.25,))
 
@@ -108,5 +108,5 @@ def test_channel_maps_and_figures(keras_cnn_maps, images_maps, tmp_path, png_che
     png_check_maps(save_figure(fig, tmp_path / "grid.png"))
 
 
-def test_panel_grid_is_near_square() -> None:
-    assert [panel_grid(n) for n in (64, 32, 10, 7, 1)] == [(8, 8), (4, 8), (2, 5), (3, 3), (1, 1)]
+def test_grid_shape_is_near_square() -> None:
+    assert [grid_shape(n) for n in (64, 32, 10, 7, 1)] == [(8, 8), (4, 8), (2, 5), (3, 3), (1, 1)]

@@ -6,7 +6,6 @@ and returns a ``matplotlib.figure.Figure`` built without pyplot; save it with ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from matplotlib.patches import FancyBboxPatch, Rectangle
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.architecture import Diagram
 from cnnlab.inspect.kernels import EDGE_KERNEL, convolve, max_pool2x2, patch_numbers
-from cnnlab.inspect.plots import new_figure, to_display
+from cnnlab.inspect.plots import finish_figure, grid_shape, new_figure, to_display
 from cnnlab.inspect.summary import LayerRow
 
 # Box colours of the architecture diagram, by LayerRow.kind.
@@ -27,27 +26,9 @@ KIND_COLORS = {
 }
 
 
-def panel_grid(n: int, max_cols: int = 16) -> tuple[int, int]:
-    """(rows, cols) for ``n`` panels, preferring full rows: 64 → 8×8, 32 → 4×8, 10 → 2×5, 7 → 3×3."""
-    n = max(n, 1)
-    root = math.sqrt(n)
-    for cols in range(math.ceil(root), min(max_cols, n) + 1):
-        if n % cols == 0 and cols <= 2 * root:
-            return n // cols, cols
-    cols = max(1, min(max_cols, math.ceil(root)))
-    return math.ceil(n / cols), cols
-
-
 def _bare(ax: Axes) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def _finish(fig: Figure, title: str, fontsize: float = 10, **pads: float) -> None:
-    """Suptitle plus tight layout below it (tight_layout alone lets a suptitle overlap panel titles)."""
-    fig.suptitle(title, fontsize=fontsize, y=1 - 0.08 / fig.get_figheight(), va="top")
-    band = (fontsize / 72 + 0.02) / fig.get_figheight()  # title height + margin, as a figure fraction
-    fig.tight_layout(rect=(0, 0, 1, 1 - band), **pads)
 
 
 def plot_feature_grid(
@@ -85,7 +66,7 @@ def plot_feature_grid(
                 ax.set_title(f"{layer_names[j]}\n{arr.shape[0]}×{arr.shape[1]}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(labels[i], fontsize=9)
-    _finish(fig, "Feature maps" + (f" of filter {filter_index}" if filter_index is not None else ""), 11)
+    finish_figure(fig, "Feature maps" + (f" of filter {filter_index}" if filter_index is not None else ""), 11)
     return fig
 
 
@@ -101,7 +82,7 @@ def plot_channel_maps(maps: np.ndarray, *, layer: str | None = None, cmap: str =
     if arr.ndim != 3:
         raise CnnlabError(f"channel maps must be (C, H, W), got shape {arr.shape}")
     n = arr.shape[0]
-    rows, cols = panel_grid(n)
+    rows, cols = grid_shape(n)
     panel = min(1.2, 13.0 / cols)  # inches; keeps wide layers (128+ channels) within ~14 in
     fig = new_figure(cols * panel, rows * (panel + 0.15) + 0.5)
     for c in range(n):
@@ -110,7 +91,7 @@ def plot_channel_maps(maps: np.ndarray, *, layer: str | None = None, cmap: str =
         _bare(ax)
         ax.set_title(str(c), fontsize=6, pad=1.5)
     name = f"{layer}: " if layer else ""
-    _finish(fig, f"{name}{n} channels, {arr.shape[1]}×{arr.shape[2]} each", pad=0.3, h_pad=0.2, w_pad=0.2)
+    finish_figure(fig, f"{name}{n} channels, {arr.shape[1]}×{arr.shape[2]} each", pad=0.3, h_pad=0.2, w_pad=0.2)
     return fig
 
 
@@ -129,7 +110,7 @@ def plot_filters(filters: np.ndarray, *, layer: str | None = None) -> Figure:
     if w.ndim != 4:
         raise CnnlabError(f"filters must be (out, in, kh, kw), got shape {w.shape}")
     out, cin, kh, kw = w.shape
-    rows, cols = panel_grid(out)
+    rows, cols = grid_shape(out)
     panel = min(0.9, 12.0 / cols)
     fig = new_figure(cols * panel, rows * (panel + 0.15) + 0.5)
     if cin == 3:
@@ -148,7 +129,7 @@ def plot_filters(filters: np.ndarray, *, layer: str | None = None) -> Figure:
         _bare(ax)
         ax.set_title(str(i), fontsize=6, pad=1.5)
     name = f"{layer}: " if layer else ""
-    _finish(fig, f"{name}{out} filters of {kh}×{kw}×{cin} ({how})", pad=0.3, h_pad=0.2, w_pad=0.2)
+    finish_figure(fig, f"{name}{out} filters of {kh}×{kw}×{cin} ({how})", pad=0.3, h_pad=0.2, w_pad=0.2)
     return fig
 
 
@@ -169,7 +150,7 @@ def plot_templates(templates: np.ndarray, class_names: Sequence[str] | None = No
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
     if len(names) != n:
         raise CnnlabError(f"{len(names)} class names for {n} templates; give one name per class")
-    rows, cols = panel_grid(n, max_cols=10)
+    rows, cols = grid_shape(n, max_cols=10)
     panel = 1.6
     fig = new_figure(cols * panel, rows * (panel + 0.3) + 0.6)
     for i in range(n):
@@ -183,7 +164,7 @@ def plot_templates(templates: np.ndarray, class_names: Sequence[str] | None = No
             ax.imshow(img, cmap="RdBu_r", vmin=-bound, vmax=bound)
         _bare(ax)
         ax.set_title(names[i], fontsize=9)
-    _finish(fig, "What the network sees", 12)
+    finish_figure(fig, "What the network sees", 12)
     return fig
 
 
@@ -257,7 +238,7 @@ def plot_kernel_demo(
     ax.set_xlim(-0.2, x + 5.5)
     ax.set_ylim(-0.2, kh + 1.1)
     ax.set_aspect("equal")
-    _finish(fig, f"A {kh}×{kw} convolution by hand", 12)
+    finish_figure(fig, f"A {kh}×{kw} convolution by hand", 12)
     return fig
 
 

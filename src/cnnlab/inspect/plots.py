@@ -26,12 +26,30 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     return fig
 
 
-def grid_shape(n: int, max_cols: int = 10) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid for ``n`` panels (64 → 8×8, 32 → 4×8, 10 → 3×4... ≤ max_cols)."""
-    cols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
-    if n > cols * cols and cols < max_cols:
-        cols += 1
+def grid_shape(n: int, max_cols: int = 16) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels, preferring full rows: 64 → 8×8, 32 → 4×8, 10 → 2×5, 7 → 3×3."""
+    n = max(n, 1)
+    root = math.sqrt(n)
+    for cols in range(math.ceil(root), min(max_cols, n) + 1):
+        if n % cols == 0 and cols <= 2 * root:
+            return n // cols, cols
+    cols = max(1, min(max_cols, math.ceil(root)))
     return math.ceil(n / cols), cols
+
+
+def finish_figure(fig: Figure, title: str | None, fontsize: float = 10, **pads: float) -> None:
+    """Suptitle plus tight layout below it (``tight_layout`` alone lets a suptitle overlap panel titles)."""
+    if not title:
+        fig.tight_layout(**pads)
+        return
+    fig.suptitle(title, fontsize=fontsize, y=1 - 0.08 / fig.get_figheight(), va="top")
+    band = (fontsize / 72 + 0.02) / fig.get_figheight()  # title height + margin, as a figure fraction
+    fig.tight_layout(rect=(0, 0, 1, 1 - band), **pads)
+
+
+def value_range(arr: np.ndarray) -> tuple[float, float]:
+    """Display range of an image array: 0..255 for uint8, 0..1 for floats (never auto-stretched)."""
+    return (0, 255) if arr.dtype == np.uint8 else (0.0, 1.0)
 
 
 def to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -64,28 +82,27 @@ def image_grid(
         cmap: colour map for single-channel images (default gray).
     """
     n = len(images)
-    rows, c = (math.ceil(n / cols), cols) if cols else grid_shape(n)
+    rows, c = (math.ceil(n / cols), cols) if cols else grid_shape(n, max_cols=10)
     title_h = 0.35 if titles else 0.0
     fig = new_figure(c * panel, rows * (panel + title_h) + (0.5 if suptitle else 0))
     for i, img in enumerate(images):
         ax = fig.add_subplot(rows, c, i + 1)
         arr, default_cmap = to_display(img)
-        vmin, vmax = (0, 255) if arr.dtype == np.uint8 else (None, None)
+        vmin, vmax = value_range(arr)
         ax.imshow(arr, cmap=cmap or default_cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks([])
         ax.set_yticks([])
         if titles:
             ax.set_title(titles[i], fontsize=8, color=(colors[i] if colors else "black"))
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+    finish_figure(fig, suptitle, fontsize=12)
     return fig
 
 
 def overlay(ax, image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet") -> None:
     """Draws ``image`` with ``heat`` (H, W, any range; normalised to [0, 1] here) blended on top."""
     arr, gray = to_display(image)
-    ax.imshow(arr, cmap=gray)
+    vmin, vmax = value_range(arr)
+    ax.imshow(arr, cmap=gray, vmin=vmin, vmax=vmax)
     h = np.asarray(heat, dtype=np.float32)
     span = float(h.max() - h.min())
     h = (h - h.min()) / span if span > 0 else np.zeros_like(h)
