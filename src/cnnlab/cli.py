@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models")
 
+    p = sub.add_parser("show", help="draw a view of a trained run as PNG files (curves, feature-maps, occlusion, ...)",
+                       description="Views: curves, predictions, mistakes, feature-maps, filters, templates, occlusion, "
+                                   "maximize, gradcam, saliency, kernels, architecture, or all. PNGs go to "
+                                   "RUN_DIR/figures/ (or --out DIR); their paths are printed.")
+    p.add_argument("run_dir")
+    p.add_argument("what", metavar="WHAT", help="view name, or all")
+    p.add_argument("--images", help="test-set indices, e.g. 0,7,26 (feature-maps default)")
+    p.add_argument("--layers", nargs="+", metavar="LAYER", help="layer names as `cnnlab summary` prints them")
+    p.add_argument("--filter", type=int, default=1, help="channel shown in the feature-map grid (default 1)")
+    p.add_argument("-n", type=int, default=16, help="images or filters to draw (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/figures)")
+    p.add_argument("--data-dir")
+
     p = sub.add_parser("summary", help="Keras-style layer table of a registered model or a YAML config/layer list")
     p.add_argument("model", metavar="MODEL_OR_YAML")
     p.add_argument("--input-shape", metavar="H,W,C", help="input shape (default: the model's tutorial input)")

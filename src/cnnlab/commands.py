@@ -181,3 +181,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
     model, shape, title = model_for_summary(args.model, args.input_shape, args.num_classes)
     print(summary_text(model, shape, title=title))
     return 0
+
+
+def _indices(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise CnnlabError(f"--images {text!r}: expected comma-separated test-set indices like 0,7,26") from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cnnlab.inspect.views import ShowOptions, show
+
+    if args.n < 1:
+        raise CnnlabError("-n must be ≥ 1")
+    opts = ShowOptions(images=_indices(args.images), layers=tuple(args.layers) if args.layers else None,
+                       filter=args.filter, n=args.n, seed=args.seed)
+    for path in show(args.run_dir, args.what, opts, out=args.out, data_dir=args.data_dir):
+        print(path)
+    return 0

@@ -1,0 +1,300 @@
+"""``cnnlab show RUN_DIR WHAT``: every picture of the tutorials for a trained run.
+
+A view takes a :class:`ViewContext` (the run's model, data and evaluation, loaded lazily) and options, and
+returns named figures; :func:`show` saves them as PNGs. The computations live in the other ``inspect``
+modules (pure functions returning arrays); this module only wires a run to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from cnnlab.errors import CnnlabError, one_of
+from cnnlab.inspect.plots import save_figure
+from cnnlab.registry import Registry
+
+
+@dataclass(frozen=True)
+class ShowOptions:
+    """What a view should show.
+
+    Attributes:
+        images: test-set indices to use (views that show particular images).
+        layers: layer names as ``cnnlab summary`` prints them.
+        filter: channel shown by the feature-map grid (the first tutorial's CONVOLUTION_NUMBER).
+        n: how many images / filters a view draws.
+        seed: seed for random picks.
+    """
+
+    images: tuple[int, ...] | None = None
+    layers: tuple[str, ...] | None = None
+    filter: int = 1
+    n: int = 16
+    seed: int = 0
+
+
+class ViewContext:
+    """A run's model, test data and evaluation, each computed on first use."""
+
+    def __init__(self, run_dir: str | Path, data_dir: str | None = None) -> None:
+        from cnnlab.api import load_run
+
+        self.loaded = load_run(run_dir)
+        self.data_dir = data_dir
+        self.model = self.loaded.model.float().eval()
+        self.normalizer = self.loaded.normalizer
+        self.classes = self.loaded.classes
+        self.input_shape = self.loaded.input_shape
+
+    @cached_property
+    def test(self):
+        from cnnlab.api import prepare_data
+        from cnnlab.data.tensors import ImageData
+
+        cfg = self.loaded.cfg.data
+        if self.data_dir:
+            from dataclasses import replace
+
+            cfg = replace(cfg, data_dir=self.data_dir)
+        data = prepare_data(cfg, log=lambda s: None).test
+        return ImageData(data.images, data.labels, data.classes, data.name)
+
+    @cached_property
+    def evaluation(self):
+        """fp32 evaluation of the whole test set, keeping probabilities."""
+        from cnnlab.train.trainer import Engine, evaluate
+
+        return evaluate(self.model, self.test, normalizer=self.normalizer,
+                        engine=Engine(torch.device("cpu"), None, False), batch_size=500, keep_probs=True)
+
+    @cached_property
+    def history(self) -> list[dict]:
+        return self.loaded.run.read_history()
+
+    def images(self, idx) -> torch.Tensor:
+        """uint8 (N, C, H, W) test images at ``idx``, with a clear error for out-of-range indices."""
+        idx = list(idx)
+        bad = [i for i in idx if not 0 <= i < len(self.test)]
+        if bad:
+            raise CnnlabError(f"--images {bad[0]} is out of range; the test set has {len(self.test):,} images (0..{len(self.test) - 1})")
+        return self.test.images[idx]
+
+    def x(self, idx) -> torch.Tensor:
+        return self.normalizer(self.images(idx))
+
+
+ViewFn = Callable[[ViewContext, ShowOptions], dict[str, Figure]]
+VIEWS: Registry[ViewFn] = Registry("view")
+
+
+def _np_images(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+def random_predictions(probs: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` random test indices (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(probs), generator=g)[: min(n, len(probs))]
+
+
+def top_mistakes(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of wrong predictions, most confident (highest loss) first — fastai's plot_top_losses."""
+    conf, pred = probs.max(1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = conf[wrong].argsort(descending=True)
+    return wrong[order][:n]
+
+
+@VIEWS.register("curves")
+def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_results import plot_curves
+
+    if not ctx.history:
+        raise CnnlabError(f"{ctx.loaded.run.path} has no metrics.jsonl entries yet; train at least one epoch")
+    return {"curves": plot_curves(ctx.history, title=f"Learning curves: {ctx.loaded.run.path.name}")}
+
+
+@VIEWS.register("predictions")
+def _predictions(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_results import plot_predictions
+
+    probs = ctx.evaluation.probs
+    idx = torch.tensor(opts.images) if opts.images else random_predictions(probs, opts.n, opts.seed)
+    conf, pred = probs[idx].max(1)
+    return {"predictions": plot_predictions(_np_images(ctx.images(idx.tolist())), ctx.test.labels[idx].tolist(),
+                                            pred.tolist(), conf.tolist(), ctx.classes)}
+
+
+@VIEWS.register("mistakes")
+def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_results import plot_breakdown, plot_mistakes
+
+    ev = ctx.evaluation
+    labels = ctx.test.labels
+    idx = top_mistakes(ev.probs, labels, opts.n)
+    figs = {}
+    if len(idx):
+        conf, pred = ev.probs[idx].max(1)
+        total_wrong = int((ev.probs.argmax(1) != labels).sum())
+        figs["mistakes"] = plot_mistakes(_np_images(ctx.images(idx.tolist())), labels[idx].tolist(), pred.tolist(),
+                                         conf.tolist(), ctx.classes, total_wrong, len(labels))
+    figs["mistakes-breakdown"] = plot_breakdown(ev.confusion.numpy(), ctx.classes, ev.most_confused(10))
+    return figs
+
+
+# ------------------------------------------------------------------------------------ inside the model
+
+
+@VIEWS.register("feature-maps")
+def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.activations import channel_maps, default_feature_layers, feature_map_grid
+    from cnnlab.inspect.plot_maps import plot_channel_maps, plot_feature_grid
+
+    idx = list(opts.images or (0, 7, 26))
+    images = ctx.images(idx)
+    maps, names = feature_map_grid(ctx.model, images, ctx.normalizer, layers=list(opts.layers) if opts.layers else None,
+                                   filter_index=opts.filter)
+    labels = [f"#{i} {ctx.classes[int(ctx.test.labels[i])]}" for i in idx]
+    figs = {"feature-maps": plot_feature_grid(maps, names, row_labels=labels, filter_index=opts.filter)}
+    channel_layers = list(opts.layers) if opts.layers else default_feature_layers(ctx.model, ctx.input_shape, count=1)
+    for layer in channel_layers:
+        figs[f"feature-maps-{layer}"] = plot_channel_maps(channel_maps(ctx.model, images[0], ctx.normalizer, layer),
+                                                          layer=f"{layer}, test image #{idx[0]}")
+    return figs
+
+
+@VIEWS.register("filters")
+def _filters(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_maps import plot_filters
+    from cnnlab.inspect.weights import conv_filters, conv_layers
+
+    layers = list(opts.layers) if opts.layers else conv_layers(ctx.model)[:1]
+    if not layers:
+        raise CnnlabError("this model has no convolution layers, so no filters to show; try `templates`")
+    return {("filters" if i == 0 and not opts.layers else f"filters-{layer}"): plot_filters(conv_filters(ctx.model, layer), layer=layer)
+            for i, layer in enumerate(layers)}
+
+
+@VIEWS.register("templates")
+def _templates(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_maps import plot_templates
+    from cnnlab.inspect.weights import dense_templates
+
+    return {"templates": plot_templates(dense_templates(ctx.model, ctx.input_shape), ctx.classes)}
+
+
+@VIEWS.register("kernels")
+def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.plot_maps import plot_kernel_demo
+
+    i = (opts.images or (0,))[0]
+    image = ctx.images([i])[0].float().mean(0).numpy()  # the tutorial's demo works on one grey channel
+    return {"kernels": plot_kernel_demo(image)}
+
+
+@VIEWS.register("architecture")
+def _architecture(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.architecture import architecture_diagram
+    from cnnlab.inspect.plot_maps import plot_architecture
+
+    diagram = architecture_diagram(ctx.model, ctx.input_shape)
+    return {"architecture": plot_architecture(diagram, title=ctx.loaded.cfg.model.name or "model")}
+
+
+# ------------------------------------------------------------------------------------ attribution
+
+
+def _correct(ctx: ViewContext, opts: ShowOptions, default: int = 8) -> list[int]:
+    from cnnlab.inspect.attribution import select_correct
+
+    if opts.images:
+        return list(opts.images)
+    return select_correct(ctx.model, ctx.test.images, ctx.test.labels, ctx.normalizer, min(opts.n, default),
+                          seed=opts.seed).tolist()
+
+
+def _overlay_titles(ctx: ViewContext, idx: list[int]) -> list[str]:
+    probs = ctx.evaluation.probs[idx]
+    return [f"#{i} {ctx.classes[int(ctx.test.labels[i])]} ({float(p.max()):.2f})" for i, p in zip(idx, probs, strict=True)]
+
+
+def _attribution_view(method: str) -> ViewFn:
+    def view(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+        from cnnlab.inspect import attribution as A
+        from cnnlab.inspect.plot_attribution import plot_overlays
+
+        idx = _correct(ctx, opts)
+        x = ctx.x(idx)
+        targets = ctx.test.labels[idx]
+        if method == "occlusion":
+            heats = {"occlusion": A.occlusion(ctx.model, x, targets)}
+        elif method == "gradcam":
+            layer = opts.layers[0] if opts.layers else None
+            heats = {"Grad-CAM" + (f" ({layer})" if layer else ""): A.gradcam(ctx.model, x, targets, layer=layer)}
+        else:
+            heats = {"saliency": A.saliency(ctx.model, x, targets),
+                     "integrated gradients": A.integrated_gradients(ctx.model, x, targets)}
+        heats = {k: v.numpy() for k, v in heats.items()}
+        return {method: plot_overlays(_np_images(ctx.images(idx)), heats, _overlay_titles(ctx, idx),
+                                      suptitle=f"Which pixels matter for the true class ({', '.join(heats)})")}
+
+    view.__name__ = method
+    return view
+
+
+for _m in ("occlusion", "gradcam", "saliency"):
+    VIEWS.add(_m, _attribution_view(_m))
+
+
+@VIEWS.register("maximize")
+def _maximize(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
+    from cnnlab.inspect.maximize import maximize_classes, maximize_layers
+    from cnnlab.inspect.plot_attribution import plot_class_maximized, plot_maximized
+
+    figs = {}
+    layers = list(opts.layers) if opts.layers else None
+    per_layer = maximize_layers(ctx.model, layers, filters=min(opts.n, 8), input_shape=ctx.input_shape,
+                                normalizer=ctx.normalizer, seed=opts.seed)
+    if per_layer:
+        figs["maximize-filters"] = plot_maximized(per_layer)
+    classes = maximize_classes(ctx.model, list(range(len(ctx.classes))), input_shape=ctx.input_shape,
+                               normalizer=ctx.normalizer, seed=opts.seed)
+    figs["maximize-classes"] = plot_class_maximized(classes.images, list(ctx.classes))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------- show
+
+
+def applicable(ctx: ViewContext) -> list[str]:
+    """The views that make sense for this model (no filters without convolutions, templates only for FC nets)."""
+    from cnnlab.inspect.weights import conv_layers
+
+    has_conv = bool(conv_layers(ctx.model))
+    skip = {"templates"} if has_conv else {"feature-maps", "filters", "occlusion", "gradcam", "maximize"}
+    return [v for v in VIEWS.names() if v not in skip]
+
+
+def show(run_dir: str | Path, what: str, options: ShowOptions = ShowOptions(), *, out: str | Path | None = None,
+         data_dir: str | None = None) -> list[Path]:
+    """Renders view ``what`` (or ``all``) of a run into PNG files; returns their paths."""
+    if what != "all" and what not in VIEWS:
+        raise one_of("view", what, [*VIEWS.names(), "all"])
+    ctx = ViewContext(run_dir, data_dir)
+    folder = Path(out) if out else ctx.loaded.run.figures
+    names = applicable(ctx) if what == "all" else [what]
+    paths = []
+    for name in names:
+        for stem, fig in VIEWS.get(name)(ctx, options).items():
+            paths.append(save_figure(fig, folder / f"{stem}.png"))
+    return paths

@@ -1,0 +1,327 @@
+"""Pretrained weights: the official table, finding/downloading files, reading them, adapting them.
+
+Downloads go to a local ``http.server`` on 127.0.0.1 serving generated files; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import socket
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model, model_names
+from cnnlab.models.pretrained import (
+    PRETRAINED,
+    WeightSpec,
+    apply_pretrained,
+    freeze_backbone,
+    load_pretrained,
+    load_state_dict_file,
+    pretrained_path,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small convs on busy shared cores: one intra-op thread avoids OpenMP spin-waits.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def build(arch: str, *, meta: bool = False, **kw) -> nn.Module:
+    kw.setdefault("num_classes", 1000)
+    kw.setdefault("input_shape", (3, 224, 224))
+    if meta:  # shapes only: for checks that do not need values
+        with torch.device("meta"):
+            return create_model(arch, **kw)
+    torch.manual_seed(len(arch) + kw["num_classes"])
+    return create_model(arch, **kw)
+
+
+# --- the table ---------------------------------------------------------------------------------------------
+
+def test_table_lists_official_torchvision_files():
+    assert {"vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "googlenet", "inception_v3", "mobilenet_v2",
+            "alexnet"} <= set(PRETRAINED)
+    for arch, spec in PRETRAINED.items():
+        assert arch in model_names()
+        assert re.fullmatch(r"https://download\.pytorch\.org/models/[a-z0-9_]+(-owt)?-[0-9a-f]{8}\.pth",
+                            spec.url)
+        assert spec.file_name.endswith(f"-{spec.sha256}.pth")  # torchvision's hash-in-the-name convention
+        assert spec.num_classes == 1000
+        assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
+        assert spec.transform_input == (arch in ("googlenet", "inception_v3"))
+    assert PRETRAINED["resnet18"].url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert PRETRAINED["inception_v3"].input_size == 299 and PRETRAINED["vgg16"].input_size == 224
+    assert PRETRAINED["googlenet"].builder_options == {"transform_input": True}
+
+
+# --- reading files -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_round_trip_through_a_file_gives_identical_outputs(tmp_path, suffix):
+    source = build("mobilenet_v2", num_classes=10, input_shape=(3, 32, 32)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so buffers matter too
+        for m in source.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"weights{suffix}"
+    state = source.state_dict()
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+
+    torch.manual_seed(1)  # another initialisation than the source's
+    fresh = create_model("mobilenet_v2", num_classes=10, input_shape=(3, 32, 32)).eval()
+    report = load_pretrained(fresh, load_state_dict_file(path), arch="mobilenet_v2")
+    assert report.reinitialized == [] and report.dropped == [] and report.adapted == []
+    assert sorted(report.loaded) == sorted(state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), source(x), rtol=0, atol=0)
+
+
+def test_checkpoint_wrappers_and_dataparallel_prefix_are_unwrapped(tmp_path):
+    state = {"conv.weight": torch.ones(2, 1, 3, 3), "fc.bias": torch.zeros(2)}
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ckpt.pt")
+    loaded = load_state_dict_file(tmp_path / "ckpt.pt")
+    assert loaded.keys() == state.keys() and torch.equal(loaded["conv.weight"], state["conv.weight"])
+
+
+class _RunsCode:
+    """Unpickling this would create ``marker``: what a malicious model file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_files_that_would_run_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.zeros(1), "payload": _RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CnnlabError, match="refused to unpickle"):
+        load_state_dict_file(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("junk.pth", b"\x00not a zip or pickle" * 10, "cannot read weights file"),
+    ("junk.safetensors", b"\xff" * 64, "cannot read weights file"),
+    ("model.h5", b"HDF", "unsupported weight file type '.h5'"),
+])
+def test_unreadable_files_are_one_line_errors(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CnnlabError, match=re.escape(message)) as err:
+        load_state_dict_file(tmp_path / name)
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_without_a_state_dict_is_rejected(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(CnnlabError, match="does not hold a state dict"):
+        load_state_dict_file(tmp_path / "list.pth")
+    with pytest.raises(CnnlabError, match="does not exist"):
+        load_state_dict_file(tmp_path / "missing.pth")
+
+
+# --- adapting weights to the model -------------------------------------------------------------------------
+
+def test_other_class_count_replaces_only_the_head():
+    source = build("resnet18")
+    target = build("resnet18", num_classes=2, input_shape=(3, 64, 64))
+    report = load_pretrained(target, source.state_dict(), arch="resnet18")
+    assert report.reinitialized == ["fc.weight", "fc.bias"] and report.dropped == ["fc.weight", "fc.bias"]
+    assert target.fc.weight.shape == (2, 512)
+    for key, value in target.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, source.state_dict()[key]), key
+    assert "re-initialised fc" in str(report)
+
+
+def test_vgg_at_50px_restarts_every_fc_layer_from_the_changed_width():
+    report = load_pretrained(build("vgg16", num_classes=2, input_shape=(3, 50, 50), meta=True),
+                             build("vgg16", meta=True).state_dict(), arch="vgg16")
+    assert report.reinitialized == [f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+    assert all(k.startswith("features.") for k in report.loaded) and len(report.loaded) == 26
+
+
+def test_vgg_at_224px_with_other_classes_keeps_the_pretrained_fc_layers():
+    report = load_pretrained(build("vgg16", num_classes=2, meta=True), build("vgg16", meta=True).state_dict(),
+                             arch="vgg16")
+    assert report.reinitialized == ["classifier.6.weight", "classifier.6.bias"]
+
+
+def test_grayscale_model_sees_a_gray_image_as_the_rgb_model_sees_it_in_three_channels():
+    rgb = build("resnet18").eval()
+    gray = build("resnet18", input_shape=(1, 32, 32)).eval()
+    report = load_pretrained(gray, rgb.state_dict(), arch="resnet18")
+    assert report.adapted == ["conv1.weight"] and report.reinitialized == []
+    torch.testing.assert_close(gray.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
+
+
+def test_aux_heads_are_dropped_when_the_model_has_none():
+    with_aux = build("googlenet", aux_logits=True, input_shape=(3, 32, 32)).eval()
+    plain = build("googlenet", input_shape=(3, 32, 32)).eval()
+    report = load_pretrained(plain, with_aux.state_dict(), arch="googlenet")
+    assert report.dropped and all(k.startswith(("aux1.", "aux2.")) for k in report.dropped)
+    assert report.reinitialized == []
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), with_aux(x), rtol=0, atol=0)
+    # The other way round, aux heads the file lacks keep a fresh initialisation.
+    plain.fc.bias.data += 1.0
+    back = load_pretrained(with_aux, plain.state_dict(), arch="googlenet")
+    assert back.reinitialized and all(k.startswith(("aux1.", "aux2.")) for k in back.reinitialized)
+    with torch.no_grad():
+        torch.testing.assert_close(with_aux(x), plain(x), rtol=0, atol=0)
+
+
+def test_missing_num_batches_tracked_is_tolerated():
+    source = build("mobilenet_v2", num_classes=4, input_shape=(3, 32, 32))
+    state = {k: v for k, v in source.state_dict().items()
+             if not k.endswith("num_batches_tracked")}  # as in older torchvision files
+    target = build("mobilenet_v2", num_classes=4, input_shape=(3, 32, 32))
+    report = load_pretrained(target, state, arch="mobilenet_v2")
+    assert report.reinitialized == [] and len(report.loaded) == len(state)
+    bn = "features.1.conv.0.1.running_var"
+    torch.testing.assert_close(target.state_dict()[bn], source.state_dict()[bn])
+
+
+def test_weights_of_another_architecture_are_rejected_with_the_offending_keys():
+    with pytest.raises(CnnlabError, match=r"do not fit resnet34: missing layer1\.2\.conv1\.weight") as err:
+        load_pretrained(build("resnet34", meta=True), build("resnet18", meta=True).state_dict(),
+                        arch="resnet34")
+    assert "(+" in str(err.value) and "\n" not in str(err.value)
+    shape = r"shape conv1\.weight \(64, 3, 7, 7\) in the file vs \(64, 2, 7, 7\)"
+    with pytest.raises(CnnlabError, match=shape):
+        load_pretrained(build("resnet18", input_shape=(2, 64, 64), meta=True),
+                        build("resnet18", meta=True).state_dict(), arch="resnet18")
+    target = build("resnet18", num_classes=2, input_shape=(3, 32, 32))
+    head = target.fc.weight.clone()
+    state = build("resnet18").state_dict() | {"extra.weight": torch.zeros(1)}
+    with pytest.raises(CnnlabError, match=r"unexpected extra\.weight"):
+        load_pretrained(target, state, arch="resnet18")
+    assert torch.equal(target.fc.weight, head)  # checked before anything was changed
+
+
+def test_freeze_backbone_keeps_head_and_restarted_layers_trainable():
+    model = build("vgg16", num_classes=2, input_shape=(3, 50, 50), meta=True)
+    report = load_pretrained(model, build("vgg16", meta=True).state_dict(), arch="vgg16")
+    trainable = freeze_backbone(model, keep=report.reinitialized)
+    assert trainable == report.reinitialized
+    assert not model.features[0].weight.requires_grad and model.classifier[0].weight.requires_grad
+    assert freeze_backbone(build("resnet18", meta=True)) == ["fc.weight", "fc.bias"]
+
+
+# --- finding and downloading files -------------------------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves ``tmp_path / "served"`` on 127.0.0.1; yields (directory, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _publish(root: Path, base: str, arch: str, state: dict, monkeypatch, *,
+             sha256: str | None = None) -> WeightSpec:
+    """Writes ``state`` as a torchvision-named file on the server and points the table at it."""
+    tmp = root / "upload.pth"
+    torch.save(state, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    name = f"{arch}-{digest[:8]}.pth"
+    tmp.rename(root / name)
+    spec = WeightSpec(f"{base}/{name}", sha256 or digest[:8])
+    monkeypatch.setitem(PRETRAINED, arch, spec)
+    return spec
+
+
+def test_download_verifies_caches_and_loads(server, monkeypatch, _cache):
+    root, base = server
+    source = build("mobilenet_v2", input_shape=(3, 32, 32)).eval()
+    spec = _publish(root, base, "mobilenet_v2", source.state_dict(), monkeypatch)
+
+    path = pretrained_path("mobilenet_v2")
+    assert path == _cache / "weights" / spec.file_name
+    assert path.read_bytes() == (root / spec.file_name).read_bytes()
+    (root / spec.file_name).unlink()  # the cached copy is used from now on, even offline
+    assert pretrained_path("mobilenet_v2", download=False) == path
+
+    target = build("mobilenet_v2", num_classes=3, input_shape=(3, 32, 32))
+    report = apply_pretrained(target, arch="mobilenet_v2")
+    assert report.reinitialized == ["classifier.1.weight", "classifier.1.bias"]
+    torch.testing.assert_close(target.features[5].conv[1][0].weight, source.features[5].conv[1][0].weight)
+
+
+def test_wrong_checksum_is_an_error_and_leaves_nothing_in_the_cache(server, monkeypatch, _cache):
+    root, base = server
+    spec = _publish(root, base, "alexnet", {"w": torch.zeros(3)}, monkeypatch, sha256="00000000")
+    with pytest.raises(CnnlabError, match="sha256") as err:
+        pretrained_path("alexnet")
+    assert spec.url in str(err.value) and "--weights FILE" in str(err.value) and "\n" not in str(err.value)
+    assert not any((_cache / "weights").iterdir())  # no file, no partial download
+
+
+def test_offline_and_unreachable_errors_say_what_to_fetch_and_where(monkeypatch, _cache):
+    dest = _cache / "weights" / PRETRAINED["resnet50"].file_name
+    with pytest.raises(CnnlabError) as err:
+        pretrained_path("resnet50", download=False)
+    message = str(err.value)
+    assert PRETRAINED["resnet50"].url in message and str(dest) in message and "--weights FILE" in message
+    assert "\n" not in message
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setitem(PRETRAINED, "resnet50", WeightSpec(f"http://127.0.0.1:{port}/resnet50-0676ba61.pth",
+                                                           "0676ba61"))
+    with pytest.raises(CnnlabError, match=r"could not get the resnet50 ImageNet weights.*unreachable") as err:
+        pretrained_path("resnet50")
+    assert f"127.0.0.1:{port}" in str(err.value) and str(dest) in str(err.value)
+    assert not dest.exists()
+
+
+def test_a_local_weights_file_wins_and_must_exist(tmp_path):
+    local = tmp_path / "mine.safetensors"
+    save_file({"w": torch.zeros(1)}, str(local))
+    assert pretrained_path("resnet18", weights=local, download=False) == local
+    assert pretrained_path("not_a_model", weights=str(local)) == local  # no table entry needed
+    with pytest.raises(CnnlabError, match="does not exist; check the --weights path"):
+        pretrained_path("resnet18", weights=tmp_path / "nope.pth")
+    with pytest.raises(CnnlabError, match=r"no official ImageNet weights for 'cnn_64x2'.*resnet18"):
+        pretrained_path("cnn_64x2")
