@@ -108,3 +108,17 @@ def test_keras_batchnorm_momentum_translates():
                     {"type": "Flatten"}], input_shape=(1, 5, 5))
     bn = m.batch_normalization
     assert bn.momentum == pytest.approx(0.01) and bn.eps == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("shape, k, s, pad", [((1, 28, 28), 3, 1, "valid"), ((3, 32, 32), 3, 1, "same"),
+                                              ((3, 33, 33), 3, 2, "same"), ((1, 28, 28), 5, 1, "valid")])
+def test_small_fan_in_gemm_path_equals_conv2d(shape, k, s, pad):
+    m = build_spec([{"type": "Conv2D", "filters": 8, "kernel_size": k, "strides": s, "padding": pad},
+                    {"type": "Flatten"}], input_shape=shape)
+    conv = m.conv2d
+    x = torch.randn(2, *shape)
+    assert conv.gemm
+    y = conv(x)
+    conv.gemm = False
+    assert torch.allclose(y, conv(x), atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
