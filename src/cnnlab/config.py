@@ -149,6 +149,19 @@ class CallbacksConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Variants that ``cnnlab compare`` runs from this config (training ignores this section).
+
+    Attributes:
+        vary: ``{key.path: [v1, v2, ...]}``; each value gives one variant (several keys: every combination).
+        configs: other YAML files to run beside this one (paths relative to this file).
+    """
+
+    vary: dict = field(default_factory=dict)
+    configs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment: data, model, training and callbacks."""
 
@@ -158,6 +171,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 # ----------------------------------------------------------------------------------------------- loading
