@@ -45,3 +45,20 @@ def make_images(n: int = 240, size: int = 12, channels: int = 1, classes: int = 
 @pytest.fixture
 def toy() -> ImageData:
     return make_images()
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """A small class-subfolder dataset of real images: 3 Fashion-MNIST classes x 40 PNGs (RGB)."""
+    from PIL import Image
+
+    from cnnlab.data.datasets import load_dataset
+
+    root = tmp_path_factory.mktemp("folder") / "clothes"
+    train, _ = load_dataset("fashion-mnist-sample")
+    for label, name in ((0, "tshirt"), (1, "trouser"), (7, "sneaker")):
+        (root / name).mkdir(parents=True)
+        idx = torch.nonzero(train.labels == label).flatten()[:40]
+        for k, i in enumerate(idx.tolist()):
+            Image.fromarray(train.images[i, 0].numpy()).convert("RGB").save(root / name / f"{name}.{k}.png")
+    return root

@@ -53,7 +53,7 @@ class Data:
     report: Any = None  # folder datasets: the decode report (skipped files, imbalance)
 
 
-def prepare_data(cfg: DataConfig, *, log: Log = _print) -> Data:
+def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False) -> Data:
     """Loads (or decodes) the dataset, splits validation off and fixes the normaliser."""
     if cfg.dataset.startswith("folder:"):
         train, test, report = _folder_data(cfg, log)
@@ -68,7 +68,7 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print) -> Data:
             note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
         else:
             val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
-    return Data(train, val, test, make_normalizer(cfg.normalize, train), note, report)
+    return Data(train, val, test, make_normalizer(cfg.normalize, train, pretrained=pretrained), note, report)
 
 
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
@@ -82,11 +82,14 @@ def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
     for line in loaded.report.to_lines():
         log(line)
     val = cfg.val_split or 0.2
-    train, test = split(loaded.data, val, cfg.split_seed)
+    train, test = split(loaded.data, val, cfg.split_seed, copy=False)  # rows of the memory-mapped cache
     return train, test, loaded.report
 
 
-def make_normalizer(kind: str, train: ImageData) -> Normalizer:
+def make_normalizer(kind: str, train: ImageData, *, pretrained: bool = False) -> Normalizer:
+    """The input normalisation: ``auto`` follows the weights (ImageNet statistics when pretrained)."""
+    if kind == "auto":
+        kind = "imagenet" if pretrained else "unit"
     if kind == "standard":
         return Normalizer.fit(train)
     if kind == "imagenet":
@@ -106,8 +109,13 @@ def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_clas
         raise CnnlabError("the config names no model; set model.name (see cnnlab models) or model.layers")
     from cnnlab.models import create_model
 
+    options = dict(cfg.options)
+    if cfg.pretrained:  # e.g. transform_input for weights ported from TensorFlow
+        from cnnlab.models.pretrained import weight_spec
+
+        options = {**weight_spec(cfg.name).builder_options, **options}
     try:
-        return create_model(cfg.name, num_classes=num_classes, input_shape=input_shape, **cfg.options)
+        return create_model(cfg.name, num_classes=num_classes, input_shape=input_shape, **options)
     except TypeError as exc:
         raise CnnlabError(f"model.options {cfg.options} do not fit model {cfg.name!r} ({exc})") from None
 
@@ -144,12 +152,17 @@ def train(
         run = Run.create(out or default_run_dir(cfg), overwrite=overwrite)
     run.write_config(cfg)
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg.data, log=log)
+    data = prepare_data(cfg.data, log=log, pretrained=cfg.model.pretrained)
     engine = make_engine(cfg.train)
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
-    head = _apply_transfer(model, cfg.model, log)
+    from cnnlab.models.transfer import BackboneFreeze, prepare_transfer
+
+    transfer = prepare_transfer(model, cfg.model, log)
+    head = transfer.head
     augment = _augmenter(cfg)
     callbacks = _callbacks(cfg, progress)
+    if cfg.model.freeze == "backbone":
+        callbacks.insert(0, BackboneFreeze(head, cfg.model.freeze_epochs, log))
     trainer = Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
                       engine=engine, augment=augment, callbacks=callbacks, checkpoint_dir=run.checkpoints,
                       head=head, backbone_lr=cfg.model.backbone_lr)
@@ -225,22 +238,6 @@ def _augmenter(cfg: Config):
     return aug if aug.enabled else None
 
 
-def _apply_transfer(model: nn.Module, cfg: ModelConfig, log: Log) -> str | None:
-    """Loads pretrained/local weights and freezes the backbone as configured; returns the head's name."""
-    head = getattr(model, "cnnlab_head", None)
-    if cfg.pretrained or cfg.weights:
-        from cnnlab.models.transfer import load_initial_weights
-
-        load_initial_weights(model, cfg, log)
-    if cfg.freeze == "backbone":
-        if head is None:
-            raise CnnlabError(f"model {cfg.name!r} has no known classifier head to keep trainable; "
-                              "freeze: backbone works with the registered deep CNNs (cnnlab models)")
-        for name, p in model.named_parameters():
-            p.requires_grad = name.startswith(head + ".")
-    return head
-
-
 def save_weights(model: nn.Module, path: Path) -> None:
     """Writes the model's state dict as safetensors, atomically."""
     from safetensors.torch import save_file
@@ -296,7 +293,7 @@ def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: b
     """Re-evaluates a run's final model on its test set (same data config, optional other data dir)."""
     lr = load_run(path)
     dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
-    data = prepare_data(dcfg, log=lambda s: None)
+    data = prepare_data(dcfg, log=lambda s: None, pretrained=lr.cfg.model.pretrained)
     engine = make_engine(lr.cfg.train)
     ev = evaluate(lr.model.to(engine.device), data.test, normalizer=lr.normalizer, engine=Engine(engine.device, engine.amp_dtype, False),
                   batch_size=lr.cfg.train.eval_batch_size, tta=lr.cfg.train.tta, keep_probs=keep_probs)

@@ -30,6 +30,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="bf16 autocast (auto where native) or fp32")
+    p.add_argument("--pretrained", action="store_true", help="start from the official ImageNet weights of --model")
+    p.add_argument("--weights", metavar="FILE", help="start from a local weight file (.pth/.safetensors)")
+    p.add_argument("--freeze", choices=("backbone",), help="train only the classifier head (transfer learning)")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="fastai-style: 1 epoch with the backbone frozen, then all layers, backbone at lr x 0.1")
     p.add_argument("--stop-at", action="append", default=[], metavar="METRIC=VALUE",
                    help="stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)")
     p.add_argument("--data-dir", help="folder holding <dataset>/<official files>")

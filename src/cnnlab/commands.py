@@ -29,6 +29,14 @@ def train_config(args: argparse.Namespace) -> Config:
             overrides.append(f"{key}={value}")
     if args.stop_at:
         overrides.append("callbacks.stop_at=[" + ", ".join(args.stop_at) + "]")
+    if args.pretrained:
+        overrides.append("model.pretrained=true")
+    if args.weights:
+        overrides.append(f"model.weights={args.weights}")
+    if args.freeze:
+        overrides.append(f"model.freeze={args.freeze}")
+    if args.fine_tune:
+        overrides += ["model.freeze=backbone", "model.freeze_epochs=1", "model.backbone_lr=0.1"]
     return load_config(args.config, [*overrides, *args.overrides])
 
 

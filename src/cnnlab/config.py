@@ -34,8 +34,9 @@ class DataConfig:
         val_split: 0 validates on the test set each epoch (as the tutorials do); a fraction in (0, 1) or a
             count (e.g. 10000 for tutorial 2's 50k/10k) holds that many training images out instead.
         split_seed: seed of the validation split.
-        normalize: ``unit`` divides by 255 (the tutorials); ``standard`` uses the training set's
-            per-channel mean/std; ``imagenet`` the ImageNet statistics (for pretrained weights).
+        normalize: ``auto`` is ``imagenet`` with pretrained weights and ``unit`` otherwise; ``unit``
+            divides by 255 (the tutorials); ``standard`` uses the training set's per-channel mean/std;
+            ``imagenet`` the ImageNet statistics.
         image_size: resize folder images to this size (pixels, square); registered datasets keep theirs.
         grayscale: folder images as 1 channel (default: RGB).
         labels: folder labels from ``subfolders``, ``filename`` (with ``pattern``) or ``csv`` (default auto).
@@ -49,7 +50,7 @@ class DataConfig:
     data_dir: str | None = None
     val_split: float = 0.0
     split_seed: int = 0
-    normalize: str = _choice("unit", "standard", "imagenet")
+    normalize: str = _choice("auto", "unit", "standard", "imagenet")
     image_size: int | None = None
     grayscale: bool = False
     labels: str = _choice("auto", "subfolders", "filename", "csv")
@@ -70,8 +71,10 @@ class ModelConfig:
         pretrained: start from the official ImageNet weights of ``name``.
         weights: a local weight file (.pth / .safetensors) to start from.
         freeze: ``backbone`` trains only the classifier head (transfer learning).
-        backbone_lr: learning-rate multiplier for the backbone when fine-tuning (fastai's discriminative
-            rates); 1 trains everything at ``train.lr``.
+        freeze_epochs: with ``freeze: backbone``, unfreeze the backbone after this many epochs (fine-tuning;
+            0 keeps it frozen for the whole run).
+        backbone_lr: learning-rate multiplier for the backbone (fastai's discriminative rates); 1 trains
+            everything at ``train.lr``.
     """
 
     name: str | None = "cnn_64x2"
@@ -80,6 +83,7 @@ class ModelConfig:
     pretrained: bool = False
     weights: str | None = None
     freeze: str | None = field(default=None, metadata={"choices": (None, "backbone")})
+    freeze_epochs: int = 0
     backbone_lr: float = 1.0
 
 

@@ -14,18 +14,59 @@ import torch
 from cnnlab.errors import CnnlabError
 
 
+class RowView:
+    """Selected rows of a uint8 (N, C, H, W) tensor, gathered only when a batch is read.
+
+    Splitting a memory-mapped folder cache this way copies nothing, so folders larger than RAM stream
+    from the cache batch by batch (through the OS page cache).
+    """
+
+    def __init__(self, base: torch.Tensor, rows: torch.Tensor) -> None:
+        self.base, self.rows = base, rows
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.base.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        rows = self.rows[idx]
+        return self.base[rows] if rows.ndim else self.base[int(rows)]
+
+    def select(self, idx: torch.Tensor) -> RowView:
+        return RowView(self.base, self.rows[idx])
+
+    def to(self, device: torch.device | str) -> RowView | torch.Tensor:
+        """Itself on the CPU (still lazy); a materialised copy on another device."""
+        return self if torch.device(device).type == "cpu" else self.base[self.rows].to(device)
+
+
 @dataclass(frozen=True)
 class ImageData:
     """A labelled image set held as one uint8 tensor.
 
     Attributes:
-        images: uint8 tensor of shape (N, C, H, W), values 0..255.
+        images: uint8 tensor of shape (N, C, H, W), values 0..255 (or a :class:`RowView` of one).
         labels: int64 tensor of shape (N,).
         classes: class names; ``labels`` index into it.
         name: where the data came from, for messages and run metadata.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | RowView
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str = ""
@@ -50,11 +91,15 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, idx: torch.Tensor | Sequence[int], name: str | None = None) -> ImageData:
-        """The images at ``idx`` (a view-free copy), keeping class names."""
+    def subset(self, idx: torch.Tensor | Sequence[int], name: str | None = None, *, copy: bool = True) -> ImageData:
+        """The images at ``idx``, keeping class names: a copy, or (``copy=False``) a lazy :class:`RowView`."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         base = self.indices[idx] if self.indices is not None else idx
-        return ImageData(self.images[idx], self.labels[idx], self.classes, name or self.name, base)
+        if copy:
+            images = self.images[idx]
+        else:
+            images = self.images.select(idx) if isinstance(self.images, RowView) else RowView(self.images, idx)
+        return ImageData(images, self.labels[idx], self.classes, name or self.name, base)
 
     def to(self, device: torch.device | str) -> ImageData:
         """The same data resident on ``device`` (still uint8)."""
@@ -65,13 +110,14 @@ class ImageData:
         return torch.bincount(self.labels.cpu(), minlength=self.num_classes).tolist()
 
 
-def split(data: ImageData, val: float | int, seed: int) -> tuple[ImageData, ImageData]:
+def split(data: ImageData, val: float | int, seed: int, *, copy: bool = True) -> tuple[ImageData, ImageData]:
     """Splits off a random validation set.
 
     Args:
         data: the training set.
         val: validation size, as a fraction in (0, 1) or a number of images (e.g. 10000 for 50k/10k).
         seed: seed of the permutation, so the split is repeatable.
+        copy: copy the images (in-memory data) or keep lazy row views (memory-mapped caches).
 
     Returns:
         (train, validation).
@@ -82,7 +128,8 @@ def split(data: ImageData, val: float | int, seed: int) -> tuple[ImageData, Imag
         raise CnnlabError(f"data.val_split={val} leaves no training or no validation images out of {n}; "
                           "use a fraction in (0, 1) or a count below the training-set size")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return data.subset(perm[n_val:], f"{data.name}[train]"), data.subset(perm[:n_val], f"{data.name}[val]")
+    return (data.subset(perm[n_val:], f"{data.name}[train]", copy=copy),
+            data.subset(perm[:n_val], f"{data.name}[val]", copy=copy))
 
 
 @dataclass(frozen=True)

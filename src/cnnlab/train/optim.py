@@ -44,20 +44,20 @@ def _rmsprop(groups, cfg: TrainConfig, device):
                                weight_decay=cfg.weight_decay)
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig, *, head: str | None = None, backbone_lr: float = 1.0) -> list[dict]:
-    """Trainable parameters, split into backbone/head groups when the backbone gets a different rate.
+def param_groups(model: nn.Module, cfg: TrainConfig, *, head: set[str] | None = None, backbone_lr: float = 1.0) -> list[dict]:
+    """Parameter groups: one for everything, or head / backbone when the backbone gets its own rate.
 
-    Each group carries ``lr_scale`` so schedules scale every group's rate together.
+    With a head, every parameter is included (frozen ones simply get no gradient until unfrozen). Each
+    group carries ``lr_scale`` so schedules scale every group's rate together.
     """
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if head is None or backbone_lr == 1.0:
-        return [{"params": [p for _, p in trainable], "lr": cfg.lr, "lr_scale": 1.0, "name": "all"}]
-    prefix = head + "."
-    head_p = [p for n, p in trainable if n.startswith(prefix)]
-    body_p = [p for n, p in trainable if not n.startswith(prefix)]
-    groups = [{"params": head_p, "lr": cfg.lr, "lr_scale": 1.0, "name": "head"}]
-    if body_p:
-        groups.append({"params": body_p, "lr": cfg.lr * backbone_lr, "lr_scale": backbone_lr, "name": "backbone"})
+    if not head:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": cfg.lr, "lr_scale": 1.0, "name": "all"}]
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if n in head], "lr": cfg.lr, "lr_scale": 1.0, "name": "head"}]
+    body = [p for n, p in named if n not in head]
+    if body:
+        groups.append({"params": body, "lr": cfg.lr * backbone_lr, "lr_scale": backbone_lr, "name": "backbone"})
     return groups
 
 

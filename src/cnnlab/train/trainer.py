@@ -200,7 +200,7 @@ class Trainer:
         augment: Callable | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: Path | None = None,
-        head: str | None = None,
+        head: set[str] | None = None,
         backbone_lr: float = 1.0,
     ) -> None:
         self.cfg, self.engine, self.normalizer, self.augment = cfg, engine, normalizer, augment

@@ -1,0 +1,36 @@
+"""Training on a folder of images: labels from subfolders, a lazy split of the memory-mapped cache."""
+
+import json
+
+import torch
+
+from cnnlab.api import prepare_data
+from cnnlab.cli import main
+from cnnlab.config import load_config
+from cnnlab.data.tensors import RowView, batches
+
+
+def test_folder_split_is_lazy_and_complete(image_folder):
+    cfg = load_config(None, [f"data.dataset=folder:{image_folder}", "data.image_size=24", "data.val_split=0.25"]).data
+    data = prepare_data(cfg, log=lambda s: None)
+    assert isinstance(data.train.images, RowView) and isinstance(data.test.images, RowView)
+    assert len(data.train) == 90 and len(data.test) == 30 and data.train.classes == ("sneaker", "trouser", "tshirt")
+    x, y = next(batches(data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (16, 3, 24, 24) and x.dtype == torch.uint8 and y.shape == (16,)
+    rows = data.train.images.rows[:4]
+    assert torch.equal(data.train.images[:4], data.train.images.base[rows])
+
+
+def test_train_and_predict_on_a_folder(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"folder:{image_folder}", "--set", "data.image_size=28", "--set", "data.grayscale=true",
+            "--model", "cnn_32x1", "--epochs", "3", "--batch-size", "16", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "tshirt" in text  # the folder report (counts per class) is printed
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["counts"] == {"sneaker": 40, "trouser": 40, "tshirt": 40}
+    assert json.loads((out / "results.json").read_text())["test_acc"] > 0.8
+    assert main(["predict", str(out), str(image_folder / "trouser"), "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 40 and sum(": trouser " in ln for ln in lines) >= 36
