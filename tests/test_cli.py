@@ -141,3 +141,24 @@ def test_stop_at_from_the_command_line(tmp_path, capsys):
     assert main(["train", *QUICK, "--epochs", "5", "--stop-at", "loss=10", "--out", str(tmp_path / "r")]) == 0
     assert "Stopped early: reached train_loss" in capsys.readouterr().out
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_augment_preview_writes_a_grid(tmp_path, capsys):
+    cfg = tmp_path / "aug.yaml"
+    cfg.write_text("data:\n  dataset: fashion-mnist-sample\n  augment: {hflip: true, rotation: 10, cutout: 6}\n")
+    out = tmp_path / "aug.png"
+    assert main(["augment-preview", str(cfg), "--out", str(out), "-n", "3", "--copies", "4"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    img = Image.open(out)
+    assert img.size[0] > 300 and img.size[1] > 200
+    assert main(["augment-preview", str(cfg), "--set", "data.augment.hflip=false", "--set", "data.augment.rotation=0",
+                 "--set", "data.augment.cutout=0"]) == 2
+    assert "enables no augmentation" in capsys.readouterr().err
+
+
+def test_datasets_inspect_a_folder(image_folder, capsys):
+    assert main(["datasets", "inspect", str(image_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "120 readable images, 3 classes" in out and "trouser" in out
+    assert main(["datasets", "inspect", str(image_folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["tshirt"] == 40

@@ -367,3 +367,25 @@ def load_config_dict(raw: dict) -> Config:
     from cnnlab.config import from_dict
 
     return from_dict(Config, raw, "")
+
+
+def augment_preview(cfg: Config, out: str | Path, *, n: int = 8, copies: int = 8, seed: int = 0) -> Path:
+    """Writes a PNG grid: each row a training image, then ``copies`` augmented versions of it."""
+    from cnnlab.data.augment import Augmenter, preview_grid
+    from cnnlab.inspect.plots import image_grid, save_figure
+
+    aug = Augmenter(cfg.data.augment)
+    if not aug.enabled:
+        raise CnnlabError("the config enables no augmentation; set data.augment keys (e.g. --set data.augment.hflip=true)")
+    if n < 1 or copies < 1:
+        raise CnnlabError("-n and --copies must be ≥ 1")
+    data = prepare_data(cfg.data, log=lambda s: None)
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+    sheet = preview_grid(data.train.images[pick], aug, n=n, copies=copies, seed=seed)
+    c = data.train.shape[0]
+    h, w = data.train.shape[1:]
+    tiles = [sheet[r * h:(r + 1) * h, k * w:(k + 1) * w].transpose(2, 0, 1) for r in range(len(pick)) for k in range(copies + 1)]
+    titles = ["original" if k == 0 else f"aug {k}" for _ in range(len(pick)) for k in range(copies + 1)]
+    fig = image_grid(tiles, titles, cols=copies + 1, panel=1.2, suptitle=f"Augmentation preview: {cfg.name or 'config'}",
+                     cmap="gray" if c == 1 else None)
+    return save_figure(fig, out)

@@ -76,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("info", help="classes, shapes, files, checksums and where the files are")
     q.add_argument("name")
     q.add_argument("--data-dir")
+    q = dsub.add_parser("inspect", help="a folder of your images before training: classes, counts, sizes, bad files")
+    q.add_argument("path")
+    q.add_argument("--labels", choices=("auto", "subfolders", "filename", "csv"), default="auto")
+    q.add_argument("--pattern", help="regex whose first group is the label in a file name")
+    q.add_argument("--csv", help="a file,label CSV")
+    q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("augment-preview", help="write a grid of augmented training images for a config")
+    p.add_argument("config", help="YAML config with a data.augment section")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="augment-preview.png", help="PNG to write (default augment-preview.png)")
+    p.add_argument("-n", type=int, default=8, help="images (rows)")
+    p.add_argument("--copies", type=int, default=8, help="augmented copies per image (columns)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
 
     sub.add_parser("models", help="list registered models")
 
@@ -109,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from cnnlab import commands
 
-        return getattr(commands, f"cmd_{args.command}")(args)
+        return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
     except CnnlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,6 +146,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from cnnlab.data.datasets import DATASETS, where_is
 
+    if args.action == "inspect":
+        from cnnlab.data.folder import inspect_folder
+
+        found = inspect_folder(args.path, labels=args.labels, pattern=args.pattern, csv=args.csv)
+        if args.json:
+            _print_json(found.to_dict())
+        else:
+            print("\n".join(found.to_lines()))
+        return 0
     if args.action == "list":
         for name in DATASETS.names():
             info = DATASETS.get(name)
@@ -209,4 +218,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                        filter=args.filter, n=args.n, seed=args.seed)
     for path in show(args.run_dir, args.what, opts, out=args.out, data_dir=args.data_dir):
         print(path)
+    return 0
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from cnnlab.api import augment_preview
+
+    overrides = [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]
+    print(augment_preview(load_config(args.config, overrides), args.out, n=args.n, copies=args.copies, seed=args.seed))
     return 0
