@@ -307,9 +307,10 @@ def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: b
 DEMO: dict[str, Any] = {
     "name": "fashion_mnist_cnn",
     "description": "Tutorial 1: Fashion-MNIST with Conv64-Pool-Conv64-Pool-Dense128-Dense10",
-    "data": {"dataset": "fashion-mnist"},
+    "data": {"dataset": "fashion-mnist", "normalize": "standard"},
     "model": {"name": "cnn_64x2"},
-    "train": {"epochs": 5, "batch_size": 128, "optimizer": "adam", "lr": 0.001},
+    "train": {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 0.004, "schedule": "onecycle",
+              "label_smoothing": 0.1},
 }
 
 
