@@ -84,3 +84,9 @@ def test_every_shipped_config_loads_and_builds(path):
         info = DATASETS.get(cfg.data.dataset)
         model = build_model(cfg.model, input_shape=info.shape, num_classes=len(info.classes))
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_exponent_floats_without_a_dot():
+    assert load_config(None, ["train.lr=1e-5"]).train.lr == 1e-5
+    with pytest.raises(CnnlabError, match="train.lr expects a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])

@@ -32,7 +32,7 @@ from cnnlab.train.callbacks import (
 )
 from cnnlab.train.checkpoint import load_into, load_weights_file
 from cnnlab.train.metrics import Evaluation
-from cnnlab.train.trainer import Engine, Trainer, evaluate, make_engine, seed_everything
+from cnnlab.train.trainer import Trainer, evaluate, make_engine, seed_everything
 
 Log = Callable[[str], None]
 
@@ -295,7 +295,8 @@ def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: b
     dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
     data = prepare_data(dcfg, log=lambda s: None, pretrained=lr.cfg.model.pretrained)
     engine = make_engine(lr.cfg.train)
-    ev = evaluate(lr.model.to(engine.device), data.test, normalizer=lr.normalizer, engine=Engine(engine.device, engine.amp_dtype, False),
+    model = lr.model.to(engine.device, memory_format=torch.channels_last if engine.channels_last else torch.preserve_format)
+    ev = evaluate(model, data.test, normalizer=lr.normalizer, engine=engine,
                   batch_size=lr.cfg.train.eval_batch_size, tta=lr.cfg.train.tta, keep_probs=keep_probs)
     return lr, ev, data.test
 

@@ -71,8 +71,9 @@ class ViewContext:
         """fp32 evaluation of the whole test set, keeping probabilities."""
         from cnnlab.train.trainer import Engine, evaluate
 
+        # channels-last: fp32 convolutions run 8-10x faster that way on CPU than in NCHW
         return evaluate(self.model, self.test, normalizer=self.normalizer,
-                        engine=Engine(torch.device("cpu"), None, False), batch_size=500, keep_probs=True)
+                        engine=Engine(torch.device("cpu"), None, True), batch_size=500, keep_probs=True)
 
     @cached_property
     def history(self) -> list[dict]:
@@ -208,7 +209,9 @@ def _architecture(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
     from cnnlab.inspect.plot_maps import plot_architecture
 
     diagram = architecture_diagram(ctx.model, ctx.input_shape)
-    return {"architecture": plot_architecture(diagram, title=ctx.loaded.cfg.model.name or "model")}
+    mcfg = ctx.loaded.cfg.model
+    title = mcfg.name if not mcfg.layers else (ctx.loaded.cfg.name or "layers from config")
+    return {"architecture": plot_architecture(diagram, title=title or "model")}
 
 
 # ------------------------------------------------------------------------------------ attribution

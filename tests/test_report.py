@@ -1,0 +1,155 @@
+"""`cnnlab report` on tiny 1-epoch runs of the bundled Fashion-MNIST sample: structure, self-containment and
+what headless Chromium actually draws."""
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.cli import main
+from cnnlab.report import confusion_html
+
+TINY_CNN = ("model.layers=[{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}, {type: MaxPooling2D},"
+            " {type: Flatten}, {type: Dense, units: num_classes, activation: softmax}]")
+TINY_DNN = ("model.layers=[{type: Flatten}, {type: Dense, units: 16, activation: relu},"
+            " {type: Dense, units: num_classes, activation: softmax}]")
+
+
+def _train(tmp, layers):
+    out = tmp / "run"
+    assert main(["train", "--dataset", "fashion-mnist-sample", "--epochs", "1", "--batch-size", "256",
+                 "--no-progress", "--out", str(out), "--set", layers]) == 0
+    return out
+
+
+class _Page(HTMLParser):
+    """Collects what the structural checks need: ids, every src/href, the <img> sources, a few tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.links, self.imgs, self.tags = set(), [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "id" in a:
+            self.ids.add(a["id"])
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append(a[key])
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+
+
+def _parse(path):
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+@pytest.fixture(scope="module")
+def cnn_report(tmp_path_factory):
+    run = _train(tmp_path_factory.mktemp("cnn"), TINY_CNN)
+    assert main(["report", str(run)]) == 0
+    return run / "report.html"
+
+
+@pytest.fixture(scope="module")
+def dnn_report(tmp_path_factory):
+    run = _train(tmp_path_factory.mktemp("dnn"), TINY_DNN)
+    out = tmp_path_factory.mktemp("elsewhere") / "dnn.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    return out
+
+
+def test_cnn_report_has_every_section_and_is_self_contained(cnn_report):
+    page = _parse(cnn_report)
+    assert {"run", "config", "summary", "curves", "metrics", "per-class", "confusion", "predictions", "mistakes",
+            "feature-maps", "filters", "attribution", "occlusion", "gradcam", "architecture"} <= page.ids
+    assert "templates" not in page.ids and "maximize" not in page.ids and "not-shown" not in page.ids
+    # Every image is an embedded PNG that decodes; nothing points at the network or at other files.
+    assert len(page.imgs) >= 10
+    for src in page.imgs:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert all(link.startswith(("data:", "#")) for link in page.links)
+    text = cnn_report.read_text()
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:|//)", text, re.I)
+    assert "<script" not in text.lower() and "@import" not in text
+    assert "fashion-mnist-sample" in text and "Total params: <b>" in text and "details" in page.tags
+    assert "Not applicable to this model: templates." in text and "cnnlab report --maximize" in text
+
+
+def test_cnn_report_numbers_match_the_run(cnn_report):
+    import json
+
+    text = cnn_report.read_text()
+    run = cnn_report.parent
+    meta = json.loads((run / "run.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert f"{meta['params']:,}" in text
+    # The fp32 re-evaluation shown on the page agrees with training's own evaluation to rounding.
+    shown = float(re.search(r"<b>([0-9.]+)</b><span>test accuracy</span>", text).group(1))
+    assert shown == pytest.approx(results["test_acc"], abs=0.01)
+    # The confusion table holds the 1,000 test images: 10 rows of 10 cells.
+    table = text[text.index('<table class="confusion">'):]
+    table = table[:table.index("</table>")]
+    cells = [int(v) for v in re.findall(r'<td style="[^"]*" title="[^"]*">(\d+)</td>', table)]
+    assert len(cells) == 100 and sum(cells) == 1000
+    assert "filters: 4" in text  # the resolved config is embedded
+
+
+def test_dense_report_shows_templates_not_filters(dnn_report):
+    page = _parse(dnn_report)
+    assert {"templates", "predictions", "mistakes", "architecture", "confusion"} <= page.ids
+    assert not {"filters", "feature-maps", "occlusion", "gradcam", "attribution"} & page.ids
+    assert "not-shown" not in page.ids
+    assert all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert "Not applicable to this model: feature-maps, filters, occlusion, gradcam, maximize." in dnn_report.read_text()
+
+
+def test_confusion_html_shades_by_row_share():
+    html = confusion_html(np.array([[8, 2], [0, 10]]), ["cat", "a <dog>"])
+    assert "a &lt;dog&gt;" in html and "<dog>" not in html
+    assert "rgba(46,125,79,0.80)" in html  # diagonal: 8 of 10, green
+    assert "rgba(192,57,43,0.80)" in html  # 2 of 10 wrong, stretched x4, red
+    assert 'style="color:#b8bec7"' in html  # an empty cell is not shaded
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a cnnlab run directory" in err and err.count("\n") == 1
+
+
+def test_report_out_must_be_html(cnn_report, tmp_path, capsys):
+    assert main(["report", str(cnn_report.parent), "--out", str(tmp_path / "report.png")]) == 2
+    assert "ending in .html" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium); "
+                                             ".ci/run installs it")
+def test_chromium_renders_the_report(cnn_report, tmp_path):
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,2400",
+           f"--screenshot={shot}", cnn_report.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-500:]}"
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape == (2400, 1280)
+    assert img.std() > 12  # text, tables and figures, not a blank page (a near-empty page is < 1)
+    top = img[:300, 100:1180]  # title, subtitle and the navigation bar
+    assert top.std() > 10 and (top < 100).mean() > 0.002  # dark title text on the light page
+    # The page has figures in its first screen: plenty of distinct grey levels, not just text on white.
+    assert len(np.unique(img.astype(np.uint8))) > 100
