@@ -70,8 +70,20 @@ def test_bad_yaml_files(tmp_path):
         read_yaml(lst)
 
 
-def test_demo_config_equals_the_shipped_yaml():
+def test_demo_config_is_the_packaged_tutorial_config():
     assert demo_config() == load_config(ROOT / "configs" / "fashion_mnist_cnn.yaml")
+    assert demo_config().model.name == "cnn_64x2" and demo_config().data.dataset == "fashion-mnist"
+
+
+def test_configs_by_name_and_recipes():
+    from cnnlab.api import config_path, recipe_path
+
+    assert config_path("fashion_mnist_cnn").name == "fashion_mnist_cnn.yaml"
+    assert config_path("exercises/filters").parent.name == "exercises"
+    with pytest.raises(CnnlabError, match="config file nope not found; pass an existing YAML file or a packaged"):
+        config_path("nope")
+    with pytest.raises(CnnlabError, match="unknown recipe 'slow'"):
+        recipe_path("slow", "mnist")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))

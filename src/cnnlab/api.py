@@ -301,18 +301,33 @@ def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: b
     return lr, ev, data.test
 
 
-# ------------------------------------------------------------------------------------- the demo job
+# ------------------------------------------------------------------------------------- packaged configs
 
-# The first tutorial's CNN (Conv64-Pool-Conv64-Pool-Dense128-Dense10, Adam) on Fashion-MNIST with the
-# engine's default recipe. configs/fashion_mnist_cnn.yaml holds the same settings (a test checks).
-DEMO: dict[str, Any] = {
-    "name": "fashion_mnist_cnn",
-    "description": "Tutorial 1: Fashion-MNIST with Conv64-Pool-Conv64-Pool-Dense128-Dense10",
-    "data": {"dataset": "fashion-mnist", "normalize": "standard"},
-    "model": {"name": "cnn_64x2"},
-    "train": {"epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 0.004, "schedule": "onecycle",
-              "label_smoothing": 0.1},
-}
+CONFIGS = Path(__file__).parent / "configs"  # also reachable as configs/ at the repository root
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: an existing path, else a packaged config by name (``fashion_mnist_cnn``, ``fast/mnist``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = CONFIGS / (str(name) if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    names = sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+    raise CnnlabError(f"config file {name} not found; pass an existing YAML file or a packaged config: {', '.join(names)}")
+
+
+def recipe_path(recipe: str, dataset: str) -> Path:
+    """The packaged recipe ``configs/<recipe>/<dataset>.yaml`` (e.g. ``--recipe fast --dataset mnist``)."""
+    path = CONFIGS / recipe / f"{dataset}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in (CONFIGS / recipe).glob("*.yaml")) if (CONFIGS / recipe).is_dir() else []
+        if not have:
+            recipes = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "exercises")
+            raise CnnlabError(f"unknown recipe {recipe!r}; valid: {', '.join(recipes)}")
+        raise CnnlabError(f"recipe {recipe!r} has no config for dataset {dataset!r}; it has: {', '.join(have)}")
+    return path
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:

@@ -16,12 +16,23 @@ EPILOG = """examples:
   cnnlab train --resume runs/fashion_mnist_cnn         continue a stopped run
   cnnlab evaluate runs/fashion_mnist_cnn --json
   cnnlab predict runs/fashion_mnist_cnn shoe.png --top-k 3
+  cnnlab predict runs/fashion_mnist_cnn photos/ --out preds.csv --grid preds.png --engine onnx
+  cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
+COMPARE_EPILOG = """examples:
+  cnnlab compare configs/exercises/filters.yaml            the variants listed in the file's compare: section
+  cnnlab compare configs/fashion_mnist_cnn32.yaml --vary model.layers.0.filters=16,32,64 --epochs 2
+  cnnlab compare configs/fashion_mnist_cnn32.yaml --vary train.lr=0.001,0.003 --vary train.batch_size=32,128
+  cnnlab compare --configs configs/fashion_mnist_dnn.yaml configs/fashion_mnist_cnn32.yaml
+writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
+exit status 1 when a variant failed (its error is in the table)."""
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML experiment file (see configs/)")
+    p.add_argument("--config", help="YAML experiment file, or a packaged config by name (e.g. fashion_mnist_cnn)")
+    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast (configs/fast/DATASET.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.epochs=10 or model.layers.0.filters=32 (repeatable)")
     p.add_argument("--model", help="registered model name (cnnlab models); replaces the config's model")
@@ -64,11 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: test_loss, test_acc, per_class, confusion")
     p.add_argument("--data-dir")
 
-    p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) with a trained run")
+    p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) or folders of them with a trained run")
     p.add_argument("run_dir")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--out", metavar="CSV", help="write file,label,prob[,label_2,prob_2...],error rows here "
+                                                "(stdout then gets one summary line unless --json)")
+    p.add_argument("--grid", metavar="PNG", help="draw the first 100 images titled 'label, prob=0.87'")
+    p.add_argument("--engine", default="torch", metavar="ENGINE",
+                   help="torch (default), onnx (RUN_DIR/model.onnx, exported if missing) or auto (the faster)")
+
+    p = sub.add_parser("export", help="write a run's model as ONNX and check it against PyTorch on test images",
+                       description="Writes RUN_DIR/model.onnx (or --out FILE): input 'input' = normalised float32 "
+                                   "(N, C, H, W); outputs 'logits' and 'probs'; normalisation, classes and input "
+                                   "shape in its metadata. Exit status 1 when onnxruntime and PyTorch differ by "
+                                   "more than 1e-4 on the test images (then no file is written).")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx", metavar="FORMAT", help="export format: onnx (default)")
+    p.add_argument("--out", metavar="FILE", help="file to write (default RUN_DIR/model.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 11..20 (default 17)")
+    p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="batch dimension: dynamic (default) or fixed N")
+    p.add_argument("--data-dir", help="where the run's dataset is, for the parity check")
 
     p = sub.add_parser("datasets", help="list datasets or show one's details")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -112,6 +140,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL_OR_YAML")
     p.add_argument("--input-shape", metavar="H,W,C", help="input shape (default: the model's tutorial input)")
     p.add_argument("--num-classes", type=int, default=None)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: facts, curves, metrics, confusion, "
+                                      "predictions, feature maps, attribution, architecture",
+                       description="Writes RUN_DIR/report.html (or --out FILE): every figure embedded, no network "
+                                   "needed to open it.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--data-dir")
+    p.add_argument("--maximize", action="store_true", help="also include activation maximisation (slower)")
+
+    p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMPARE_EPILOG)
+    p.add_argument("config", nargs="?", metavar="BASE.yaml",
+                   help="the config the variants start from; its compare: section lists them when neither "
+                        "--vary nor --configs is given")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one variant per value (several --vary: every combination); values parse like --set, "
+                        "list values in brackets: model.layers.0.kernel_size=[3,3],[5,5]")
+    p.add_argument("--configs", nargs="+", default=[], metavar="YAML", help="whole configs to run beside BASE.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every variant (repeatable)")
+    p.add_argument("--epochs", type=int, help="epochs of every variant")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", metavar="DIR", help="folder for the runs and tables (default runs/compare-<base name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier compare folder given by --out")
+    p.add_argument("--no-progress", action="store_true", help="plain epoch lines, no live bar")
     return ap
 
 

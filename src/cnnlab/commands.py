@@ -37,7 +37,15 @@ def train_config(args: argparse.Namespace) -> Config:
         overrides.append(f"model.freeze={args.freeze}")
     if args.fine_tune:
         overrides += ["model.freeze=backbone", "model.freeze_epochs=1", "model.backbone_lr=0.1"]
-    return load_config(args.config, [*overrides, *args.overrides])
+    from cnnlab.api import config_path, recipe_path
+
+    if args.recipe:
+        if args.config:
+            raise CnnlabError("--recipe picks the config itself (configs/RECIPE/DATASET.yaml); drop --config")
+        base = recipe_path(args.recipe, args.dataset or "fashion-mnist")
+    else:
+        base = config_path(args.config) if args.config else None
+    return load_config(base, [*overrides, *args.overrides])
 
 
 def _finish(result, what_next: bool = True) -> int:
@@ -71,12 +79,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def demo_config(data_dir: str | None = None) -> Config:
-    """The main job: configs/fashion_mnist_cnn.yaml (a test keeps the two equal), built in code so an
-    installed ``cnnlab`` runs it from any folder."""
-    from cnnlab.api import DEMO
+    """The main job: the packaged configs/fashion_mnist_cnn.yaml (found from any folder)."""
+    from cnnlab.api import config_path
 
     overrides = [f"data.data_dir={data_dir}"] if data_dir else []
-    return load_config(None, overrides, base=DEMO)
+    return load_config(config_path("fashion_mnist_cnn"), overrides)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -93,7 +100,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     overwrite = out.exists() and (out / "run.json").is_file()
     result = api.train(cfg, out=out, overwrite=overwrite, progress=False if args.no_progress else None)
-    return _finish(result)
+    if result.failed:
+        return _finish(result)
+    from cnnlab.inspect.views import ShowOptions, show
+    from cnnlab.report import build_report
+
+    print("Drawing the pictures (report, feature maps, filters, occlusion, Grad-CAM, maximisation, ...)")
+    report = build_report(out, data_dir=args.data_dir, maximize=True, figures_dir=out / "figures")
+    for view in ("kernels", "saliency"):  # the two views the report leaves out
+        show(out, view, ShowOptions(n=6), data_dir=args.data_dir)
+    _finish(result, what_next=False)
+    print(f"Open: {report.resolve().as_uri()} (everything on one page), figures in {out / 'figures'}")
+    print(f"Next: cnnlab show {out} feature-maps --layers conv2d_1   cnnlab predict {out} IMAGE.png")
+    return 0
 
 
 def _as_dict(cfg: Config) -> dict:
@@ -125,22 +144,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnlab.predict import predict_files
+    from cnnlab.export import ParityError
+    from cnnlab.predict import GRID_MAX, predict_files, write_csv, write_grid
 
     if args.top_k < 1:
         raise CnnlabError("--top-k must be ≥ 1")
-    results = predict_files(args.run_dir, args.files, top_k=args.top_k)
+    try:
+        results = predict_files(args.run_dir, args.files, top_k=args.top_k, engine=args.engine,
+                                keep_images=GRID_MAX if args.grid else 0)
+    except ParityError as exc:  # the automatic export of --engine onnx failed its check: a failure, not a mistake
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     failed = 0
     for r in results:
         if r.error:
             failed += 1
             print(f"error: {r.error}", file=sys.stderr)
-            continue
-        if args.json:
+        elif args.json:
             print(json.dumps({"file": str(r.path), "top": [{"label": lab, "prob": round(p, 6)} for lab, p in r.top]}))
-        else:
+        elif not args.out:
             print(f"{r.path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+    if args.out:
+        path = write_csv(results, args.out, args.top_k)
+        if not args.json:
+            print(f"Predicted {len(results) - failed} of {len(results)} images: {path}")
+    if args.grid and len(results) > failed:
+        print(f"Grid: {write_grid(results, args.grid)}", file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cnnlab.export import ParityError, export
+
+    try:
+        result = export(args.run_dir, args.format, out=args.out, opset=args.opset, batch=args.batch,
+                        data_dir=args.data_dir)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Exported: {result.path} (opset {result.opset}, batch {result.batch})")
+    return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -227,3 +270,24 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]
     print(augment_preview(load_config(args.config, overrides), args.out, n=args.n, copies=args.copies, seed=args.seed))
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnlab.report import build_report
+
+    path = build_report(args.run_dir, out=args.out, data_dir=args.data_dir, maximize=args.maximize)
+    print(f"Report: {path}")
+    print(f"Open: {path.resolve().as_uri()}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cnnlab.compare import common_overrides, plan, run_compare
+
+    overrides = common_overrides(args.overrides, epochs=args.epochs, data_dir=args.data_dir)
+    variants, out = plan(args.config, vary=args.vary, configs=args.configs, overrides=overrides, out=args.out)
+    result = run_compare(variants, out, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    print()
+    print(result.markdown)
+    print(f"\nCompared in: {out} (compare.md, compare.csv, compare.png)")
+    return 1 if result.failed else 0

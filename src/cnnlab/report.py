@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect.plots import save_figure
 from cnnlab.inspect.views import VIEWS, ShowOptions, ViewContext, applicable
 from cnnlab.runs import RESULTS, write_atomic
 
@@ -234,7 +235,7 @@ def _correct(ctx: ViewContext, n: int, seed: int = 0) -> tuple[int, ...] | None:
 
 
 def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir: str | None = None,
-                 maximize: bool = False, log: Log = print) -> Path:
+                 maximize: bool = False, figures_dir: str | Path | None = None, log: Log = print) -> Path:
     """Writes the HTML report of a trained run and returns its path.
 
     Args:
@@ -242,6 +243,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
         out: the HTML file to write (default ``RUN_DIR/report.html``).
         data_dir: where the run's dataset lies, if not where training found it.
         maximize: also include activation maximisation (gradient ascent; the slowest figure, so opt-in).
+        figures_dir: also save every figure there as PNG (the names ``cnnlab show`` uses).
         log: receives one line per view that could not be drawn.
 
     Raises:
@@ -260,7 +262,11 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
 
     def figures(view: str, opts: ShowOptions) -> dict[str, Figure]:
         try:
-            return VIEWS.get(view)(ctx, opts)
+            figs = VIEWS.get(view)(ctx, opts)
+            if figures_dir is not None:
+                for stem, fig in figs.items():
+                    save_figure(fig, Path(figures_dir) / f"{stem}.png")
+            return figs
         except CnnlabError as exc:
             missing.append(f"{view}: {exc}")
         except Exception as exc:  # one broken figure must not cost the whole report

@@ -1,0 +1,176 @@
+"""predict: engines (PyTorch, onnxruntime, auto), CSV and grid output, folders, the Predictor API, mistakes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+from PIL import Image
+
+from cnnlab import api
+from cnnlab.cli import main
+from cnnlab.config import load_config
+from cnnlab.data.datasets import load_dataset
+from cnnlab.errors import CnnlabError
+from cnnlab.predict import Predictor, decode_chunks, predict_files
+
+TINY_CNN = [
+    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},
+    {"type": "MaxPooling2D", "pool_size": 2},
+    {"type": "Flatten"},
+    {"type": "Dense", "units": "num_classes", "activation": "softmax"},
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny CNN trained one epoch on the bundled Fashion-MNIST sample (no model.onnx yet)."""
+    cfg = load_config(None, base={"data": {"dataset": "fashion-mnist-sample"}, "model": {"layers": TINY_CNN},
+                                  "train": {"epochs": 1, "batch_size": 256}})
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert api.train(cfg, out=out, progress=False, log=lambda s: None).failed is None
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_dataset("fashion-mnist-sample")[1]
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory, test_set):
+    """70 test images as PNGs in a folder (enough for the worker-pool decode), plus a broken one and a
+    hidden file that must be skipped."""
+    root = tmp_path_factory.mktemp("pngs")
+    for i in range(70):
+        Image.fromarray(test_set.images[i, 0].numpy()).save(root / f"img{i:02d}.png")
+    (root / "zz_broken.png").write_bytes(b"\x89PNG not really")
+    (root / ".hidden.png").write_bytes(b"")
+    return root
+
+
+def test_onnx_engine_equals_torch_on_test_images(run, test_set, capsys):
+    torch_p = Predictor.from_run(run, "torch")
+    notes: list[str] = []
+    onnx_p = Predictor.from_run(run, "onnx", log=notes.append)  # exports model.onnx first, with the check
+    assert (run / "model.onnx").is_file() and notes[0].startswith("note: exporting")
+    assert notes[1].startswith("parity: max abs diff")
+    assert (torch_p.engine, onnx_p.engine) == ("torch", "onnx")
+    x = test_set.images[:300].numpy()
+    a, b = torch_p.predict(x), onnx_p.predict(x)  # 300 > batch_size 256: two batches each
+    assert a.shape == (300, 10) and np.allclose(a.sum(1), 1, atol=1e-5)
+    assert np.abs(a - b).max() <= 1e-4
+    assert (a.argmax(1) == test_set.labels[:300].numpy()).mean() > 0.6
+    # the same through the command line
+    img = run.parent / "boot.png"
+    Image.fromarray(test_set.images[0, 0].numpy()).save(img)
+    outs = []
+    for engine in ("torch", "onnx"):
+        assert main(["predict", str(run), str(img), "--json", "--top-k", "3", "--engine", engine]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert [t["label"] for t in outs[0]["top"]] == [t["label"] for t in outs[1]["top"]]
+    assert np.allclose([t["prob"] for t in outs[0]["top"]], [t["prob"] for t in outs[1]["top"]], atol=1e-4)
+
+
+def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    rc = main(["predict", str(run), str(pngs), str(tmp_path / "missing.png"), "--top-k", "3", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert rc == 1
+    assert stdout.strip() == f"Predicted 70 of 72 images: {out}"  # per-file lines go to the CSV instead
+    assert "zz_broken.png: not an image" in err and "missing.png: no such file" in err and err.count("\n") == 2
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["file", "label", "prob", "label_2", "prob_2", "label_3", "prob_3", "error"]
+    assert len(rows) == 73 and rows[1][0] == str(pngs / "img00.png")  # sorted, the hidden file left out
+    classes = load_dataset("fashion-mnist-sample")[0].classes
+    for row in rows[1:71]:
+        probs = [float(row[i]) for i in (2, 4, 6)]
+        assert row[1] in classes and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert row[7] == ""
+    broken, missing = rows[71], rows[72]
+    assert broken[0].endswith("zz_broken.png") and broken[1:7] == [""] * 6 and "not an image" in broken[7]
+    assert missing[7].endswith("missing.png: no such file")
+    # the same labels as decoding file by file (the small-batch in-process path)
+    few = predict_files(run, [pngs / "img00.png", pngs / "img01.png"])
+    assert [p.top[0][0] for p in few] == [rows[1][1], rows[2][1]]
+
+
+def test_grid_png_of_a_folder(run, pngs, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    assert main(["predict", str(run), str(pngs), "--grid", str(grid)]) == 1  # the broken file
+    out = capsys.readouterr().out
+    assert f"Grid: {grid}" in out and out.count(": ") == 71  # 70 prediction lines + the grid line
+    pixels = imread(grid)
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 500  # 7 rows x 10 columns of panels
+    assert float(pixels[..., :3].std()) > 0.05
+
+
+def test_folder_expansion_and_pool_decode_agree_with_in_process(pngs, test_set):
+    from cnnlab.predict import expand
+
+    paths = expand([pngs])
+    assert len(paths) == 71 and paths[-1].name == "zz_broken.png"
+    pooled = list(decode_chunks(paths, (1, 28, 28), "squash"))  # 71 files: worker processes
+    single = list(decode_chunks(paths, (1, 28, 28), "squash", chunk=10))  # chunks below the pool size
+    assert len(pooled) == 1 and len(single) == 8
+    _, pixels, errors = pooled[0]
+    assert list(errors) == [70] and "not an image" in errors[70]
+    assert torch.equal(torch.from_numpy(pixels[:70]), test_set.images[:70])
+    assert np.array_equal(np.concatenate([p for _, p, _ in single])[:70], pixels[:70])
+    assert single[-1][2] == {0: errors[70]}  # same message either way
+
+
+def test_predictor_single_image_api(run, test_set):
+    p = Predictor.from_run(run, "auto")
+    assert p.engine in ("torch", "onnx") and set(p.latency) == {"torch", "onnx"}
+    assert p.engine == min(p.latency, key=p.latency.get)
+    img = test_set.images[3]
+    probs = p.predict(img)  # one (C, H, W) image, a torch tensor
+    assert probs.shape == (1, 10) and probs.dtype == np.float32
+    ref = Predictor.from_run(run, "torch").predict(img.numpy())
+    assert np.abs(probs - ref).max() <= 1e-4
+    [(label, prob)] = p.top_k(probs, 1)[0]
+    assert label == p.classes[int(ref.argmax())] and prob == pytest.approx(float(ref.max()), abs=1e-4)
+    with pytest.raises(CnnlabError, match=r"images must be uint8 \(N, 1, 28, 28\)"):
+        p.predict(img.float())
+    with pytest.raises(CnnlabError, match="got uint8 \\(1, 3, 28, 28\\)"):
+        p.predict(np.zeros((1, 3, 28, 28), np.uint8))
+
+
+def test_stale_onnx_is_exported_again(run, tmp_path, test_set):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    Predictor.from_run(copy, "onnx", log=lambda s: None)  # model.onnx of the trained weights
+    weights = load_file(copy / "model.safetensors")
+    save_file({k: v * 1.5 if k.endswith("weight") else v for k, v in weights.items()}, copy / "model.safetensors")
+    notes: list[str] = []
+    p = Predictor.from_run(copy, "onnx", log=notes.append)
+    assert any("exported from other weights" in n for n in notes)
+    x = test_set.images[:50].numpy()
+    assert np.abs(p.predict(x) - Predictor.from_run(copy, "torch").predict(x)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("setup, argv, message", [
+    ("corrupt", ["--engine", "onnx"], "model.onnx is not a usable ONNX model"),
+    (None, ["--engine", "tensorrt"], "unknown engine 'tensorrt'; valid: auto, onnx, torch"),
+    (None, ["--top-k", "0"], "--top-k must be ≥ 1"),
+    ("norun", [], "is not a directory; pass a run directory"),
+])
+def test_predict_mistakes_are_one_line_errors(run, tmp_path, capsys, setup, argv, message):
+    target = tmp_path / "copy"
+    if setup != "norun":
+        shutil.copytree(run, target)
+    if setup == "corrupt":
+        (target / "model.onnx").write_bytes(b"\x08\x07garbage")
+    img = tmp_path / "x.png"
+    Image.new("L", (28, 28), 128).save(img)
+    assert main(["predict", str(target), str(img), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
