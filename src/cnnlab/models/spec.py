@@ -93,17 +93,35 @@ class Conv2D(nn.Conv2d):
         fn = ACTIVATIONS[self.activation]
         return fn(y) if activate and fn is not None else y
 
-    def _gemm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _im2col(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(N*oh*ow, C*kh*kw) patches in the compute dtype (half the bytes under bf16 autocast), oh, ow."""
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if torch.is_autocast_enabled(x.device.type):  # im2col in the compute dtype: half the bytes
+        if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*kh*kw, oh*ow)
-        cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
+        return cols.transpose(1, 2).reshape(n * oh * ow, -1), oh, ow
+
+    def _gemm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        cols, oh, ow = self._im2col(x)
         weight = self.weight.reshape(self.out_channels, -1).t()
         y = cols @ weight if self.bias is None else torch.addmm(self.bias, cols, weight)  # (N*oh*ow, F)
-        return y.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+        return y.view(x.shape[0], oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
+
+    def conv_pool_relu(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Training-only relu(maxpool2x2(conv(x))) through the native kernel (:mod:`cnnlab.native`); None
+        when it does not apply here, so the caller takes the eager path."""
+        from cnnlab import native
+
+        if self.stride != (1, 1) or not native.supported(x, self.weight):
+            return None
+        ph, pw = self.padding
+        pad = self.extra_pad if self.extra_pad is not None else (pw, pw, ph, ph)
+        if any(pad):
+            x = F.pad(x, pad)
+        bias = self.bias if self.bias is not None else torch.zeros(self.out_channels, device=x.device)
+        return native.ConvPoolReLU.apply(x, self.weight, bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
@@ -192,6 +210,13 @@ class SpecModel(nn.Sequential):
         self.spec = spec
         self.input_shape = input_shape
         mods = list(layers.values())
+        # conv (small fan-in) → 2x2/2 valid max-pool → ReLU: one native kernel in training (cnnlab.native)
+        self._kernel = [
+            isinstance(m, Conv2D) and m.gemm and m.activation == "relu" and i + 1 < len(mods)
+            and isinstance(mods[i + 1], Pool2D) and mods[i + 1].kind == "max" and mods[i + 1].size == (2, 2)
+            and mods[i + 1].stride == (2, 2) and not any(mods[i + 1].pad)
+            for i, m in enumerate(mods)
+        ]
         self._fuse = [
             isinstance(m, Conv2D) and m.activation == "relu" and i + 1 < len(mods)
             and isinstance(mods[i + 1], Pool2D) and mods[i + 1].kind == "max"
@@ -206,7 +231,11 @@ class SpecModel(nn.Sequential):
             return x
         i = 0
         while i < len(mods):
-            if self._fuse[i]:
+            y = mods[i].conv_pool_relu(x) if self._kernel[i] else None
+            if y is not None:
+                x = y
+                i += 2
+            elif self._fuse[i]:
                 x = F.relu(mods[i + 1](mods[i](x, activate=False)))
                 i += 2
             else:
