@@ -16,6 +16,10 @@ EPILOG = """examples:
   cnnlab train --resume runs/fashion_mnist_cnn         continue a stopped run
   cnnlab evaluate runs/fashion_mnist_cnn --json
   cnnlab predict runs/fashion_mnist_cnn shoe.png --top-k 3
+  cnnlab show runs/fashion_mnist_cnn feature-maps       pictures: curves, mistakes, occlusion, maximize, ...
+  cnnlab report runs/fashion_mnist_cnn                  everything on one HTML page
+  cnnlab compare configs/exercises/filters.yaml         an exercise's variants side by side
+  cnnlab train --recipe fast --dataset mnist            a speed recipe (configs/fast/)
   cnnlab predict runs/fashion_mnist_cnn photos/ --out preds.csv --grid preds.png --engine onnx
   cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
