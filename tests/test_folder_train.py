@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from cnnlab.api import prepare_data
@@ -34,3 +35,30 @@ def test_train_and_predict_on_a_folder(image_folder, tmp_path, capsys):
     assert main(["predict", str(out), str(image_folder / "trouser"), "--top-k", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 40 and sum(": trouser " in ln for ln in lines) >= 36
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_mnist_images_written_to_a_folder_with_file_name_labels(real_data, tmp_path, capsys):
+    """MNIST test digits as PNG files named like Kaggle's cat.123.jpg (digit word as the label) → train → predict."""
+    from PIL import Image
+
+    from cnnlab.data.datasets import load_dataset
+
+    words = ("zero", "one", "two", "three")
+    _, test = load_dataset("mnist", real_data)
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for label, word in enumerate(words):
+        for k, i in enumerate(torch.nonzero(test.labels == label).flatten()[:150].tolist()):
+            Image.fromarray(test.images[i, 0].numpy()).save(folder / f"{word}.{k}.png")
+    (folder / "broken.7.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"folder:{folder}", "--set", "data.image_size=28", "--set", "data.grayscale=true",
+            "--set", "data.labels=filename", "--model", "cnn_32x1", "--epochs", "3", "--batch-size", "32",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    assert "broken.7.png" in capsys.readouterr().out  # the skipped file is listed on screen
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["counts"] == {w: 150 for w in sorted(words)} and len(report["skipped"]) == 1
+    assert json.loads((out / "results.json").read_text())["test_acc"] > 0.9
