@@ -193,12 +193,17 @@ def train(
         run.update_meta(status="failed", failure=trainer.failed)
         log(f"Stopped: {trainer.failed}")
         return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failed)
+    restored = False
     if cfg.callbacks.restore_best and (run.checkpoints / "best").exists():
         load_into(trainer.model, load_weights_file(run.checkpoints / "best" / "model.safetensors"), "checkpoints/best")
         log("Restored the weights of the best epoch")
+        restored = True
     save_weights(trainer.model, run.file(WEIGHTS))
-    test = evaluate(trainer.model, data.test, normalizer=data.normalizer, engine=engine,
-                    batch_size=cfg.train.eval_batch_size, tta=cfg.train.tta)
+    if data.val is data.test and trainer.last_eval is not None and not restored:
+        test = trainer.last_eval  # the last epoch already evaluated these weights on the test set
+    else:
+        test = evaluate(trainer.model, data.test, normalizer=data.normalizer, engine=engine,
+                        batch_size=cfg.train.eval_batch_size, tta=cfg.train.tta)
     run.write_json(RESULTS, test.to_dict())
     _write_summary(run, trainer.model, data, test, trainer)
     run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,

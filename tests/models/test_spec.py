@@ -122,3 +122,20 @@ def test_small_fan_in_gemm_path_equals_conv2d(shape, k, s, pad):
     conv.gemm = False
     assert torch.allclose(y, conv(x), atol=1e-5)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_plain_inference_takes_the_fused_path_and_hooks_still_see_keras_outputs():
+    torch.manual_seed(0)
+    model = create_model("cnn_64x2", num_classes=10, input_shape=(1, 28, 28)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.inference_mode():
+        assert model._plain_inference()
+        y_fused = model(x)
+    seen = {}
+    handle = model.conv2d.register_forward_hook(lambda m, i, o: seen.setdefault("conv", o.detach()))
+    with torch.inference_mode():
+        assert not model._plain_inference()  # a hook is watching: run layer by layer
+        y_layers = model(x)
+    handle.remove()
+    assert torch.allclose(y_fused, y_layers, atol=1e-6)
+    assert seen["conv"].shape == (3, 64, 26, 26) and seen["conv"].min() >= 0  # post-ReLU, as Keras

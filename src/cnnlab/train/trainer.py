@@ -222,6 +222,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.failed: str | None = None
         self.lr = cfg.lr
+        self.last_eval: Evaluation | None = None  # validation of the weights as they are after the last epoch
 
     # -------------------------------------------------------------------------------------- the loop
 
@@ -248,6 +249,9 @@ class Trainer:
                 ev = evaluate(self.model, self.val_data, normalizer=self.normalizer, engine=self.engine,
                               batch_size=self.cfg.eval_batch_size, tta=self.cfg.tta)
                 metrics.update(val_loss=ev.loss, val_acc=ev.acc)
+                self.last_eval = ev
+            else:
+                self.last_eval = None
             metrics.update(seconds=time.perf_counter() - start, lr=lr_used)
             self.epoch += 1
             self.history.append(metrics)
