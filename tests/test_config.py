@@ -84,6 +84,10 @@ def test_configs_by_name_and_recipes():
         config_path("nope")
     with pytest.raises(CnnlabError, match="unknown recipe 'slow'"):
         recipe_path("slow", "mnist")
+    for dataset in ("mnist", "fashion-mnist", "cifar-10"):
+        assert load_config(recipe_path("fast", dataset)).data.dataset == dataset
+    with pytest.raises(CnnlabError, match="recipe 'fast' has no config for dataset 'svhn'; it has: cifar-10"):
+        recipe_path("fast", "svhn")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))

@@ -199,7 +199,7 @@ def train(
         log("Restored the weights of the best epoch")
         restored = True
     save_weights(trainer.model, run.file(WEIGHTS))
-    if data.val is data.test and trainer.last_eval is not None and not restored:
+    if data.val is data.test and trainer.last_eval is not None and not restored and not cfg.train.tta:
         test = trainer.last_eval  # the last epoch already evaluated these weights on the test set
     else:
         test = evaluate(trainer.model, data.test, normalizer=data.normalizer, engine=engine,

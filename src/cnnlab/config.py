@@ -109,7 +109,8 @@ class TrainConfig:
         eval_batch_size: batch size of evaluation.
         device: auto, cpu or cuda.
         threads: CPU threads (0 = one per available core).
-        tta: test-time augmentation at evaluation: ``hflip`` averages the flipped prediction.
+        tta: test-time augmentation of the final test and ``cnnlab evaluate`` (per-epoch validation stays
+            plain, as Keras's): ``hflip`` averages the flipped prediction.
     """
 
     epochs: int = 5

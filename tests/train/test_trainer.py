@@ -126,6 +126,16 @@ def test_evaluate_reports_confusion(toy):
     assert torch.allclose(ev.probs.sum(1), torch.ones(len(toy)))
 
 
+def test_hflip_tta_averages_the_mirrored_prediction(toy):
+    model = _model().eval()
+    ev = evaluate(model, toy, normalizer=Normalizer(), engine=CPU, batch_size=50, tta="hflip", keep_probs=True)
+    x = toy.images.float() / 255
+    with torch.no_grad():
+        want = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    assert torch.allclose(ev.probs, want, atol=1e-5)
+    assert ev.acc == pytest.approx(float((want.argmax(1) == toy.labels).float().mean()))
+
+
 def test_engine_respects_precision_flags():
     assert make_engine(TrainConfig(precision="fp32")).amp_dtype is None
     e = make_engine(TrainConfig(precision="auto"))

@@ -247,7 +247,7 @@ class Trainer:
                                        "val_loss": None, "val_acc": None}
             if self.val_data is not None and math.isfinite(loss):
                 ev = evaluate(self.model, self.val_data, normalizer=self.normalizer, engine=self.engine,
-                              batch_size=self.cfg.eval_batch_size, tta=self.cfg.tta)
+                              batch_size=self.cfg.eval_batch_size)
                 metrics.update(val_loss=ev.loss, val_acc=ev.acc)
                 self.last_eval = ev
             else:
