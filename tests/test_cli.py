@@ -162,3 +162,18 @@ def test_datasets_inspect_a_folder(image_folder, capsys):
     assert "120 readable images, 3 classes" in out and "trouser" in out
     assert main(["datasets", "inspect", str(image_folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["tshirt"] == 40
+
+
+def test_python_dash_m_exit_codes_and_a_closed_pipe():
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "cnnlab", "datasets", "info", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown dataset 'nope'; valid:")
+    usage = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--bogus"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "unrecognized arguments: --bogus" in usage.stderr
+    # `cnnlab models | head -1`: the reader has gone before the output is written; no traceback, exit 0
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in proc.stderr.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -189,3 +190,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The ``cnnlab`` console script and ``python -m cnnlab``: ``main`` then a fast exit.
+
+    Every file a command writes is closed (and renamed into place) before ``main`` returns, so the
+    interpreter's teardown only frees memory; with PyTorch (and ``torch._dynamo``, which ``torch.optim``
+    imports) loaded that takes ~0.6 s on a 2-core CPU, a quarter of a one-epoch MNIST run's fixed cost.
+    """
+    try:
+        code = main()
+        sys.stdout.flush()
+    except SystemExit as exc:  # argparse's --help / usage errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BrokenPipeError:  # `cnnlab models | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
