@@ -1,9 +1,8 @@
 """A/B of the engine's CPU optimisations on the first tutorial's CNN, in one process, alternating.
 
 Variants (training img/s over a fixed slice of Fashion-MNIST after a warm-up):
-  full       everything on (native first-block kernel, im2col GEMM first conv, ReLU after pool)
+  full       everything on (native first-block kernel, ReLU after pool)
   no-native  the native kernel off (eager PyTorch for the first block)
-  no-gemm    also the first conv through oneDNN instead of the im2col GEMM
   no-reorder also ReLU before the max-pool, as written (every layer plain eager)
   compile    `full` under torch.compile (the compile time is printed separately)
 
@@ -24,19 +23,14 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.datasets import load_dataset
 from cnnlab.data.tensors import Normalizer
 from cnnlab.models import create_model
-from cnnlab.models.spec import Conv2D
 from cnnlab.train.optim import make_optimizer, param_groups
 from cnnlab.train.trainer import make_engine, train_one_epoch
 
 
 def variant_model(name: str):
     model = create_model("cnn_64x2", num_classes=10, input_shape=(1, 28, 28))
-    if name in ("no-native", "no-gemm", "no-reorder"):
+    if name in ("no-native", "no-reorder"):
         model._kernel = [False] * len(model._kernel)
-    if name in ("no-gemm", "no-reorder"):
-        for m in model.modules():
-            if isinstance(m, Conv2D):
-                m.gemm = False
     if name == "no-reorder":
         model._fuse = [False] * len(model._fuse)
     return model.to(memory_format=torch.channels_last)
@@ -88,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--precision", nargs="+", default=["bf16"])
-    ap.add_argument("--variants", nargs="+", default=["full", "no-native", "no-gemm", "no-reorder"])
+    ap.add_argument("--variants", nargs="+", default=["full", "no-native", "no-reorder"])
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--images", type=int, default=15360)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")

@@ -141,19 +141,12 @@ def _bins(out: int, size: int, dtype: torch.dtype) -> torch.Tensor:
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with the layers the exporter handles badly swapped for equivalents.
 
-    * spec Conv2D layers with a tiny fan-in use an unfold + GEMM path in eager mode (faster there);
-      traced, unfold becomes a tangle of Gather/Transpose nodes that onnxruntime runs slowly, so they
-      run as the plain convolution they equal (same weights);
     * ``nn.AdaptiveAvgPool2d`` becomes :class:`_BinnedAvgPool`.
 
     The parity check confirms the copy computes what the original does.
     """
-    from cnnlab.models.spec import Conv2D
-
     clone = copy.deepcopy(model).eval()
     for m in clone.modules():
-        if isinstance(m, Conv2D):
-            m.gemm = False
         for name, child in m.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
                 setattr(m, name, _BinnedAvgPool(child.output_size))

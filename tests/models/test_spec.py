@@ -112,16 +112,18 @@ def test_keras_batchnorm_momentum_translates():
 
 @pytest.mark.parametrize("shape, k, s, pad", [((1, 28, 28), 3, 1, "valid"), ((3, 32, 32), 3, 1, "same"),
                                               ((3, 33, 33), 3, 2, "same"), ((1, 28, 28), 5, 1, "valid")])
-def test_small_fan_in_gemm_path_equals_conv2d(shape, k, s, pad):
+def test_conv_padding_matches_tensorflow_and_marks_small_fan_in(shape, k, s, pad):
     m = build_spec([{"type": "Conv2D", "filters": 8, "kernel_size": k, "strides": s, "padding": pad},
                     {"type": "Flatten"}], input_shape=shape)
     conv = m.conv2d
     x = torch.randn(2, *shape)
-    assert conv.gemm
-    y = conv(x)
-    conv.gemm = False
-    assert torch.allclose(y, conv(x), atol=1e-5)
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    size = shape[1]
+    out = -(-size // s) if pad == "same" else (size - k) // s + 1
+    total = max((out - 1) * s + k - size, 0) if pad == "same" else 0  # TF: the extra pixel goes right/bottom
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (total // 2, total - total // 2) * 2),
+                                      conv.weight, conv.bias, stride=s)
+    assert torch.allclose(conv(x), want, atol=1e-5)
+    assert conv.small_fan_in == (shape[0] * k * k <= 27)
 
 
 def test_plain_inference_takes_the_fused_path_and_hooks_still_see_keras_outputs():

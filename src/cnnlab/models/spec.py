@@ -78,10 +78,8 @@ class Conv2D(nn.Conv2d):
         super().__init__(in_channels, filters, kernel, stride, padding=(top, left) if symmetric else 0, bias=bias)
         self.extra_pad = None if symmetric else pad  # F.pad order: (left, right, top, bottom)
         self.activation = activation
-        # A first layer on grey or RGB input has a tiny fan-in (≤ 27): oneDNN runs it ~3x slower than one
-        # im2col GEMM, and for 1-channel input it returns NCHW, which makes the following max-pool ~15x
-        # slower than on channels-last. The GEMM writes channels-last (N, H, W, F) directly.
-        self.gemm = in_channels * kernel[0] * kernel[1] <= 27
+        # a first-block conv with a small fan-in (≤ 3x3x3) may train through the native kernel
+        self.small_fan_in = in_channels * kernel[0] * kernel[1] <= 27
         nn.init.xavier_uniform_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -89,25 +87,9 @@ class Conv2D(nn.Conv2d):
     def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
         if self.extra_pad is not None:
             x = F.pad(x, self.extra_pad)
-        y = self._gemm_forward(x) if self.gemm else super().forward(x)
+        y = super().forward(x)
         fn = ACTIVATIONS[self.activation]
         return fn(y) if activate and fn is not None else y
-
-    def _im2col(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """(N*oh*ow, C*kh*kw) patches in the compute dtype (half the bytes under bf16 autocast), oh, ow."""
-        n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*kh*kw, oh*ow)
-        return cols.transpose(1, 2).reshape(n * oh * ow, -1), oh, ow
-
-    def _gemm_forward(self, x: torch.Tensor) -> torch.Tensor:
-        cols, oh, ow = self._im2col(x)
-        weight = self.weight.reshape(self.out_channels, -1).t()
-        y = cols @ weight if self.bias is None else torch.addmm(self.bias, cols, weight)  # (N*oh*ow, F)
-        return y.view(x.shape[0], oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
 
     def conv_pool_relu(self, x: torch.Tensor) -> torch.Tensor | None:
         """Training-only relu(maxpool2x2(conv(x))) through the native kernel (:mod:`cnnlab.native`); None
@@ -216,7 +198,7 @@ class SpecModel(nn.Sequential):
         mods = list(layers.values())
         # conv (small fan-in) → 2x2/2 valid max-pool → ReLU: one native kernel in training (cnnlab.native)
         self._kernel = [
-            isinstance(m, Conv2D) and m.gemm and m.activation == "relu" and i + 1 < len(mods)
+            isinstance(m, Conv2D) and m.small_fan_in and m.activation == "relu" and i + 1 < len(mods)
             and isinstance(mods[i + 1], Pool2D) and mods[i + 1].kind == "max" and mods[i + 1].size == (2, 2)
             and mods[i + 1].stride == (2, 2) and not any(mods[i + 1].pad)
             for i, m in enumerate(mods)
