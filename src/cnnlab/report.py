@@ -16,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.figure import Figure
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.plots import save_figure
-from cnnlab.inspect.views import VIEWS, ShowOptions, ViewContext, applicable
+from cnnlab.inspect.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 from cnnlab.runs import RESULTS, write_atomic
 
 REPORT = "report.html"
@@ -222,15 +221,6 @@ def confusion_html(confusion: Any, classes: tuple[str, ...] | list[str]) -> str:
     return f'<table class="confusion"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _correct(ctx: ViewContext, n: int, seed: int = 0) -> tuple[int, ...] | None:
-    """``n`` random correctly classified test images, picked like ``attribution.select_correct`` but from the
-    evaluation the page already has, so the attribution views don't each re-run the whole test set."""
-    ev = ctx.evaluation
-    correct = torch.nonzero(ev.probs.argmax(1) == ctx.test.labels).flatten()
-    pick = torch.randperm(correct.numel(), generator=torch.Generator().manual_seed(seed))[:n]
-    return tuple(correct[pick].sort().values.tolist()) or None
-
-
 # ------------------------------------------------------------------------------------------------ page
 
 
@@ -292,7 +282,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
         confusion += _img(mistakes.pop("mistakes-breakdown"), "breakdown of the wrong predictions")
     sections.append(("confusion", "Confusion matrix", "<p class=hint>Rows are the true class, columns the "
                      "prediction; colour is the share of the row.</p>" + confusion))
-    few_correct = ShowOptions(n=6, images=_correct(ctx, 6))  # the same images for both heat maps
+    few_correct = ShowOptions(n=6, images=tuple(correct_indices(ctx, 6)) or None)  # the same images for both heat maps
     options = {"predictions": ShowOptions(n=16), "occlusion": few_correct, "gradcam": few_correct}
     for sid, heading, views in FIGURE_SECTIONS:
         parts = []

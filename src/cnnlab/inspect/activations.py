@@ -15,14 +15,9 @@ from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.inspect.summary import is_layer, layer_kind, preserved_state, spec_types, trace
+from cnnlab.inspect.summary import eval_mode, is_layer, layer_kind, model_device, spec_types, trace
 
 FEATURE_KINDS = ("conv", "pool")  # what the tutorials' default columns show
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    t = next(iter((*model.parameters(), *model.buffers())), None)
-    return t.device if t is not None else torch.device("cpu")
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -64,9 +59,8 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[st
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in dict.fromkeys(layers)]
     try:
-        with preserved_state(model), torch.no_grad():
-            model.eval()
-            model(x.to(_model_device(model)))
+        with eval_mode(model), torch.no_grad():
+            model(x.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()

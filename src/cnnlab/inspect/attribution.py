@@ -11,8 +11,7 @@ Layers are named as in ``dict(model.named_modules())`` (e.g. ``conv2d_3`` or ``l
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,30 +20,13 @@ from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect.summary import eval_mode, model_device
+from cnnlab.inspect.weights import conv_layers
 
 Targets = int | Sequence[int] | torch.Tensor
 
 _PREDICT_BATCH = 256  # images per forward pass in select_correct
 _ROWS_PER_PASS = 512  # rows per forward pass of the perturbation-based methods (occlusion, IG)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Puts ``model`` in eval mode for the block and restores every submodule's own training flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in flags:
-            m.training = was_training
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (or buffer); CPU for a parameter-free model."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -103,8 +85,18 @@ def conv_layer_names(model: nn.Module, x: torch.Tensor | None = None) -> list[st
             without it the registration order of ``named_modules()`` is used.
     """
     if x is None:
-        return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        return conv_layers(model)
     return probe_model(model, x[:1].to(model_device(model))).convs
+
+
+def require_spatial(probe: ModelProbe, layer: str, purpose: str) -> tuple[int, int, int, int]:
+    """The watched layer's (N, C, H, W) output shape; any other output raises CnnlabError naming the conv layers."""
+    shape = probe.watched_shape
+    if shape is None or len(shape) != 4:
+        got = "gives no tensor output in forward" if shape is None else f"outputs shape {shape}"
+        raise CnnlabError(f"layer {layer!r} {got}; {purpose} needs a spatial (N, C, H, W) output; "
+                          f"conv layers: {', '.join(probe.convs) or '(none)'}")
+    return shape
 
 
 def resolve_layer(model: nn.Module, name: str, suggestions: Sequence[str] | None = None) -> nn.Module:
@@ -291,11 +283,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Targets, *, layer: str |
     else:
         module = resolve_layer(model, layer)
         x, t, probe = _prepare(model, x, targets, watch=module)
-        shape = probe.watched_shape
-        if shape is None or len(shape) != 4:
-            got = "gives no tensor output in forward" if shape is None else f"outputs shape {shape}"
-            raise CnnlabError(f"layer {layer!r} {got}; Grad-CAM needs a spatial (N, C, H, W) output; "
-                              f"conv layers: {', '.join(probe.convs) or '(none)'}")
+        require_spatial(probe, layer, "Grad-CAM")
     with eval_mode(model):
         cam = LayerGradCam(model, module).attribute(x, target=t, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), interpolate_mode="bilinear")

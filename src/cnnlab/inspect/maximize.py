@@ -35,11 +35,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inspect.attribution import (
     check_targets,
     conv_layer_names,
-    eval_mode,
-    model_device,
     probe_model,
+    require_spatial,
     resolve_layer,
 )
+from cnnlab.inspect.summary import eval_mode, model_device
 
 # Half-width of the uniform noise around mid-grey in the starting images. A post-ReLU filter that is
 # silent everywhere on the start image gets no gradient and stays grey; ±0.1 left about a third of the
@@ -55,7 +55,6 @@ class Maximized(NamedTuple):
         images: float images (K, C, H, W) in [0, 1] on the CPU.
         scores: target score reached by each final image (K,): mean filter activation or class logit.
         initial: the same score of each random starting image (K,), for comparison. A post-ReLU filter
-            with 0 at the start usually stays at 0 (no gradient): it is dead on most inputs. A post-ReLU filter
             with 0 at the start usually stays at 0 (no gradient): it is dead on most inputs.
         indices: the filter or class index of each image.
     """
@@ -227,11 +226,7 @@ def maximize_filters(
     module = resolve_layer(model, layer)
     device = model_device(model)
     probe = probe_model(model, torch.full((1, *input_shape), 0.0, device=device), module)
-    shape = probe.watched_shape
-    if shape is None or len(shape) != 4:
-        got = "gives no tensor output in forward" if shape is None else f"outputs shape {shape}"
-        raise CnnlabError(f"layer {layer!r} {got}; filter maximisation needs an (N, C, H, W) output; "
-                          f"conv layers: {', '.join(probe.convs) or '(none)'}")
+    shape = require_spatial(probe, layer, "filter maximisation")
     if filters is None or isinstance(filters, int):
         chosen = list(range(min(16 if filters is None else filters, shape[1])))
     else:

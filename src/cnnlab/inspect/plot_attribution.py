@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from cnnlab.inspect.maximize import Maximized
-from cnnlab.inspect.plots import image_grid, new_figure, overlay, to_display
+from cnnlab.inspect.plots import finish_figure, image_grid, new_figure, overlay, to_display, value_range
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -76,8 +76,8 @@ def plot_overlays(
     for i in range(n):
         ax = fig.add_subplot(n, cols, i * cols + 1)
         arr, cmap = to_display(imgs[i])
-        vmax = 255 if arr.dtype == np.uint8 else 1.0
-        ax.imshow(arr, cmap=cmap, vmin=0, vmax=vmax)
+        vmin, vmax = value_range(arr)
+        ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_xticks([])
         ax.set_yticks([])
         if titles:
@@ -89,9 +89,7 @@ def plot_overlays(
             overlay(ax, imgs[i], np.clip(m[i], 0, None) if positive_only else m[i], alpha=alpha)
             if i == 0:
                 ax.set_title(name, fontsize=8, fontweight="bold")
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+    finish_figure(fig, suptitle, fontsize=12)  # matplotlib's default suptitle size
     return fig
 
 
@@ -138,9 +136,7 @@ def plot_maximized(
             ax.set_title(label, fontsize=7, color="gray" if silent else "black")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
+    finish_figure(fig, suptitle, fontsize=11)
     return fig
 
 

@@ -132,6 +132,21 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Puts ``model`` in eval mode for the block and restores every submodule's own training flag."""
+    with preserved_state(model):
+        model.eval()
+        yield model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (or buffer); CPU for a parameter-free model."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _devices(model: nn.Module) -> set[torch.device]:
     return {t.device for t in (*model.parameters(), *model.buffers())}
 

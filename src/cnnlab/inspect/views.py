@@ -158,7 +158,7 @@ def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("feature-maps")
 def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.activations import channel_maps, default_feature_layers, feature_map_grid
+    from cnnlab.inspect.activations import channel_maps, feature_map_grid
     from cnnlab.inspect.plot_maps import plot_channel_maps, plot_feature_grid
 
     idx = list(opts.images or (0, 7, 26))
@@ -167,7 +167,7 @@ def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
                                    filter_index=opts.filter)
     labels = [f"#{i} {ctx.classes[int(ctx.test.labels[i])]}" for i in idx]
     figs = {"feature-maps": plot_feature_grid(maps, names, row_labels=labels, filter_index=opts.filter)}
-    channel_layers = list(opts.layers) if opts.layers else default_feature_layers(ctx.model, ctx.input_shape, count=1)
+    channel_layers = list(opts.layers) if opts.layers else names[:1]  # the grid's first column
     for layer in channel_layers:
         figs[f"feature-maps-{layer}"] = plot_channel_maps(channel_maps(ctx.model, images[0], ctx.normalizer, layer),
                                                           layer=f"{layer}, test image #{idx[0]}")
@@ -217,13 +217,18 @@ def _architecture(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 # ------------------------------------------------------------------------------------ attribution
 
 
-def _correct(ctx: ViewContext, opts: ShowOptions, default: int = 8) -> list[int]:
-    from cnnlab.inspect.attribution import select_correct
+def correct_indices(ctx: ViewContext, n: int, seed: int = 0) -> list[int]:
+    """Up to ``n`` random correctly classified test images (ascending), picked like
+    ``attribution.select_correct`` but from the cached test evaluation, so the heat-map views don't each
+    re-run the whole test set."""
+    ev = ctx.evaluation
+    correct = torch.nonzero(ev.probs.argmax(1) == ctx.test.labels).flatten()
+    pick = torch.randperm(correct.numel(), generator=torch.Generator().manual_seed(seed))[:n]
+    return correct[pick].sort().values.tolist()
 
-    if opts.images:
-        return list(opts.images)
-    return select_correct(ctx.model, ctx.test.images, ctx.test.labels, ctx.normalizer, min(opts.n, default),
-                          seed=opts.seed).tolist()
+
+def _correct(ctx: ViewContext, opts: ShowOptions, default: int = 8) -> list[int]:
+    return list(opts.images) if opts.images else correct_indices(ctx, min(opts.n, default), seed=opts.seed)
 
 
 def _overlay_titles(ctx: ViewContext, idx: list[int]) -> list[str]:
