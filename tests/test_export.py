@@ -20,7 +20,7 @@ from cnnlab.models.spec import build_spec
 from cnnlab.predict import Predictor
 
 TINY_CNN = [
-    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},  # fan-in 9: the unfold+GEMM path
+    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},  # fan-in 9: a native-kernel first layer in training
     {"type": "MaxPooling2D", "pool_size": 2},
     {"type": "Flatten"},
     {"type": "Dense", "units": "num_classes", "activation": "softmax"},
@@ -70,7 +70,7 @@ def test_cli_export_checks_parity_on_test_images_and_writes_plain_convs(spec_run
     proto = onnx.load(str(spec_run / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     ops = [n.op_type for n in proto.graph.node]
-    # the eager unfold+GEMM first layer is exported as the equivalent plain convolution
+    # the native-kernel first layer exports as the plain convolution it equals
     assert ops.count("Conv") == 1 and "Gather" not in ops and ops[-1] == "Softmax"
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["logits", "probs"]

@@ -39,6 +39,15 @@ def test_unsupported_shapes_fall_back_to_eager():
     assert model(torch.randn(2, 1, 15, 15)).shape == (2, 10 * 6 * 6)
     x = torch.randn(2, 1, 15, 15, requires_grad=True)  # input gradients (saliency) need the eager path
     assert _block(1, 3, 16).conv2d.conv_pool_relu(x) is None
+    wide = _block(1, 3, 1040).train()  # more filters than convpool.c's backward buffer holds
+    assert wide.conv2d.conv_pool_relu(torch.randn(2, 1, 15, 15)) is None
+
+
+def test_a_rejected_call_raises_even_as_a_single_chunk():
+    with pytest.raises(RuntimeError, match="rejected its arguments"):
+        native._run([lambda: -1])
+    with pytest.raises(RuntimeError, match="rejected its arguments"):
+        native._run([lambda: 0, lambda: -1])
 
 
 def test_switch_off(monkeypatch):

@@ -92,8 +92,8 @@ class Conv2D(nn.Conv2d):
         return fn(y) if activate and fn is not None else y
 
     def conv_pool_relu(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Training-only relu(maxpool2x2(conv(x))) through the native kernel (:mod:`cnnlab.native`); None
-        when it does not apply here, so the caller takes the eager path."""
+        """relu(maxpool2x2(conv(x))) through the native kernel (:mod:`cnnlab.native`), for the fused path of
+        training and plain inference; None when it does not apply here, so the caller takes the eager path."""
         from cnnlab import native
 
         if self.stride != (1, 1) or not native.supported(x, self.weight):
@@ -196,7 +196,7 @@ class SpecModel(nn.Sequential):
         self.spec = spec
         self.input_shape = input_shape
         mods = list(layers.values())
-        # conv (small fan-in) → 2x2/2 valid max-pool → ReLU: one native kernel in training (cnnlab.native)
+        # conv (small fan-in) → 2x2/2 valid max-pool → ReLU: one native kernel on the fused path (cnnlab.native)
         self._kernel = [
             isinstance(m, Conv2D) and m.small_fan_in and m.activation == "relu" and i + 1 < len(mods)
             and isinstance(mods[i + 1], Pool2D) and mods[i + 1].kind == "max" and mods[i + 1].size == (2, 2)

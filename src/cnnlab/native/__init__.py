@@ -1,4 +1,5 @@
-"""Native CPU kernel for the tutorials' first block (small-fan-in Conv2D → 2x2 max-pool → ReLU) in training.
+"""Native CPU kernel for the tutorials' first block (small-fan-in Conv2D → 2x2 max-pool → ReLU) in training
+and in plain inference.
 
 Why: in eager PyTorch this block costs more than the rest of the first tutorial's CNN together on a 2-core
 CPU — a 1-channel convolution is a poor fit for oneDNN, and the 26x26x64 intermediate goes through
@@ -76,9 +77,10 @@ def library() -> ctypes.CDLL | None:
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the kernel applies: CPU tensors, fan-in ≤ 64, filters a multiple of 16, and it could be built."""
+    """Whether the kernel applies: CPU tensors, fan-in ≤ 64, 16..1024 filters in steps of 16 (the limits
+    ``convpool.c`` checks), and it could be built."""
     f, c, kh, kw = weight.shape
-    return (x.device.type == "cpu" and not x.requires_grad and f % 16 == 0 and c * kh * kw <= MAX_K
+    return (x.device.type == "cpu" and not x.requires_grad and f % 16 == 0 and f <= 1024 and c * kh * kw <= MAX_K
             and x.shape[2] >= kh + 1 and x.shape[3] >= kw + 1 and library() is not None)
 
 
@@ -91,12 +93,12 @@ def _chunks(n: int) -> list[tuple[int, int]]:
 def _run(calls) -> None:
     global _pool
     if len(calls) == 1:
-        calls[0]()
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cnnlab-native")
-    futures = [_pool.submit(c) for c in calls[1:]]
-    results = [calls[0](), *(fut.result() for fut in futures)]  # the calling thread takes the first chunk
+        results = [calls[0]()]
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cnnlab-native")
+        futures = [_pool.submit(c) for c in calls[1:]]
+        results = [calls[0](), *(fut.result() for fut in futures)]  # the calling thread takes the first chunk
     if any(results):
         raise RuntimeError("native convpool kernel rejected its arguments")
 
