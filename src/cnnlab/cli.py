@@ -201,17 +201,13 @@ def entry() -> None:
     """
     try:
         code = main()
-        sys.stdout.flush()
-    except SystemExit as exc:  # argparse's --help / usage errors
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
+    except SystemExit as exc:  # argparse's --help / usage errors (always an int code)
+        code = exc.code or 0
     except BrokenPipeError:  # `cnnlab models | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
-        pass
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     os._exit(code)

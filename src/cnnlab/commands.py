@@ -10,8 +10,6 @@ from pathlib import Path
 from cnnlab.config import Config, load_config
 from cnnlab.errors import CnnlabError
 
-DEMO_NAME = "demo"
-
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.data.sources import file_digest
 from cnnlab.errors import CnnlabError, one_of
 
 FORMATS = ("onnx",)
@@ -177,14 +177,6 @@ def _quiet_output() -> Iterator[None]:
             os.close(fd)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def parse_batch(batch: str | int) -> int | None:
     """``"dynamic"`` → None, ``"8"`` / 8 → 8."""
     if str(batch).lower() == "dynamic":
@@ -244,7 +236,7 @@ def export_onnx(
         META["mean"]: json.dumps(list(lr.normalizer.mean)),
         META["std"]: json.dumps(list(lr.normalizer.std)),
         META["model"]: lr.cfg.model.name or "layers",
-        META["weights_sha256"]: file_sha256(lr.run.weights_path()),
+        META["weights_sha256"]: file_digest(lr.run.weights_path(), "sha256"),
         META["batch"]: str(fixed or "dynamic"),
     }
     # a unique scratch name beside the target: concurrent exports never share it, and os.replace is atomic

@@ -227,7 +227,8 @@ class Predictor:
 
 def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
     """A session on the run's model.onnx, exported first if missing or stale (other weights)."""
-    from cnnlab.export import ONNX_FILE, export_onnx, file_sha256, ort_session, session_info
+    from cnnlab.data.sources import file_digest
+    from cnnlab.export import ONNX_FILE, export_onnx, ort_session, session_info
 
     path = lr.run.file(ONNX_FILE)
     if not path.exists():
@@ -235,7 +236,7 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
         export_onnx(lr.run.path, data_dir=data_dir, log=log)
     session = ort_session(path, threads=threads)
     info = session_info(session, path)
-    if info.weights_sha256 != file_sha256(lr.run.weights_path()):
+    if info.weights_sha256 != file_digest(lr.run.weights_path(), "sha256"):
         log(f"note: {path} was exported from other weights (retrained?); exporting it again")
         export_onnx(lr.run.path, data_dir=data_dir, log=log)
         session = ort_session(path, threads=threads)

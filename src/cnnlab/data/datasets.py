@@ -7,9 +7,9 @@ verified file's (size, mtime) is remembered in the cache so later runs skip re-h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,11 @@ import torch
 
 from cnnlab.data import cifar
 from cnnlab.data.idx import read_idx
-from cnnlab.data.sources import RemoteFile, cache_dir, check_file, data_roots, download_file, file_digest
+from cnnlab.data.sources import RemoteFile, cache_dir, check_file, data_roots, download_file
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
+from cnnlab.runs import write_atomic
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -136,14 +137,8 @@ def verify(path: Path, spec: RemoteFile) -> None:
         return
     check_file(path, spec)
     known[key] = stamp
-    try:  # best effort: a read-only cache only costs a re-hash next time
-        store.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(known, f)
-        os.replace(tmp, store)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # best effort: a read-only cache only costs a re-hash next time
+        write_atomic(store, json.dumps(known))
 
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
@@ -253,7 +248,3 @@ def where_is(name: str, data_dir: str | os.PathLike | None = None) -> str:
         if all((root / name / f.name).is_file() for f in info.files):
             return str(root / name)
     return f"not found locally; would download into {data_roots(data_dir)[-1] / name}"
-
-
-def file_sha256(path: Path) -> str:
-    return file_digest(path, "sha256")

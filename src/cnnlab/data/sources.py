@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -151,15 +150,3 @@ def _is_tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
-
-
-def copy_atomic(src: Path, dest: Path) -> None:
-    """Copies a file so that ``dest`` appears complete or not at all."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from cnnlab.registry import Registry
 OPTIMIZERS: Registry = Registry("optimizer")
 
 
-def _fused_ok(params: list, device: torch.device) -> dict:
+def _fused_ok(device: torch.device) -> dict:
     # Fused kernels exist for CPU and CUDA float tensors in torch ≥ 2.4; one kernel per step instead of a
     # Python loop over parameters.
     return {"fused": True} if device.type in ("cpu", "cuda") else {}
@@ -23,18 +23,18 @@ def _fused_ok(params: list, device: torch.device) -> dict:
 @OPTIMIZERS.register("adam")
 def _adam(groups, cfg: TrainConfig, device):
     # eps 1e-7 is Keras's default (PyTorch's is 1e-8); keeps per-epoch results comparable with the tutorials.
-    return torch.optim.Adam(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(groups, device))
+    return torch.optim.Adam(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups, cfg: TrainConfig, device):
-    return torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(groups, device))
+    return torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups, cfg: TrainConfig, device):
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay, **_fused_ok(groups, device))
+                           weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("rmsprop")
