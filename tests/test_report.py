@@ -153,3 +153,13 @@ def test_chromium_renders_the_report(cnn_report, tmp_path):
     assert top.std() > 10 and (top < 100).mean() > 0.002  # dark title text on the light page
     # The page has figures in its first screen: plenty of distinct grey levels, not just text on white.
     assert len(np.unique(img.astype(np.uint8))) > 100
+
+
+def test_figures_dir_and_extra_views_save_the_demo_pictures(cnn_report, tmp_path):
+    from cnnlab.report import build_report
+
+    figs = tmp_path / "figures"
+    build_report(cnn_report.parent, out=tmp_path / "r.html", figures_dir=figs, extra_views=("kernels", "saliency"))
+    names = {p.name for p in figs.glob("*.png")}
+    assert {"curves.png", "occlusion.png", "gradcam.png", "kernels.png", "saliency.png"} <= names
+    assert (tmp_path / "r.html").stat().st_size > 0

@@ -100,13 +100,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = api.train(cfg, out=out, overwrite=overwrite, progress=False if args.no_progress else None)
     if result.failed:
         return _finish(result)
-    from cnnlab.inspect.views import ShowOptions, show
     from cnnlab.report import build_report
 
     print("Drawing the pictures (report, feature maps, filters, occlusion, Grad-CAM, maximisation, ...)")
-    report = build_report(out, data_dir=args.data_dir, maximize=True, figures_dir=out / "figures")
-    for view in ("kernels", "saliency"):  # the two views the report leaves out
-        show(out, view, ShowOptions(n=6), data_dir=args.data_dir)
+    report = build_report(out, data_dir=args.data_dir, maximize=True, figures_dir=out / "figures",
+                          extra_views=("kernels", "saliency"))  # the two views the page leaves out
     _finish(result, what_next=False)
     print(f"Open: {report.resolve().as_uri()} (everything on one page), figures in {out / 'figures'}")
     print(f"Next: cnnlab show {out} feature-maps --layers conv2d_1   cnnlab predict {out} IMAGE.png")

@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +225,8 @@ def confusion_html(confusion: Any, classes: tuple[str, ...] | list[str]) -> str:
 
 
 def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir: str | None = None,
-                 maximize: bool = False, figures_dir: str | Path | None = None, log: Log = print) -> Path:
+                 maximize: bool = False, figures_dir: str | Path | None = None, extra_views: Sequence[str] = (),
+                 log: Log = print) -> Path:
     """Writes the HTML report of a trained run and returns its path.
 
     Args:
@@ -234,6 +235,8 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
         data_dir: where the run's dataset lies, if not where training found it.
         maximize: also include activation maximisation (gradient ascent; the slowest figure, so opt-in).
         figures_dir: also save every figure there as PNG (the names ``cnnlab show`` uses).
+        extra_views: views the page leaves out to save into ``figures_dir`` as well (e.g. ``kernels``),
+            drawn from the same loaded run and test evaluation.
         log: receives one line per view that could not be drawn.
 
     Raises:
@@ -307,6 +310,9 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
              "Activation maximisation: cnnlab report --maximize." if "maximize" in shown and not maximize else ""]
     page = _page(title, cfg.description, sections, " ".join(n for n in notes if n), time.perf_counter() - t0)
     write_atomic(path, page)
+    for view in extra_views:
+        for stem, fig in VIEWS.get(view)(ctx, ShowOptions(n=6)).items():
+            save_figure(fig, Path(figures_dir or run.figures) / f"{stem}.png")
     return path
 
 
