@@ -23,8 +23,9 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.datasets import load_dataset
 from cnnlab.data.tensors import Normalizer
 from cnnlab.models import create_model
-from cnnlab.train.optim import make_optimizer, param_groups
-from cnnlab.train.trainer import make_engine, train_one_epoch
+from cnnlab.training.engine import make_engine
+from cnnlab.training.optim import make_optimizer, make_param_groups
+from cnnlab.training.trainer import train_one_epoch
 
 
 def variant_model(name: str):
@@ -41,7 +42,7 @@ def run(train, name: str, batch: int, precision: str, images: int) -> float:
     engine = make_engine(cfg)
     torch.manual_seed(0)
     model = variant_model(name)
-    opt = make_optimizer(param_groups(model, cfg), cfg, engine.device)
+    opt = make_optimizer(make_param_groups(model, cfg), cfg, engine.device)
     gen = torch.Generator().manual_seed(0)
     warm, data = train.subset(torch.arange(1024)), train.subset(torch.arange(images))
     train_one_epoch(model, opt, warm, batch_size=batch, normalizer=Normalizer(), engine=engine, generator=gen)

@@ -38,7 +38,7 @@ import torch
 def build(args: argparse.Namespace):
     """(model, input shape, mean, std, label) from ``--run`` or a random-weight ``--model``."""
     if args.run:
-        from cnnlab.api import load_run
+        from cnnlab.runs.loaded import load_run
 
         lr = load_run(args.run)
         return lr.model, lr.input_shape, lr.normalizer.mean, lr.normalizer.std, f"run {args.run}"
@@ -106,8 +106,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = ap.parse_args()
 
-    from cnnlab.export import ort_session, write_onnx
-    from cnnlab.predict import OrtEngine, TorchEngine
+    from cnnlab.serve.onnx import ort_session, write_onnx
+    from cnnlab.serve.predict import OrtEngine, TorchEngine
 
     if args.threads:
         torch.set_num_threads(args.threads)

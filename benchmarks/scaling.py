@@ -38,8 +38,9 @@ def point(threads: int, batch: int, precision: str, images: int) -> dict:
     from cnnlab.data.tensors import ImageData, Normalizer
     from cnnlab.errors import CnnlabError
     from cnnlab.models import create_model
-    from cnnlab.train.optim import make_optimizer, param_groups
-    from cnnlab.train.trainer import make_engine, train_one_epoch
+    from cnnlab.training.engine import make_engine
+    from cnnlab.training.optim import make_optimizer, make_param_groups
+    from cnnlab.training.trainer import train_one_epoch
 
     torch.set_num_threads(threads)
     try:
@@ -53,7 +54,7 @@ def point(threads: int, batch: int, precision: str, images: int) -> dict:
     engine = make_engine(cfg)
     torch.manual_seed(0)
     model = create_model("cnn_64x2", num_classes=10, input_shape=(1, 28, 28)).to(memory_format=torch.channels_last)
-    opt = make_optimizer(param_groups(model, cfg), cfg, engine.device)
+    opt = make_optimizer(make_param_groups(model, cfg), cfg, engine.device)
     gen = torch.Generator().manual_seed(0)
     base = _rss_mib()
     run = dict(batch_size=batch, normalizer=Normalizer(), engine=engine, generator=gen)

@@ -27,8 +27,9 @@ from cnnlab.config import load_config
 from cnnlab.data.datasets import load_dataset, locate
 from cnnlab.data.tensors import Normalizer
 from cnnlab.models import create_model
-from cnnlab.train.optim import make_optimizer, param_groups
-from cnnlab.train.trainer import available_cores, make_engine, train_one_epoch
+from cnnlab.training.engine import available_cores, make_engine
+from cnnlab.training.optim import make_optimizer, make_param_groups
+from cnnlab.training.trainer import train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "peers" / "keras_seed.sh"
@@ -57,7 +58,7 @@ def cnnlab_epoch(cfg, train) -> float:
     engine = make_engine(cfg.train)
     torch.manual_seed(0)
     model = create_model(cfg.model.name, num_classes=10, input_shape=(1, 28, 28)).to(memory_format=torch.channels_last)
-    opt = make_optimizer(param_groups(model, cfg.train), cfg.train, engine.device)
+    opt = make_optimizer(make_param_groups(model, cfg.train), cfg.train, engine.device)
     gen = torch.Generator().manual_seed(0)
     warm = train.subset(torch.arange(2048))
     train_one_epoch(model, opt, warm, batch_size=cfg.train.batch_size, normalizer=Normalizer(), engine=engine, generator=gen)

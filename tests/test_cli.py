@@ -57,7 +57,7 @@ def test_out_never_clobbers(run_dir, capsys):
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("precious")
     assert main(["train", *QUICK, "--out", str(tmp_path), "--overwrite"]) == 2
-    assert "not a cnnlab run directory; refusing" in capsys.readouterr().err
+    assert "not a cnnlab run directory (no run.json); refusing" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from cnnlab.app.compare import parse_vary, plan, split_values, yaml_text
 from cnnlab.cli import main
-from cnnlab.compare import parse_vary, plan, split_values, yaml_text
 from cnnlab.errors import CnnlabError
 
 TINY = {
@@ -118,7 +118,7 @@ def test_nothing_to_compare(tmp_path, capsys):
     assert main(["compare", str(base)]) == 2
     assert "has no compare: section" in capsys.readouterr().err
     assert main(["compare"]) == 2
-    assert "needs a BASE.yaml or --configs" in capsys.readouterr().err
+    assert "needs a base config or --configs" in capsys.readouterr().err
 
 
 def test_a_bad_override_fails_before_training(tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_configs_from_the_yaml_are_relative_to_it(tmp_path):
 def test_configs_times_vary_and_cli_flags_replace_the_section(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", {**TINY, "compare": {"vary": {"train.lr": [0.1, 0.2]}}})
     dnn = _yaml(tmp_path / "dnn.yaml", {**TINY, "name": "dnn"})
-    variants, _ = plan(base, vary=["train.batch_size=32,64"], configs=[dnn], overrides=["train.epochs=3"])
+    variants, _ = plan(base, vary=["train.batch_size=32,64"], configs=[dnn], overrides=[("train.epochs", 3)])
     assert [v.name for v in variants] == ["tiny_batch_size-32", "tiny_batch_size-64", "dnn_batch_size-32",
                                           "dnn_batch_size-64"]
     assert {v.cfg.train.lr for v in variants} == {0.001} and {v.cfg.train.epochs for v in variants} == {3}

@@ -2,15 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.commands import demo_config
-from cnnlab.config import Config, apply_override, dump_yaml, from_dict, load_config, read_yaml
+from cnnlab.config import Config, dump_yaml, from_dict, load_config, parse_override, read_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.options import experiment_config, layer_lists
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sets(*items: str) -> list:
+    return [parse_override(i) for i in items]
+
+
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["train.epochs=10", "train.lr=0.01", "data.dataset=mnist", "callbacks.stop_at=[val_acc=0.9]"])
+    cfg = load_config(None, sets("train.epochs=10", "train.lr=0.01", "data.dataset=mnist", "callbacks.stop_at=[val_acc=0.9]"), layer_lists=layer_lists)
     assert cfg.train.epochs == 10 and cfg.train.lr == 0.01
     assert cfg.data.dataset == "mnist"
     assert cfg.callbacks.stop_at == ("val_acc=0.9",)
@@ -18,40 +22,40 @@ def test_defaults_and_overrides():
 
 
 def test_int_accepted_for_float_but_not_reverse():
-    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, sets("train.lr=1"), layer_lists=layer_lists).train.lr == 1.0
     with pytest.raises(CnnlabError, match="train.epochs expects an integer, got 'ten'"):
-        load_config(None, ["train.epochs=ten"])
+        load_config(None, sets("train.epochs=ten"), layer_lists=layer_lists)
     with pytest.raises(CnnlabError, match="train.channels_last expects true or false"):
-        load_config(None, ["train.channels_last=3"])
+        load_config(None, sets("train.channels_last=3"), layer_lists=layer_lists)
 
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(CnnlabError, match=r"unknown config key 'train.epoch'.*valid keys in train: epochs"):
-        load_config(None, ["train.epoch=3"])
+        load_config(None, sets("train.epoch=3"), layer_lists=layer_lists)
     with pytest.raises(CnnlabError, match="unknown config key 'trian'"):
         from_dict(Config, {"trian": {}}, "")
 
 
 def test_choices_are_checked():
     with pytest.raises(CnnlabError, match="train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"):
-        load_config(None, ["train.optimizer=adagrad"])
+        load_config(None, sets("train.optimizer=adagrad"), layer_lists=layer_lists)
 
 
 def test_set_edits_a_named_models_layers():
-    cfg = load_config(None, ["model.layers.0.filters=32"])
+    cfg = load_config(None, sets("model.layers.0.filters=32"), layer_lists=layer_lists)
     assert cfg.model.layers[0]["filters"] == 32
     assert cfg.model.layers[-1]["units"] == "num_classes"
     with pytest.raises(CnnlabError, match="index 99 out of range"):
-        load_config(None, ["model.layers.99.filters=32"])
+        load_config(None, sets("model.layers.99.filters=32"), layer_lists=layer_lists)
 
 
 def test_set_needs_key_value():
     with pytest.raises(CnnlabError, match="expected KEY=VALUE"):
-        apply_override({}, "train.epochs")
+        parse_override("train.epochs")
 
 
 def test_round_trip_through_yaml(tmp_path):
-    cfg = load_config(None, ["model.layers.2.filters=16", "data.augment.hflip=true", "train.tta=hflip"])
+    cfg = load_config(None, sets("model.layers.2.filters=16", "data.augment.hflip=true", "train.tta=hflip"), layer_lists=layer_lists)
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_config(path) == cfg
@@ -70,13 +74,14 @@ def test_bad_yaml_files(tmp_path):
         read_yaml(lst)
 
 
-def test_demo_config_is_the_packaged_tutorial_config():
-    assert demo_config() == load_config(ROOT / "configs" / "fashion_mnist_cnn.yaml")
-    assert demo_config().model.name == "cnn_64x2" and demo_config().data.dataset == "fashion-mnist"
+def test_packaged_config_by_name_is_the_file():
+    cfg = experiment_config("fashion_mnist_cnn")
+    assert cfg == load_config(ROOT / "configs" / "fashion_mnist_cnn.yaml")
+    assert cfg.model.name == "cnn_64x2" and cfg.data.dataset == "fashion-mnist"
 
 
 def test_configs_by_name_and_recipes():
-    from cnnlab.api import config_path, recipe_path
+    from cnnlab.config import config_path, recipe_path
 
     assert config_path("fashion_mnist_cnn").name == "fashion_mnist_cnn.yaml"
     assert config_path("exercises/filters").parent.name == "exercises"
@@ -92,8 +97,8 @@ def test_configs_by_name_and_recipes():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_loads_and_builds(path):
-    from cnnlab.api import build_model
     from cnnlab.data.datasets import DATASETS
+    from cnnlab.models.build import build_model
 
     cfg = load_config(path)
     if cfg.data.dataset in DATASETS:
@@ -103,6 +108,6 @@ def test_every_shipped_config_loads_and_builds(path):
 
 
 def test_exponent_floats_without_a_dot():
-    assert load_config(None, ["train.lr=1e-5"]).train.lr == 1e-5
+    assert load_config(None, sets("train.lr=1e-5"), layer_lists=layer_lists).train.lr == 1e-5
     with pytest.raises(CnnlabError, match="train.lr expects a number, got 'fast'"):
-        load_config(None, ["train.lr=fast"])
+        load_config(None, sets("train.lr=fast"), layer_lists=layer_lists)

@@ -11,13 +11,14 @@ import onnx
 import pytest
 import torch
 
-from cnnlab import __version__, api
+from cnnlab._version import __version__
 from cnnlab.cli import main
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.export import META, export_onnx, ort_session, read_metadata, write_onnx
 from cnnlab.models.spec import build_spec
-from cnnlab.predict import Predictor
+from cnnlab.runs import experiment, loaded
+from cnnlab.serve.onnx import META, export_onnx, ort_session, read_metadata, write_onnx
+from cnnlab.serve.predict import Predictor
 
 TINY_CNN = [
     {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},  # fan-in 9: a native-kernel first layer in training
@@ -30,7 +31,7 @@ PARITY = re.compile(r"^parity: max abs diff (\d\.\de[-+]\d\d) over (\d+) test im
 
 def train_run(path, base: dict):
     cfg = load_config(None, base={"train": {"epochs": 1, "batch_size": 256}, **base})
-    result = api.train(cfg, out=path, progress=False, log=lambda s: None)
+    result = experiment.train(cfg, out=path, progress=False, log=lambda s: None)
     assert result.failed is None
     return path
 
@@ -112,10 +113,10 @@ def test_fixed_batch_dense_model_matches_torch_with_padding(dense_run, tmp_path)
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [8, 1, 28, 28]
     assert read_metadata(out).batch == "8" and proto.opset_import[0].version == 13
     # 13 images through the fixed-batch graph: split into 8 + 5 (padded), same as PyTorch
-    from cnnlab.export import ort_session
-    from cnnlab.predict import OrtEngine
+    from cnnlab.serve.onnx import ort_session
+    from cnnlab.serve.predict import OrtEngine
 
-    lr = api.load_run(dense_run)
+    lr = loaded.load_run(dense_run)
     x = torch.randint(0, 256, (13, 1, 28, 28), dtype=torch.uint8)
     got = OrtEngine(ort_session(out), lr.normalizer.mean, lr.normalizer.std)(x.numpy())
     with torch.inference_mode():
@@ -195,7 +196,7 @@ def test_unsupported_operation_is_one_short_error(tmp_path, capfd):
 
 
 def test_parity_failure_exits_1_and_writes_nothing(spec_run, tmp_path, capsys, monkeypatch):
-    import cnnlab.export as ex
+    import cnnlab.serve.onnx as ex
 
     monkeypatch.setattr(ex, "max_prob_diff", lambda *a, **k: 0.25)  # as if onnxruntime disagreed
     out = tmp_path / "bad.onnx"

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from cnnlab.api import prepare_data
 from cnnlab.cli import main
 from cnnlab.config import load_config
+from cnnlab.data.prepare import prepare_data
 from cnnlab.data.tensors import RowView, batches
 
 
 def test_folder_split_is_lazy_and_complete(image_folder):
-    cfg = load_config(None, [f"data.dataset=folder:{image_folder}", "data.image_size=24", "data.val_split=0.25"]).data
+    cfg = load_config(None, [("data.dataset", f"folder:{image_folder}"), ("data.image_size", 24), ("data.val_split", 0.25)]).data
     data = prepare_data(cfg, log=lambda s: None)
     assert isinstance(data.train.images, RowView) and isinstance(data.test.images, RowView)
     assert len(data.train) == 90 and len(data.test) == 30 and data.train.classes == ("sneaker", "trouser", "tshirt")

@@ -12,12 +12,12 @@ import torch
 from matplotlib.image import imread
 from PIL import Image
 
-from cnnlab import api
 from cnnlab.cli import main
 from cnnlab.config import load_config
 from cnnlab.data.datasets import load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.predict import Predictor, decode_chunks, predict_files
+from cnnlab.runs import experiment as api
+from cnnlab.serve.predict import Predictor, decode_chunks, predict_files
 
 TINY_CNN = [
     {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},
@@ -111,7 +111,7 @@ def test_grid_png_of_a_folder(run, pngs, tmp_path, capsys):
 
 
 def test_folder_expansion_and_pool_decode_agree_with_in_process(pngs, test_set):
-    from cnnlab.predict import expand
+    from cnnlab.serve.predict import expand
 
     paths = expand([pngs])
     assert len(paths) == 71 and paths[-1].name == "zz_broken.png"
@@ -160,7 +160,7 @@ def test_stale_onnx_is_exported_again(run, tmp_path, test_set):
 @pytest.mark.parametrize("setup, argv, message", [
     ("corrupt", ["--engine", "onnx"], "model.onnx is not a usable ONNX model"),
     (None, ["--engine", "tensorrt"], "unknown engine 'tensorrt'; valid: auto, onnx, torch"),
-    (None, ["--top-k", "0"], "--top-k must be ≥ 1"),
+    (None, ["--top-k", "0"], "--top-k is 0; ask for at least 1 label"),
     ("norun", [], "is not a directory; pass a run directory"),
 ])
 def test_predict_mistakes_are_one_line_errors(run, tmp_path, capsys, setup, argv, message):

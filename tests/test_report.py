@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnlab.app.report import confusion_html
 from cnnlab.cli import main
-from cnnlab.report import confusion_html
 
 TINY_CNN = ("model.layers=[{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}, {type: MaxPooling2D},"
             " {type: Flatten}, {type: Dense, units: num_classes, activation: softmax}]")
@@ -156,7 +156,7 @@ def test_chromium_renders_the_report(cnn_report, tmp_path):
 
 
 def test_figures_dir_and_extra_views_save_the_demo_pictures(cnn_report, tmp_path):
-    from cnnlab.report import build_report
+    from cnnlab.app.report import build_report
 
     figs = tmp_path / "figures"
     build_report(cnn_report.parent, out=tmp_path / "r.html", figures_dir=figs, extra_views=("kernels", "saliency"))

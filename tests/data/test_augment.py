@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.augment import AugmentConfig, Augmenter, preview_grid
+from cnnlab.config import AugmentConfig
+from cnnlab.data.augment import Augmenter, preview_grid
 from cnnlab.errors import CnnlabError
 
 EVERYTHING = AugmentConfig(hflip=True, vflip=True, crop_padding=2, translate=0.1, zoom=0.1, rotation=10,

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from cnnlab.data import datasets as ds
-from cnnlab.data.sources import RemoteFile, check_file, data_roots, download_file
+from cnnlab.data.sources import data_roots
 from cnnlab.errors import CnnlabError
+from cnnlab.io import RemoteFile, check_file, download_file
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -13,8 +13,8 @@ from torch import nn
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.activations import capture, channel_maps, execution_order, feature_map_grid
-from cnnlab.inspect.plot_maps import plot_channel_maps, plot_feature_grid
-from cnnlab.inspect.plots import grid_shape, save_figure
+from cnnlab.plots.common import grid_shape, save_figure
+from cnnlab.plots.maps import plot_channel_maps, plot_feature_grid
 
 NORM = Normalizer((0.5,), (0.25,))
 

@@ -8,9 +8,9 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.architecture import architecture_diagram, architecture_rows, layout
-from cnnlab.inspect.plot_maps import plot_architecture
-from cnnlab.inspect.plots import save_figure
-from cnnlab.inspect.summary import layer_rows
+from cnnlab.models.summary import layer_rows
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.maps import plot_architecture
 
 
 def test_rows_are_the_summary_rows_after_an_input(keras_cnn_maps, nested_cnn_maps) -> None:

@@ -18,8 +18,8 @@ from cnnlab.inspect.attribution import (
     saliency,
     select_correct,
 )
-from cnnlab.inspect.plot_attribution import plot_overlays
-from cnnlab.inspect.plots import save_figure
+from cnnlab.plots.attribution import plot_overlays
+from cnnlab.plots.common import save_figure
 
 SIZE = 16
 PATCH = (slice(3, 7), slice(9, 13))  # rows, cols of the 4×4 bright patch that defines class 1

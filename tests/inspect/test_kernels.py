@@ -7,8 +7,8 @@ import pytest
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.kernels import EDGE_KERNEL, convolve, max_pool2x2, patch_numbers
-from cnnlab.inspect.plot_maps import plot_kernel_demo
-from cnnlab.inspect.plots import save_figure
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.maps import plot_kernel_demo
 
 # out[r, c] = 8 × centre − sum of the 8 neighbours of pixel (r + 1, c + 1), clipped to 0..255:
 #   (0, 0): 8·20 − 110 = 50    (0, 1): 8·10 − 120 = −40 → 0

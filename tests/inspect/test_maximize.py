@@ -12,8 +12,8 @@ from torch import nn
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.maximize import default_layers, maximize_classes, maximize_filters, maximize_layers
-from cnnlab.inspect.plot_attribution import plot_class_maximized, plot_maximized, stretch
-from cnnlab.inspect.plots import save_figure
+from cnnlab.plots.attribution import plot_class_maximized, plot_maximized, stretch
+from cnnlab.plots.common import save_figure
 
 SHAPE = (1, 16, 16)
 NORM = Normalizer((0.4,), (0.25,))  # non-trivial normalisation, so the [0, 1] ↔ model-space map matters

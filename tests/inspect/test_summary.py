@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.summary import keras_shape, keras_table, layer_rows, param_counts, summary_text
+from cnnlab.models.summary import keras_shape, keras_table, layer_rows, param_counts, summary_text
 
 
 def tutorial_cnn() -> nn.Sequential:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
-from cnnlab.inspect.views import VIEWS, random_predictions, top_mistakes
+from cnnlab.views import VIEWS, random_predictions, top_mistakes
 
 SMALL_CNN = ["--set", "model.layers=[{type: Conv2D, filters: 8, kernel_size: 3, activation: relu}, {type: MaxPooling2D},"
              " {type: Conv2D, filters: 8, kernel_size: 3, activation: relu}, {type: MaxPooling2D}, {type: Flatten},"

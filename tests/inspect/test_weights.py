@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.plot_maps import plot_filters, plot_templates
-from cnnlab.inspect.plots import save_figure
 from cnnlab.inspect.weights import conv_filters, dense_templates
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.maps import plot_filters, plot_templates
 
 
 def test_conv_filters_default_to_the_first_conv(keras_cnn_maps, nested_cnn_maps) -> None:

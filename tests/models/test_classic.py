@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import MODELS, create_model, describe, model_names
+from cnnlab.models import MODELS, create_model, describe, model_meta, model_names
 
 FIXTURE = json.loads(Path(__file__).with_name("torchvision_keys.json").read_text())
 ARCHS = sorted(k for k in FIXTURE if not k.startswith("_"))
@@ -59,7 +59,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_fixture_covers_every_classic_builder():
-    classic = {n for n in model_names() if MODELS.get(n).__module__ in CLASSIC_MODULES}
+    classic = {n for n in model_names() if MODELS.get(n).builder.__module__ in CLASSIC_MODULES}
     assert classic == set(ARCHS)
     assert {"vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "googlenet", "inception_v3", "mobilenet_v2",
             "alexnet"} <= classic
@@ -97,14 +97,17 @@ def test_vgg_flatten_width_follows_input_size():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_head_tag_names_the_final_linear_layer(arch):
+def test_metadata_names_the_head_first_conv_and_aux_heads(arch):
     model = build_meta(arch, num_classes=7, **({"aux_logits": True} if arch in AUX else {}))
-    head = model.get_submodule(model.cnnlab_head)
+    meta = model_meta(arch)
+    head = model.get_submodule(meta.head)
     assert isinstance(head, nn.Linear) and head.out_features == 7
     main_linears = [n for n, m in model.named_modules()
                     if isinstance(m, nn.Linear) and not n.startswith(("aux", "AuxLogits"))]
-    assert main_linears[-1] == model.cnnlab_head
-    assert model.cnnlab_arch == arch
+    assert main_linears[-1] == meta.head
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    assert meta.first_conv == first_conv  # the metadata names the stem the gray-input adaptation sums
+    assert all(k.startswith(meta.aux_heads) for k in model.state_dict() if k.startswith(("aux", "AuxLogits")))
     assert describe(arch) and "\n" not in describe(arch)
 
 

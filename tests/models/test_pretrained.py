@@ -10,6 +10,7 @@ import http.server
 import re
 import socket
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -19,16 +20,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, model_names
+from cnnlab.models import MODELS, Weights, create_model, model_meta, model_names
 from cnnlab.models.pretrained import (
-    PRETRAINED,
-    WeightSpec,
     apply_pretrained,
-    freeze_backbone,
+    head_parameters,
     load_pretrained,
-    load_state_dict_file,
     pretrained_path,
+    published_weights,
 )
+from cnnlab.models.weights import load_state_dict_file
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,11 +58,20 @@ def build(arch: str, *, meta: bool = False, **kw) -> nn.Module:
 
 # --- the table ---------------------------------------------------------------------------------------------
 
+def publish(monkeypatch, arch: str, weights: Weights) -> None:
+    """Points ``arch``'s declared weights at ``weights`` for one test."""
+    entry = MODELS.get(arch)
+    monkeypatch.setitem(MODELS._items, arch, replace(entry, meta=replace(entry.meta, weights=weights)))
+
+
+PRETRAINED = {name: model_meta(name).weights for name in model_names() if model_meta(name).weights}
+
+
 def test_table_lists_official_torchvision_files():
     assert {"vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "googlenet", "inception_v3", "mobilenet_v2",
             "alexnet"} <= set(PRETRAINED)
     for arch, spec in PRETRAINED.items():
-        assert arch in model_names()
+        assert published_weights(arch) is spec
         assert re.fullmatch(r"https://download\.pytorch\.org/models/[a-z0-9_]+(-owt)?-[0-9a-f]{8}\.pth",
                             spec.url)
         assert spec.file_name.endswith(f"-{spec.sha256}.pth")  # torchvision's hash-in-the-name convention
@@ -229,13 +238,11 @@ def test_weights_of_another_architecture_are_rejected_with_the_offending_keys():
     assert torch.equal(target.fc.weight, head)  # checked before anything was changed
 
 
-def test_freeze_backbone_keeps_head_and_restarted_layers_trainable():
+def test_head_parameters_are_the_head_and_the_restarted_layers():
     model = build("vgg16", num_classes=2, input_shape=(3, 50, 50), meta=True)
     report = load_pretrained(model, build("vgg16", meta=True).state_dict(), arch="vgg16")
-    trainable = freeze_backbone(model, keep=report.reinitialized)
-    assert trainable == report.reinitialized
-    assert not model.features[0].weight.requires_grad and model.classifier[0].weight.requires_grad
-    assert freeze_backbone(build("resnet18", meta=True)) == ["fc.weight", "fc.bias"]
+    assert head_parameters(model, model_meta("vgg16"), report) == set(report.reinitialized)
+    assert head_parameters(build("resnet18", meta=True), model_meta("resnet18")) == {"fc.weight", "fc.bias"}
 
 
 # --- finding and downloading files -------------------------------------------------------------------------
@@ -259,15 +266,15 @@ def server(tmp_path):
 
 
 def _publish(root: Path, base: str, arch: str, state: dict, monkeypatch, *,
-             sha256: str | None = None) -> WeightSpec:
+             sha256: str | None = None) -> Weights:
     """Writes ``state`` as a torchvision-named file on the server and points the table at it."""
     tmp = root / "upload.pth"
     torch.save(state, tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     name = f"{arch}-{digest[:8]}.pth"
     tmp.rename(root / name)
-    spec = WeightSpec(f"{base}/{name}", sha256 or digest[:8])
-    monkeypatch.setitem(PRETRAINED, arch, spec)
+    spec = Weights(f"{base}/{name}", sha256 or digest[:8])
+    publish(monkeypatch, arch, spec)
     return spec
 
 
@@ -293,7 +300,7 @@ def test_wrong_checksum_is_an_error_and_leaves_nothing_in_the_cache(server, monk
     spec = _publish(root, base, "alexnet", {"w": torch.zeros(3)}, monkeypatch, sha256="00000000")
     with pytest.raises(CnnlabError, match="sha256") as err:
         pretrained_path("alexnet")
-    assert spec.url in str(err.value) and "--weights FILE" in str(err.value) and "\n" not in str(err.value)
+    assert spec.url in str(err.value) and "model.weights" in str(err.value) and "\n" not in str(err.value)
     assert not any((_cache / "weights").iterdir())  # no file, no partial download
 
 
@@ -302,14 +309,13 @@ def test_offline_and_unreachable_errors_say_what_to_fetch_and_where(monkeypatch,
     with pytest.raises(CnnlabError) as err:
         pretrained_path("resnet50", download=False)
     message = str(err.value)
-    assert PRETRAINED["resnet50"].url in message and str(dest) in message and "--weights FILE" in message
+    assert PRETRAINED["resnet50"].url in message and str(dest) in message and "model.weights" in message
     assert "\n" not in message
 
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setitem(PRETRAINED, "resnet50", WeightSpec(f"http://127.0.0.1:{port}/resnet50-0676ba61.pth",
-                                                           "0676ba61"))
+    publish(monkeypatch, "resnet50", Weights(f"http://127.0.0.1:{port}/resnet50-0676ba61.pth", "0676ba61"))
     with pytest.raises(CnnlabError, match=r"could not get the resnet50 ImageNet weights.*unreachable") as err:
         pretrained_path("resnet50")
     assert f"127.0.0.1:{port}" in str(err.value) and str(dest) in str(err.value)
@@ -321,7 +327,7 @@ def test_a_local_weights_file_wins_and_must_exist(tmp_path):
     save_file({"w": torch.zeros(1)}, str(local))
     assert pretrained_path("resnet18", weights=local, download=False) == local
     assert pretrained_path("not_a_model", weights=str(local)) == local  # no table entry needed
-    with pytest.raises(CnnlabError, match="does not exist; check the --weights path"):
+    with pytest.raises(CnnlabError, match=r"`model.weights` .* does not exist; check the path"):
         pretrained_path("resnet18", weights=tmp_path / "nope.pth")
     with pytest.raises(CnnlabError, match=r"no official ImageNet weights for 'cnn_64x2'.*resnet18"):
         pretrained_path("cnn_64x2")

@@ -52,10 +52,13 @@ def test_pretrained_needs_a_registered_arch(capsys):
 
 
 def test_pretrained_offline_is_a_clear_error(capsys, monkeypatch):
-    import cnnlab.models.pretrained as P
+    from dataclasses import replace
 
-    spec = P.PRETRAINED["resnet18"]
-    monkeypatch.setitem(P.PRETRAINED, "resnet18", type(spec)(**{**spec.__dict__, "url": "http://127.0.0.1:9/resnet18-f37072fd.pth"}))
+    from cnnlab.models import MODELS
+
+    entry = MODELS.get("resnet18")
+    weights = replace(entry.meta.weights, url="http://127.0.0.1:9/resnet18-f37072fd.pth")
+    monkeypatch.setitem(MODELS._items, "resnet18", replace(entry, meta=replace(entry.meta, weights=weights)))
     assert main(["train", "--dataset", "fashion-mnist-sample", "--model", "resnet18", "--pretrained", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--weights" in err and err.count("\n") == 1

@@ -6,10 +6,11 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.data.tensors import Normalizer, split
 from cnnlab.models.spec import build_spec
-from cnnlab.train.callbacks import EarlyStopping, ModelCheckpoint, NanGuard, StopAtTarget
-from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.train.optim import lr_factor
-from cnnlab.train.trainer import Engine, Trainer, evaluate, make_engine
+from cnnlab.training.callbacks import Callback, EarlyStopping, ModelCheckpoint, NanGuard, StopAtTarget
+from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.training.engine import Engine, make_engine
+from cnnlab.training.optim import lr_factor
+from cnnlab.training.trainer import Trainer, evaluate
 
 LAYERS = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "MaxPooling2D"},
           {"type": "Flatten"}, {"type": "Dropout", "rate": 0.1}, {"type": "Dense", "units": "num_classes"}]
@@ -44,10 +45,10 @@ def test_same_seed_same_result(toy):
 
 
 def test_resume_continues_exactly(toy, tmp_path):
-    full = _trainer(toy, tmp_path / "a", [ModelCheckpoint("val_loss")]).fit()
-    first = _trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss")], epochs=1)
+    full = _trainer(toy, tmp_path / "a", [ModelCheckpoint("val_loss", "min")]).fit()
+    first = _trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")], epochs=1)
     first.fit()
-    second = _trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss")])
+    second = _trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")])
     second.resume("last")
     assert second.epoch == 1
     resumed = second.fit()
@@ -56,29 +57,27 @@ def test_resume_continues_exactly(toy, tmp_path):
 
 
 def test_stop_at_target_and_early_stopping(toy):
-    t = _trainer(toy, callbacks=[StopAtTarget.parse(["val_acc=0.5"])], epochs=10)
+    t = _trainer(toy, callbacks=[StopAtTarget.parse("val_acc=0.5")], epochs=10)
     t.fit()
     assert t.epoch < 10 and "reached val_acc" in t.stop_reason
-    t = _trainer(toy, callbacks=[StopAtTarget.parse(["loss=100"])], epochs=10)  # loss = training loss
+    t = _trainer(toy, callbacks=[StopAtTarget.parse("loss=100")], epochs=10)  # loss = training loss
     t.fit()
     assert t.epoch == 1
-    t = _trainer(toy, callbacks=[EarlyStopping("val_acc", patience=1, min_delta=1.0)], epochs=10)
+    t = _trainer(toy, callbacks=[EarlyStopping("val_acc", "max", patience=1, min_delta=1.0)], epochs=10)
     t.fit()
     assert t.epoch == 2 and "early stopping" in t.stop_reason
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path):
-    t = _trainer(toy, tmp_path, [NanGuard(), ModelCheckpoint("val_loss")], epochs=4)
-
-    class Poison(NanGuard):  # from epoch 2 on, break the weights so the loss is NaN
+    class Poison(Callback):  # from epoch 2 on, break the weights so the loss is NaN
         def on_train_epoch_start(self, trainer):
             if trainer.epoch == 1:
                 with torch.no_grad():
                     trainer.model.conv2d.weight.fill_(float("nan"))
 
-    t.callbacks.insert(0, Poison())
+    t = _trainer(toy, tmp_path, [ModelCheckpoint("val_loss", "min"), Poison(), NanGuard()], epochs=4)
     t.fit()
-    assert t.failed and "became nan" in t.failed and "kept the checkpoint of epoch 1" in t.failed
+    assert t.failure and "became nan" in t.failure and "kept the checkpoint of epoch 1" in t.failure
     assert len(t.history) == 1
     state = load_checkpoint(tmp_path / "last")
     assert state["epoch"] == 1 and all(math.isfinite(h["train_loss"]) for h in state["history"])

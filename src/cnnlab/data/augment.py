@@ -11,69 +11,12 @@ cutout, clamp to [0, 1]. Apply it to [0, 1] floats before normalisation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.errors import CnnlabError
-
-PADDING_MODES = ("zeros", "reflect")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Which augmentations to apply (all off by default); YAML keys are the field names.
-
-    Attributes:
-        hflip: mirror left-right with probability 1/2.
-        vflip: mirror top-bottom with probability 1/2 (for data without an "up", e.g. microscopy).
-        crop_padding: pad by this many pixels and crop back to the original size at a random offset,
-            i.e. a whole-pixel shift of up to ± this many pixels per axis (the CIFAR-10 classic is 4).
-        translate: sub-pixel shift of up to ± this fraction of the width/height (0.1 = 10%).
-        zoom: scale by a factor drawn from [1 - zoom, 1 + zoom] (0.1 = ±10%).
-        rotation: rotate by up to ± this many degrees.
-        brightness: multiply by a factor drawn from [1 - brightness, 1 + brightness].
-        contrast: scale the distance from each image's mean by a factor in [1 - contrast, 1 + contrast].
-        noise: add Gaussian noise with this standard deviation, in [0, 1] pixel units (0.02 ≈ 5/255).
-        cutout: zero one square of this side (pixels) per image, placed wholly inside it.
-        padding_mode: what fills pixels shifted in from outside: ``zeros`` (black) or ``reflect``
-            (mirror of the border).
-    """
-
-    hflip: bool = False
-    vflip: bool = False
-    crop_padding: int = 0
-    translate: float = 0.0
-    zoom: float = 0.0
-    rotation: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    noise: float = 0.0
-    cutout: int = 0
-    padding_mode: str = field(default="zeros", metadata={"choices": PADDING_MODES})
-
-    def __post_init__(self) -> None:
-        if self.padding_mode not in PADDING_MODES:
-            raise CnnlabError(f"data.augment.padding_mode: {self.padding_mode!r} is not one of "
-                              f"{', '.join(PADDING_MODES)}")
-        for name in ("crop_padding", "translate", "zoom", "rotation", "brightness", "contrast", "noise",
-                     "cutout"):
-            if getattr(self, name) < 0:
-                raise CnnlabError(f"data.augment.{name} is {getattr(self, name)}; use 0 (off) or a positive value")
-        for name in ("zoom", "brightness", "contrast"):
-            if getattr(self, name) >= 1:
-                raise CnnlabError(f"data.augment.{name} is {getattr(self, name)}; it is a ± range, use a value "
-                                  "below 1 (e.g. 0.2)")
-        if self.translate >= 1:
-            raise CnnlabError(f"data.augment.translate is {self.translate}; it is a fraction of the image size, "
-                              "use a value below 1 (e.g. 0.1)")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any augmentation is on."""
-        return any(getattr(self, f.name) for f in fields(self) if f.name != "padding_mode")
+from cnnlab.config import AugmentConfig
 
 
 class Augmenter:

@@ -19,11 +19,11 @@ import torch
 
 from cnnlab.data import cifar
 from cnnlab.data.idx import read_idx
-from cnnlab.data.sources import RemoteFile, cache_dir, check_file, data_roots, download_file
+from cnnlab.data.sources import data_roots
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError
+from cnnlab.io import RemoteFile, cache_dir, check_file, download_file, write_atomic
 from cnnlab.registry import Registry
-from cnnlab.runs import write_atomic
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -198,7 +198,7 @@ def _missing(info: DatasetInfo, roots: list[Path], why: str) -> CnnlabError:
     names = ", ".join(Path(f.name).name for f in info.files) if info.layout != "cifar" else \
         f"{cifar.FOLDER}/ (or {CIFAR_ARCHIVE.name})"
     where = " or ".join(str(r / info.name) for r in roots)
-    return CnnlabError(f"{info.name} is not available: put {names} into {where} (or pass --data-dir DIR / set "
+    return CnnlabError(f"{info.name} is not available: put {names} into {where} (or pass `data_dir` DIR / set "
                        f"CNNLAB_DATA to a folder holding {info.name}/); {why}")
 
 

@@ -32,9 +32,9 @@ import torch
 
 from cnnlab.data import decode
 from cnnlab.data.decode import BadImage, decode_image, list_images  # noqa: F401  (re-exported)
-from cnnlab.data.sources import cache_dir
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.io import cache_dir
 
 LABEL_MODES = ("auto", "subfolders", "filename", "csv")
 DEFAULT_PATTERN = r"^([^\W\d_]+)"  # leading run of letters: cat.123.jpg -> cat, dog_7.png -> dog
@@ -142,6 +142,11 @@ def _collect(spec: FolderSpec) -> _Listing:
         else:
             listing.skipped.append((rel, f"file name does not match label pattern {regex.pattern!r}"))
     return listing
+
+
+def folder_classes(spec: FolderSpec) -> list[str]:
+    """The class names a folder's labels give (sorted), without decoding any image."""
+    return sorted({label for _, label in _collect(spec).items})
 
 
 def _csv_path(spec: FolderSpec) -> Path | None:

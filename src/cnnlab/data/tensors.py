@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 class RowView:
@@ -178,7 +179,7 @@ class Normalizer:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
-IMAGENET = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = Normalizer(IMAGENET_MEAN, IMAGENET_STD)  # what torchvision's published weights expect
 
 
 def batches(

@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.inspect.summary import eval_mode, is_layer, layer_kind, model_device, spec_types, trace
+from cnnlab.models.summary import eval_mode, is_layer, layer_kind, model_device, spec_types, trace
 
 FEATURE_KINDS = ("conv", "pool")  # what the tutorials' default columns show
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.summary import LayerRow, keras_shape, layer_rows, param_counts
+from cnnlab.models.summary import LayerRow, keras_shape, layer_rows, param_counts
 
 
 @dataclass(frozen=True)

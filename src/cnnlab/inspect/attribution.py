@@ -20,8 +20,8 @@ from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.summary import eval_mode, model_device
 from cnnlab.inspect.weights import conv_layers
+from cnnlab.models.summary import eval_mode, model_device
 
 Targets = int | Sequence[int] | torch.Tensor
 

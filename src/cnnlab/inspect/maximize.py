@@ -39,7 +39,7 @@ from cnnlab.inspect.attribution import (
     require_spatial,
     resolve_layer,
 )
-from cnnlab.inspect.summary import eval_mode, model_device
+from cnnlab.models.summary import eval_mode, model_device
 
 # Half-width of the uniform noise around mid-grey in the starting images. A post-ReLU filter that is
 # silent everywhere on the start image gets no gradient and stays grey; ±0.1 left about a third of the

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.inspect.summary import layer_kind
+from cnnlab.models.summary import layer_kind
 
 
 def conv_layers(model: nn.Module) -> list[str]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models import register_model
-from cnnlab.models.pretrained import check_input, reject_options, tag_model
+from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
 
 # 11x11/4 conv (padding 2) then three 3x3/2 max-pools without padding: 63 → 15 → 7 → 3 → 1.
 # At 62 the last max-pool gets a 2x2 map and has no output.
@@ -60,7 +59,8 @@ class AlexNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-@register_model
+@register_model(ModelMeta((3, 224, 224), head="classifier.6", first_conv="features.0",
+                          weights=torchvision_weights("alexnet-owt-7be5be79.pth"), min_side=MIN_SIDE))
 def alexnet(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -73,8 +73,8 @@ def alexnet(
         **kw: rejected with a one-line error (unknown option).
 
     Returns:
-        The model; ``model.cnnlab_head == "classifier.6"``.
+        The model.
     """
     reject_options("alexnet", kw, ("dropout",))
     c, _, _ = check_input("alexnet", input_shape, min_side=MIN_SIDE)
-    return tag_model(AlexNet(num_classes, c, dropout), arch="alexnet", head="classifier.6")
+    return AlexNet(num_classes, c, dropout)

@@ -12,8 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import register_model
-from cnnlab.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, check_input, reject_options, tag_model
+from cnnlab.models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 # Smallest input side that survives the five stride-2 reductions (the 7x7/2 conv, then four ceil-mode
 # max-pools): 15 → 8 → 4 → 2 → 1 → 1. At 14 the third max-pool gets a 1x1 map and has no output.
@@ -157,7 +164,9 @@ class GoogLeNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register_model
+@register_model(ModelMeta((3, 224, 224), head="fc", first_conv="conv1.conv",
+                          weights=torchvision_weights("googlenet-1378be20.pth", transform_input=True),
+                          aux_heads=("aux1.", "aux2."), min_side=MIN_SIDE))
 def googlenet(
     *,
     num_classes: int = 1000,
@@ -179,7 +188,7 @@ def googlenet(
         **kw: rejected with a one-line error (unknown option).
 
     Returns:
-        The model; ``model.cnnlab_head == "fc"``.
+        The model.
     """
     reject_options("googlenet", kw, ("aux_logits", "transform_input", "dropout"))
     c, _, _ = check_input("googlenet", input_shape, min_side=MIN_SIDE)
@@ -187,4 +196,4 @@ def googlenet(
         raise CnnlabError(f"googlenet: transform_input re-scales RGB input, but input_shape has {c} "
                           "channel(s); drop transform_input or use RGB images")
     model = GoogLeNet(num_classes, c, aux_logits=aux_logits, transform_input=transform_input, dropout=dropout)
-    return tag_model(model, arch="googlenet", head="fc")
+    return model

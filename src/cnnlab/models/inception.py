@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import register_model
 from cnnlab.models.googlenet import BasicConv2d, imagenet_to_tf_range
-from cnnlab.models.pretrained import check_input, reject_options, tag_model
+from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
 
 # Side after the valid 3x3/2 convs and pools: 75 → 37 → 35 → 17 → 15 → 7 → 3 (Mixed_6a) → 1 (Mixed_7a).
 # At 74 Mixed_7a gets a 2x2 map and has no output. (The auxiliary head would need 299-ish inputs, but
@@ -212,7 +211,10 @@ class Inception3(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@register_model
+@register_model(ModelMeta((3, 299, 299), head="fc", first_conv="Conv2d_1a_3x3.conv",
+                          weights=torchvision_weights("inception_v3_google-0cc3c7bd.pth", input_size=299,
+                                                      resize_size=342, transform_input=True),
+                          aux_heads=("AuxLogits.",), min_side=MIN_SIDE))
 def inception_v3(
     *,
     num_classes: int = 1000,
@@ -234,7 +236,7 @@ def inception_v3(
         **kw: rejected with a one-line error (unknown option).
 
     Returns:
-        The model; ``model.cnnlab_head == "fc"``.
+        The model.
     """
     reject_options("inception_v3", kw, ("aux_logits", "transform_input", "dropout"))
     c, _, _ = check_input("inception_v3", input_shape, min_side=MIN_SIDE)
@@ -243,4 +245,4 @@ def inception_v3(
                           "channel(s); drop transform_input or use RGB images")
     model = Inception3(num_classes, c, aux_logits=aux_logits, transform_input=transform_input,
                        dropout=dropout)
-    return tag_model(model, arch="inception_v3", head="fc")
+    return model

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models import register_model
-from cnnlab.models.pretrained import check_input, reject_options, tag_model
+from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
 
 # Inverted-residual stages: (expansion t, output channels c, repeats n, first stride s), Table 2.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -99,7 +98,8 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-@register_model
+@register_model(ModelMeta((3, 224, 224), head="classifier.1", first_conv="features.0.0",
+                          weights=torchvision_weights("mobilenet_v2-b0353104.pth")))
 def mobilenet_v2(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
                  width_mult: float = 1.0, dropout: float = 0.2, **kw) -> nn.Module:
     """MobileNetV2 (torchvision layout, 3.5M params; any input size).
@@ -112,9 +112,9 @@ def mobilenet_v2(*, num_classes: int = 1000, input_shape: tuple[int, int, int] =
         **kw: rejected with a one-line error (unknown option).
 
     Returns:
-        The model; ``model.cnnlab_head == "classifier.1"``.
+        The model.
     """
     reject_options("mobilenet_v2", kw, ("width_mult", "dropout"))
     c, _, _ = check_input("mobilenet_v2", input_shape)
     model = MobileNetV2(num_classes, c, width_mult=width_mult, dropout=dropout)
-    return tag_model(model, arch="mobilenet_v2", head="classifier.1")
+    return model

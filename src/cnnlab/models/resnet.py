@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models import register_model
-from cnnlab.models.pretrained import check_input, reject_options, tag_model
+from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -128,16 +127,20 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def _meta(weights_file: str) -> ModelMeta:
+    return ModelMeta((3, 224, 224), head="fc", first_conv="conv1", weights=torchvision_weights(weights_file))
+
+
 def _resnet(arch: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int],
             num_classes: int, input_shape: tuple[int, int, int], zero_init_residual: bool,
             kw: dict) -> nn.Module:
     reject_options(arch, kw, ("zero_init_residual",))
     c, _, _ = check_input(arch, input_shape)
     model = ResNet(block, layers, num_classes, c, zero_init_residual=zero_init_residual)
-    return tag_model(model, arch=arch, head="fc")
+    return model
 
 
-@register_model
+@register_model(_meta("resnet18-f37072fd.pth"))
 def resnet18(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
              zero_init_residual: bool = False, **kw) -> nn.Module:
     """ResNet-18 (torchvision layout, 11.7M params; any input size).
@@ -151,7 +154,7 @@ def resnet18(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3,
     return _resnet("resnet18", BasicBlock, (2, 2, 2, 2), num_classes, input_shape, zero_init_residual, kw)
 
 
-@register_model
+@register_model(_meta("resnet34-b627a593.pth"))
 def resnet34(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
              zero_init_residual: bool = False, **kw) -> nn.Module:
     """ResNet-34 (torchvision layout, 21.8M params; any input size).
@@ -165,7 +168,7 @@ def resnet34(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3,
     return _resnet("resnet34", BasicBlock, (3, 4, 6, 3), num_classes, input_shape, zero_init_residual, kw)
 
 
-@register_model
+@register_model(_meta("resnet50-0676ba61.pth"))
 def resnet50(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
              zero_init_residual: bool = False, **kw) -> nn.Module:
     """ResNet-50 (torchvision layout, bottleneck blocks, 25.6M params; any input size).
@@ -179,7 +182,7 @@ def resnet50(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3,
     return _resnet("resnet50", Bottleneck, (3, 4, 6, 3), num_classes, input_shape, zero_init_residual, kw)
 
 
-@register_model
+@register_model(_meta("resnet101-63fe2227.pth"))
 def resnet101(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
               zero_init_residual: bool = False, **kw) -> nn.Module:
     """ResNet-101 (torchvision layout, bottleneck blocks, 44.5M params; any input size).
@@ -193,7 +196,7 @@ def resnet101(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3
     return _resnet("resnet101", Bottleneck, (3, 4, 23, 3), num_classes, input_shape, zero_init_residual, kw)
 
 
-@register_model
+@register_model(_meta("resnet152-394f9c45.pth"))
 def resnet152(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
               zero_init_residual: bool = False, **kw) -> nn.Module:
     """ResNet-152 (torchvision layout, bottleneck blocks, 60.2M params; any input size).

@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 from functools import partial
 
-from cnnlab.models import MODELS
-from cnnlab.models.spec import SpecModel, build_spec
+from cnnlab.models.registry import MODELS, ModelEntry
+from cnnlab.models.spec import SpecModel, build_spec, spec_meta
 
 
 def _conv(filters, k=3, **kw):
@@ -100,5 +100,4 @@ def _builder(name: str, *, num_classes: int = 10, input_shape: tuple[int, int, i
 for _name, (_doc, _shape, _layers) in SEED_SPECS.items():
     _fn = partial(_builder, _name)
     _fn.__doc__ = _doc
-    _fn.__name__ = _name  # type: ignore[attr-defined]
-    MODELS.add(_name, _fn)
+    MODELS.add(_name, ModelEntry(_name, _fn, spec_meta(_layers, _shape, num_classes=10)))

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models import register_model
-from cnnlab.models.pretrained import check_input, reject_options, tag_model
+from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
 
 # Conv widths per block; "M" = 2x2 max-pool (stride 2). Configurations A, B, D, E of the paper.
 CONFIGS: dict[str, list[int | str]] = {
@@ -84,6 +83,11 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+def _meta(weights_file: str) -> ModelMeta:
+    return ModelMeta((3, 224, 224), head="classifier.6", first_conv="features.0",
+                     weights=torchvision_weights(weights_file), min_side=MIN_SIDE)
+
+
 def _vgg(arch: str, num_classes: int, input_shape: tuple[int, int, int], dropout: float,
          kw: dict) -> nn.Module:
     reject_options(arch, kw, ("dropout",))
@@ -91,10 +95,10 @@ def _vgg(arch: str, num_classes: int, input_shape: tuple[int, int, int], dropout
     depth, batch_norm = arch.removesuffix("_bn"), arch.endswith("_bn")
     features = make_features(CONFIGS[depth], c, batch_norm)
     model = VGG(features, 512 * (h // 32) * (w // 32), num_classes, dropout)
-    return tag_model(model, arch=arch, head="classifier.6")
+    return model
 
 
-@register_model
+@register_model(_meta("vgg11-8a719046.pth"))
 def vgg11(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -109,7 +113,7 @@ def vgg11(
     return _vgg("vgg11", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg11_bn-6002323d.pth"))
 def vgg11_bn(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -124,7 +128,7 @@ def vgg11_bn(
     return _vgg("vgg11_bn", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg13-19584684.pth"))
 def vgg13(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -139,7 +143,7 @@ def vgg13(
     return _vgg("vgg13", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg13_bn-abd245e5.pth"))
 def vgg13_bn(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -154,7 +158,7 @@ def vgg13_bn(
     return _vgg("vgg13_bn", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg16-397923af.pth"))
 def vgg16(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -169,7 +173,7 @@ def vgg16(
     return _vgg("vgg16", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg16_bn-6c64b313.pth"))
 def vgg16_bn(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -184,7 +188,7 @@ def vgg16_bn(
     return _vgg("vgg16_bn", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg19-dcbb9e9d.pth"))
 def vgg19(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:
@@ -199,7 +203,7 @@ def vgg19(
     return _vgg("vgg19", num_classes, input_shape, dropout, kw)
 
 
-@register_model
+@register_model(_meta("vgg19_bn-c79401a0.pth"))
 def vgg19_bn(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:

@@ -33,7 +33,7 @@ MAX_K = 64
 
 
 def _build() -> ctypes.CDLL:
-    from cnnlab.data.sources import cache_dir
+    from cnnlab.io import cache_dir
 
     src = SOURCE.read_bytes()
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")

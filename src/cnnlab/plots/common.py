@@ -6,6 +6,8 @@ Every view computes arrays elsewhere; these functions only draw. Figures are bui
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -14,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cnnlab.io import atomic_path
 
 WRONG = "#c0392b"  # title colour of a wrong prediction
 RIGHT = "#1e6b32"
@@ -114,6 +118,13 @@ def overlay(ax, image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Writes ``fig`` as PNG (creating parent folders) and returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:  # a viewer never sees half a PNG; the umask's permissions
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
+
+
+def figure_data_uri(fig: Figure, dpi: int = 100) -> str:
+    """``fig`` as a ``data:image/png;base64,...`` URI, rendered in memory."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -8,9 +8,7 @@ the model, the test set and the fp32 evaluation are loaded once for the whole pa
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,11 +16,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from cnnlab import __version__
+from cnnlab._version import __version__
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.plots import save_figure
-from cnnlab.inspect.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
-from cnnlab.runs import RESULTS, write_atomic
+from cnnlab.io import write_atomic
+from cnnlab.plots.common import figure_data_uri, save_figure
+from cnnlab.runs.run_dir import RESULTS
+from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
 REPORT = "report.html"
 
@@ -88,13 +87,6 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def figure_data_uri(fig: Figure, dpi: int = 100) -> str:
-    """``fig`` as a ``data:image/png;base64,...`` URI, rendered in memory."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _img(fig: Figure, alt: str) -> str:
     return f'<img src="{figure_data_uri(fig)}" alt="{_esc(alt)}">'
 
@@ -153,7 +145,7 @@ def _run_facts(ctx: ViewContext) -> str:
 
 
 def _summary_table(ctx: ViewContext) -> str:
-    from cnnlab.inspect.summary import layer_rows, param_counts
+    from cnnlab.models.summary import layer_rows, param_counts
 
     rows = layer_rows(ctx.model, ctx.input_shape)
     total, trainable = param_counts(ctx.model)
@@ -249,7 +241,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
         raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); train it before reporting")
     path = Path(out) if out else run.file(REPORT)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise CnnlabError(f"--out {path}: the report is one HTML file; give a name ending in .html")
+        raise CnnlabError(f"`out` {path}: the report is one HTML file; give a name ending in .html")
     shown = set(applicable(ctx))
     missing: list[str] = []
 

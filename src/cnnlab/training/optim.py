@@ -44,7 +44,7 @@ def _rmsprop(groups, cfg: TrainConfig, device):
                                weight_decay=cfg.weight_decay)
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig, *, head: set[str] | None = None, backbone_lr: float = 1.0) -> list[dict]:
+def make_param_groups(model: nn.Module, cfg: TrainConfig, *, head: set[str] | None = None, backbone_lr: float = 1.0) -> list[dict]:
     """Parameter groups: one for everything, or head / backbone when the backbone gets its own rate.
 
     With a head, every parameter is included (frozen ones simply get no gradient until unfrozen). Each

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from cnnlab.inspect.maximize import Maximized
-from cnnlab.inspect.plots import finish_figure, image_grid, new_figure, overlay, to_display, value_range
+from cnnlab.plots.common import finish_figure, image_grid, new_figure, overlay, to_display, value_range
 
 ArrayLike = np.ndarray | torch.Tensor
 

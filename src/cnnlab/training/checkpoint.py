@@ -14,17 +14,17 @@ name and swapped in with renames, so a crash leaves either the old or the new ch
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import recover_folder, replace_folder, temp_folder_beside
+from cnnlab.models.weights import load_into, load_weights_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
@@ -63,48 +63,22 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any]) -> Path:
     """Writes ``model`` and the training ``state`` to ``folder`` atomically (temp folder + renames)."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / MODEL_FILE))
-    tensors: dict[str, torch.Tensor] = {}
-    meta = _split(state, tensors, "state")
-    save_file(tensors, str(tmp / STATE_FILE))
-    (tmp / META_FILE).write_text(json.dumps(meta))
-    for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def _recover(folder: Path) -> Path:
-    """A crash between the two renames leaves only ``.NAME.old``: use it."""
-    old = folder.with_name(f".{folder.name}.old")
-    if not folder.exists() and old.exists():
-        os.replace(old, folder)
-    return folder
-
-
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors state dict, with a one-line error for a missing or corrupt file."""
+    tmp = temp_folder_beside(folder)
     try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CnnlabError(f"{path} not found; the run has no saved weights yet") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CnnlabError(f"{path} is not a readable safetensors file ({exc})") from None
+        weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / MODEL_FILE))
+        tensors: dict[str, torch.Tensor] = {}
+        meta = _split(state, tensors, "state")
+        save_file(tensors, str(tmp / STATE_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        return replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Loads the weights into ``model`` (if given) and returns the training state."""
-    folder = _recover(Path(folder))
+    folder = recover_folder(Path(folder))
     if not (folder / META_FILE).is_file():
         raise CnnlabError(f"{folder} holds no checkpoint (no {META_FILE}); nothing to resume from")
     if model is not None:
@@ -115,17 +89,3 @@ def load_checkpoint(folder: Path, model: nn.Module | None = None) -> dict[str, A
     except ValueError as exc:
         raise CnnlabError(f"{folder / META_FILE} is corrupt ({exc})") from None
     return _join(meta, tensors)
-
-
-def load_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with a one-line error naming the first mismatching keys (wrong model for these weights)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    extra = [k for k in weights if k not in own]
-    wrong = [k for k in own if k in weights and own[k].shape != weights[k].shape]
-    if missing or extra or wrong:
-        parts = [f"{label}: {', '.join(keys[:3])}" for label, keys in
-                 (("missing", missing), ("unexpected", extra), ("shape differs", wrong)) if keys]
-        raise CnnlabError(f"{source} does not fit this model ({'; '.join(parts)}); "
-                          "was it saved from a different architecture or class count?")
-    model.load_state_dict(weights)

@@ -175,7 +175,7 @@ class Predictor:
         Raises:
             CnnlabError: unknown engine, not a run, or an unusable model.onnx.
         """
-        from cnnlab.api import load_run
+        from cnnlab.runs.loaded import load_run
 
         if engine not in ENGINES:
             raise one_of("engine", engine, ENGINES)
@@ -227,8 +227,8 @@ class Predictor:
 
 def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
     """A session on the run's model.onnx, exported first if missing or stale (other weights)."""
-    from cnnlab.data.sources import file_digest
-    from cnnlab.export import ONNX_FILE, export_onnx, ort_session, session_info
+    from cnnlab.io import file_digest
+    from cnnlab.serve.onnx import ONNX_FILE, export_onnx, ort_session, session_info
 
     path = lr.run.file(ONNX_FILE)
     if not path.exists():
@@ -324,7 +324,7 @@ def predict_files(run_dir: str | Path, files: list[str | Path], *, top_k: int = 
         CnnlabError: not a run, no image files given, or an unusable engine.
     """
     if top_k < 1:
-        raise CnnlabError("--top-k must be ≥ 1")
+        raise CnnlabError(f"`top_k` is {top_k}; ask for at least 1 label per image")
     pred = predictor or Predictor.from_run(run_dir, engine, batch_size=batch_size, log=log)
     paths = expand(files)
     if not paths:
@@ -372,12 +372,12 @@ def write_grid(results: list[Prediction], path: str | Path, title: str | None = 
     Raises:
         CnnlabError: no readable image was kept (see ``keep_images`` of :func:`predict_files`).
     """
-    from cnnlab.inspect.plot_results import prediction_titles
-    from cnnlab.inspect.plots import image_grid, save_figure
+    from cnnlab.plots.common import image_grid, save_figure
+    from cnnlab.plots.results import prediction_titles
 
     shown = [r for r in results if r.image is not None and r.top][:GRID_MAX]
     if not shown:
-        raise CnnlabError("no image could be read, so there is nothing to draw for --grid")
+        raise CnnlabError("no image could be read, so there is nothing to draw for the `grid`")
     labels = sorted({lab for r in shown for lab, _ in r.top[:1]})
     index = {lab: i for i, lab in enumerate(labels)}
     pred = [index[r.top[0][0]] for r in shown]

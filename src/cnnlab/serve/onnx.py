@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.data.sources import file_digest
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.io import file_digest
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
@@ -186,7 +186,7 @@ def parse_batch(batch: str | int) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise CnnlabError(f"--batch {batch!r}: expected dynamic or a positive batch size like 1 or 64")
+        raise CnnlabError(f"`batch` {batch!r}: expected dynamic or a positive batch size like 1 or 64")
     return n
 
 
@@ -215,11 +215,11 @@ def export_onnx(
         ParityError: probabilities differ by more than :data:`PARITY_LIMIT`; nothing is written.
         CnnlabError: not a run, bad opset/batch, or a model the exporter cannot handle.
     """
-    from cnnlab import __version__
-    from cnnlab.api import load_run
+    from cnnlab._version import __version__
+    from cnnlab.runs.loaded import load_run
 
     if opset not in OPSETS:
-        raise CnnlabError(f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} "
+        raise CnnlabError(f"`opset` {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} "
                           f"(default {DEFAULT_OPSET})")
     fixed = parse_batch(batch)
     if images < 1:
@@ -227,7 +227,7 @@ def export_onnx(
     lr = load_run(run_dir)
     path = Path(out) if out else lr.run.file(ONNX_FILE)
     if path.is_dir():
-        raise CnnlabError(f"--out {path} is a folder; give a file name like {path / ONNX_FILE}")
+        raise CnnlabError(f"`out` {path} is a folder; give a file name like {path / ONNX_FILE}")
     path.parent.mkdir(parents=True, exist_ok=True)
     props = {
         META["version"]: __version__,
@@ -286,7 +286,7 @@ def write_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | 
                               do_constant_folding=True, dynamo=False)
     except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
         raise CnnlabError(f"the ONNX exporter cannot handle this model ({str(exc).splitlines()[0][:160]}); "
-                          "a newer --opset may help, otherwise keep predicting with --engine torch") from None
+                          "a newer `opset` may help, otherwise keep predicting with the torch `engine`") from None
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, dict(props or {}))
     proto.doc_string = INPUT_DOC
@@ -295,7 +295,7 @@ def write_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | 
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise CnnlabError(f"the exported graph fails the ONNX checker ({str(exc).splitlines()[0][:160]}); "
-                          "try another --opset") from None
+                          "try another `opset`") from None
     onnx.save(proto, str(path))
 
 
@@ -304,8 +304,8 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
 
     Falls back to random pixels when the run's data cannot be found, saying so in the returned label.
     """
-    from cnnlab.api import prepare_data
     from cnnlab.config import DataConfig
+    from cnnlab.data.prepare import prepare_data
 
     dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
     try:
@@ -313,10 +313,10 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     except CnnlabError as exc:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (n, *lr.input_shape), generator=g, dtype=torch.uint8)
-        return x, f"random images (test data not found: {str(exc)[:80]}; pass --data-dir)"
+        return x, f"random images (test data not found: {str(exc)[:80]}; pass `data_dir`)"
     if tuple(test.shape) != tuple(lr.input_shape):
         raise CnnlabError(f"the test images are {test.shape} but the model takes {lr.input_shape}; "
-                          "pass the --data-dir the run was trained with")
+                          "pass the `data_dir` the run was trained with")
     idx = torch.linspace(0, len(test) - 1, min(n, len(test))).round().long().unique()
     return test.images[idx], "test images"
 

@@ -8,7 +8,7 @@ modules (pure functions returning arrays); this module only wires a run to them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -16,8 +16,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from cnnlab.config import Config
+from cnnlab.data.prepare import prepare_data
+from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.inspect.plots import save_figure
+from cnnlab.plots.common import image_grid, save_figure
 from cnnlab.registry import Registry
 
 
@@ -44,7 +47,7 @@ class ViewContext:
     """A run's model, test data and evaluation, each computed on first use."""
 
     def __init__(self, run_dir: str | Path, data_dir: str | None = None) -> None:
-        from cnnlab.api import load_run
+        from cnnlab.runs.loaded import load_run
 
         self.loaded = load_run(run_dir)
         self.data_dir = data_dir
@@ -55,13 +58,8 @@ class ViewContext:
 
     @cached_property
     def test(self):
-        from cnnlab.api import prepare_data
-        from cnnlab.data.tensors import ImageData
-
         cfg = self.loaded.cfg.data
         if self.data_dir:
-            from dataclasses import replace
-
             cfg = replace(cfg, data_dir=self.data_dir)
         data = prepare_data(cfg, log=lambda s: None).test
         return ImageData(data.images, data.labels, data.classes, data.name)
@@ -69,7 +67,8 @@ class ViewContext:
     @cached_property
     def evaluation(self):
         """fp32 evaluation of the whole test set, keeping probabilities."""
-        from cnnlab.train.trainer import Engine, evaluate
+        from cnnlab.training.engine import Engine
+        from cnnlab.training.trainer import evaluate
 
         # channels-last: fp32 convolutions run 8-10x faster that way on CPU than in NCHW
         return evaluate(self.model, self.test, normalizer=self.normalizer,
@@ -84,7 +83,7 @@ class ViewContext:
         idx = list(idx)
         bad = [i for i in idx if not 0 <= i < len(self.test)]
         if bad:
-            raise CnnlabError(f"--images {bad[0]} is out of range; the test set has {len(self.test):,} images (0..{len(self.test) - 1})")
+            raise CnnlabError(f"`images` {bad[0]} is out of range; the test set has {len(self.test):,} images (0..{len(self.test) - 1})")
         return self.test.images[idx]
 
     def x(self, idx) -> torch.Tensor:
@@ -118,7 +117,7 @@ def top_mistakes(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Ten
 
 @VIEWS.register("curves")
 def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_results import plot_curves
+    from cnnlab.plots.results import plot_curves
 
     if not ctx.history:
         raise CnnlabError(f"{ctx.loaded.run.path} has no metrics.jsonl entries yet; train at least one epoch")
@@ -127,7 +126,7 @@ def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("predictions")
 def _predictions(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_results import plot_predictions
+    from cnnlab.plots.results import plot_predictions
 
     probs = ctx.evaluation.probs
     idx = torch.tensor(opts.images) if opts.images else random_predictions(probs, opts.n, opts.seed)
@@ -138,7 +137,7 @@ def _predictions(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("mistakes")
 def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_results import plot_breakdown, plot_mistakes
+    from cnnlab.plots.results import plot_breakdown, plot_mistakes
 
     ev = ctx.evaluation
     labels = ctx.test.labels
@@ -159,7 +158,7 @@ def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 @VIEWS.register("feature-maps")
 def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
     from cnnlab.inspect.activations import channel_maps, feature_map_grid
-    from cnnlab.inspect.plot_maps import plot_channel_maps, plot_feature_grid
+    from cnnlab.plots.maps import plot_channel_maps, plot_feature_grid
 
     idx = list(opts.images or (0, 7, 26))
     images = ctx.images(idx)
@@ -176,8 +175,8 @@ def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("filters")
 def _filters(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_maps import plot_filters
     from cnnlab.inspect.weights import conv_filters, conv_layers
+    from cnnlab.plots.maps import plot_filters
 
     layers = list(opts.layers) if opts.layers else conv_layers(ctx.model)[:1]
     if not layers:
@@ -188,15 +187,15 @@ def _filters(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("templates")
 def _templates(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_maps import plot_templates
     from cnnlab.inspect.weights import dense_templates
+    from cnnlab.plots.maps import plot_templates
 
     return {"templates": plot_templates(dense_templates(ctx.model, ctx.input_shape), ctx.classes)}
 
 
 @VIEWS.register("kernels")
 def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.plot_maps import plot_kernel_demo
+    from cnnlab.plots.maps import plot_kernel_demo
 
     i = (opts.images or (0,))[0]
     image = ctx.images([i])[0].float().mean(0).numpy()  # the tutorial's demo works on one grey channel
@@ -206,7 +205,7 @@ def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 @VIEWS.register("architecture")
 def _architecture(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
     from cnnlab.inspect.architecture import architecture_diagram
-    from cnnlab.inspect.plot_maps import plot_architecture
+    from cnnlab.plots.maps import plot_architecture
 
     diagram = architecture_diagram(ctx.model, ctx.input_shape)
     mcfg = ctx.loaded.cfg.model
@@ -239,7 +238,7 @@ def _overlay_titles(ctx: ViewContext, idx: list[int]) -> list[str]:
 def _attribution_view(method: str) -> ViewFn:
     def view(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
         from cnnlab.inspect import attribution as A
-        from cnnlab.inspect.plot_attribution import plot_overlays
+        from cnnlab.plots.attribution import plot_overlays
 
         idx = _correct(ctx, opts)
         x = ctx.x(idx)
@@ -267,7 +266,7 @@ for _m in ("occlusion", "gradcam", "saliency"):
 @VIEWS.register("maximize")
 def _maximize(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
     from cnnlab.inspect.maximize import maximize_classes, maximize_layers
-    from cnnlab.inspect.plot_attribution import plot_class_maximized, plot_maximized
+    from cnnlab.plots.attribution import plot_class_maximized, plot_maximized
 
     figs = {}
     layers = list(opts.layers) if opts.layers else None
@@ -293,16 +292,48 @@ def applicable(ctx: ViewContext) -> list[str]:
     return [v for v in VIEWS.names() if v not in skip]
 
 
+def render(ctx: ViewContext, what: str, options: ShowOptions = ShowOptions()) -> dict[str, Figure]:
+    """The figures of view ``what`` (or ``all`` the views that apply), by the file stem ``show`` saves them as.
+
+    Raises:
+        CnnlabError: unknown view, options that do not fit the run (layers, image indices), missing data.
+    """
+    if what != "all" and what not in VIEWS:
+        raise one_of("view", what, [*VIEWS.names(), "all"])
+    if options.n < 1:
+        raise CnnlabError(f"`n` is {options.n}; views draw at least 1 image or filter")
+    figs: dict[str, Figure] = {}
+    for name in applicable(ctx) if what == "all" else [what]:
+        figs.update(VIEWS.get(name)(ctx, options))
+    return figs
+
+
 def show(run_dir: str | Path, what: str, options: ShowOptions = ShowOptions(), *, out: str | Path | None = None,
          data_dir: str | None = None) -> list[Path]:
-    """Renders view ``what`` (or ``all``) of a run into PNG files; returns their paths."""
+    """Renders view ``what`` (or ``all``) of a run into PNG files (``RUN_DIR/figures`` or ``out``); returns their paths."""
     if what != "all" and what not in VIEWS:
         raise one_of("view", what, [*VIEWS.names(), "all"])
     ctx = ViewContext(run_dir, data_dir)
     folder = Path(out) if out else ctx.loaded.run.figures
-    names = applicable(ctx) if what == "all" else [what]
-    paths = []
-    for name in names:
-        for stem, fig in VIEWS.get(name)(ctx, options).items():
-            paths.append(save_figure(fig, folder / f"{stem}.png"))
-    return paths
+    return [save_figure(fig, folder / f"{stem}.png") for stem, fig in render(ctx, what, options).items()]
+
+
+def augment_preview(cfg: Config, out: str | Path, *, n: int = 8, copies: int = 8, seed: int = 0) -> Path:
+    """Writes a PNG grid: each row a training image, then ``copies`` augmented versions of it."""
+    from cnnlab.data.augment import Augmenter, preview_grid
+
+    aug = Augmenter(cfg.data.augment)
+    if not aug.enabled:
+        raise CnnlabError("the config enables no augmentation; set data.augment keys (e.g. data.augment.hflip=true)")
+    if n < 1 or copies < 1:
+        raise CnnlabError(f"augment preview: n={n} and copies={copies} must both be ≥ 1")
+    data = prepare_data(cfg.data, log=lambda s: None)
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+    sheet = preview_grid(data.train.images[pick], aug, n=n, copies=copies, seed=seed)
+    c = data.train.shape[0]
+    h, w = data.train.shape[1:]
+    tiles = [sheet[r * h:(r + 1) * h, k * w:(k + 1) * w].transpose(2, 0, 1) for r in range(len(pick)) for k in range(copies + 1)]
+    titles = ["original" if k == 0 else f"aug {k}" for _ in range(len(pick)) for k in range(copies + 1)]
+    fig = image_grid(tiles, titles, cols=copies + 1, panel=1.2, suptitle=f"Augmentation preview: {cfg.name or 'config'}",
+                     cmap="gray" if c == 1 else None)
+    return save_figure(fig, out)

@@ -1,55 +1,45 @@
-"""One function per CLI command: turn parsed arguments into a config, call the library, print the result."""
+"""One small function per CLI command: typed arguments in, one library call, the result printed.
+
+Library imports sit inside the functions so that ``cnnlab --help`` and ``cnnlab models`` never pay for
+PyTorch's import when they do not need it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from cnnlab.config import Config, load_config
+from cnnlab.config import parse_override
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.options import BY_NAME
+
+RESUME_APPLIES = ("epochs", "stop_at", "data_dir")  # what --resume can change; the other options are refused
 
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=1))
 
 
-def train_config(args: argparse.Namespace) -> Config:
-    """The config a ``train`` invocation asks for: YAML (or defaults) + quick-path flags + ``--set``."""
-    overrides = []
-    if args.model:
-        overrides += [f"model.name={args.model}", "model.layers=null"]
-    for flag, key in (("dataset", "data.dataset"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-                      ("lr", "train.lr"), ("precision", "train.precision"), ("data_dir", "data.data_dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if args.stop_at:
-        overrides.append("callbacks.stop_at=[" + ", ".join(args.stop_at) + "]")
-    if args.pretrained:
-        overrides.append("model.pretrained=true")
-    if args.weights:
-        overrides.append(f"model.weights={args.weights}")
-    if args.freeze:
-        overrides.append(f"model.freeze={args.freeze}")
-    if args.fine_tune:
-        overrides += ["model.freeze=backbone", "model.freeze_epochs=1", "model.backbone_lr=0.1"]
-    from cnnlab.api import config_path, recipe_path
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None
 
-    if args.recipe:
-        if args.config:
-            raise CnnlabError("--recipe picks the config itself (configs/RECIPE/DATASET.yaml); drop --config")
-        base = recipe_path(args.recipe, args.dataset or "fashion-mnist")
-    else:
-        base = config_path(args.config) if args.config else None
-    return load_config(base, [*overrides, *args.overrides])
+
+def training_options(args: argparse.Namespace) -> dict:
+    """The training options (``runs.options.OPTIONS``) the user gave, typed as argparse parsed them."""
+    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) not in (None, False, [])}
+
+
+def _overrides(args: argparse.Namespace) -> list:
+    return [parse_override(item) for item in args.overrides]
 
 
 def _finish(result, what_next: bool = True) -> int:
     run = result.run
     if result.failed:
-        print(f"Run: {run.path} (failed; the last good checkpoint is in {run.checkpoints / 'last'})")
+        last = run.checkpoints / "last"
+        kept = f"the last good checkpoint is in {last}" if last.exists() else "no epoch finished, so nothing was kept"
+        print(f"Run: {run.path} (failed; {kept})")
         return 1
     print(f"Test accuracy: {result.test.acc:.4f} (loss {result.test.loss:.4f})")
     print(f"Run: {run.path}")
@@ -60,48 +50,46 @@ def _finish(result, what_next: bool = True) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cnnlab import api
+    from cnnlab.runs.experiment import train
+    from cnnlab.runs.options import experiment_config
 
+    options = training_options(args)
     if args.resume:
-        from cnnlab.runs import Run
+        from cnnlab.runs.run_dir import RunDir
 
-        cfg = load_config(Run.open(args.resume).file("config.yaml"), args.overrides)
-        if args.config or args.model or args.dataset:
-            raise CnnlabError("--resume continues a run with its own config; drop --config/--model/--dataset "
-                              "(only --set train.epochs=N to extend it)")
-        if args.epochs:
-            cfg = load_config(Run.open(args.resume).file("config.yaml"), [*args.overrides, f"train.epochs={args.epochs}"])
-        return _finish(api.train(cfg, resume=args.resume, progress=False if args.no_progress else None))
-    cfg = train_config(args)
-    return _finish(api.train(cfg, out=args.out, overwrite=args.overwrite, progress=False if args.no_progress else None))
-
-
-def demo_config(data_dir: str | None = None) -> Config:
-    """The main job: the packaged configs/fashion_mnist_cnn.yaml (found from any folder)."""
-    from cnnlab.api import config_path
-
-    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
-    return load_config(config_path("fashion_mnist_cnn"), overrides)
+        refused = [BY_NAME[n].flag for n in options if n not in RESUME_APPLIES]
+        refused += [f for f, v in (("--config", args.config), ("--recipe", args.recipe), ("--out", args.out),
+                                   ("--overwrite", args.overwrite)) if v]
+        if refused:
+            raise CnnlabError(f"--resume continues a run with its own config, so {', '.join(refused)} cannot apply; "
+                              f"drop {'it' if len(refused) == 1 else 'them'} (--epochs N extends the run, --set "
+                              "KEY=VALUE changes a setting)")
+        cfg = experiment_config(RunDir.open(args.resume).file("config.yaml"), overrides=_overrides(args), **options)
+        return _finish(train(cfg, resume=args.resume, progress=_progress(args)))
+    cfg = experiment_config(args.config, recipe=args.recipe, overrides=_overrides(args), **options)
+    return _finish(train(cfg, out=args.out, overwrite=args.overwrite, progress=_progress(args)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cnnlab import api
-    from cnnlab.data.datasets import locate
+    from pathlib import Path
 
-    cfg = demo_config(args.data_dir)
+    from cnnlab.app.report import build_report
+    from cnnlab.data.datasets import locate
+    from cnnlab.runs.experiment import train
+    from cnnlab.runs.options import experiment_config
+
+    cfg = experiment_config("fashion_mnist_cnn", data_dir=args.data_dir)
     try:
         locate(cfg.data.dataset, cfg.data.data_dir)
     except CnnlabError as exc:
         print(f"note: {exc}")
         print("note: training on the bundled real sample fashion-mnist-sample (6,000 train / 1,000 test images) instead")
-        cfg = load_config(None, ["data.dataset=fashion-mnist-sample"], base=_as_dict(cfg))
+        cfg = experiment_config(cfg, dataset="fashion-mnist-sample")
     out = Path(args.out)
     overwrite = out.exists() and (out / "run.json").is_file()
-    result = api.train(cfg, out=out, overwrite=overwrite, progress=False if args.no_progress else None)
+    result = train(cfg, out=out, overwrite=overwrite, progress=_progress(args))
     if result.failed:
         return _finish(result)
-    from cnnlab.report import build_report
-
     print("Drawing the pictures (report, feature maps, filters, occlusion, Grad-CAM, maximisation, ...)")
     report = build_report(out, data_dir=args.data_dir, maximize=True, figures_dir=out / "figures",
                           extra_views=("kernels", "saliency"))  # the two views the page leaves out
@@ -111,17 +99,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_dict(cfg: Config) -> dict:
-    from cnnlab.config import to_dict
-
-    return to_dict(cfg)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cnnlab import api
-    from cnnlab.train.metrics import format_confusion
+    from cnnlab.runs.loaded import evaluate_run
+    from cnnlab.training.metrics import format_confusion
 
-    _, ev, test = api.evaluate_run(args.run_dir, data_dir=args.data_dir)
+    _, ev, test = evaluate_run(args.run_dir, data_dir=args.data_dir)
     if args.json:
         d = ev.to_dict()
         _print_json({k: d[k] for k in ("test_loss", "test_acc", "per_class", "confusion")})
@@ -140,11 +122,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnlab.export import ParityError
-    from cnnlab.predict import GRID_MAX, predict_files, write_csv, write_grid
+    from cnnlab.serve.onnx import ParityError
+    from cnnlab.serve.predict import GRID_MAX, predict_files, write_csv, write_grid
 
-    if args.top_k < 1:
-        raise CnnlabError("--top-k must be ≥ 1")
     try:
         results = predict_files(args.run_dir, args.files, top_k=args.top_k, engine=args.engine,
                                 keep_images=GRID_MAX if args.grid else 0)
@@ -170,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cnnlab.export import ParityError, export
+    from cnnlab.serve.onnx import ParityError, export
 
     try:
         result = export(args.run_dir, args.format, out=args.out, opset=args.opset, batch=args.batch,
@@ -183,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from cnnlab.data.datasets import DATASETS, where_is
+    from cnnlab.data.datasets import CIFAR_ARCHIVE, DATASETS, where_is
 
     if args.action == "inspect":
         from cnnlab.data.folder import inspect_folder
@@ -196,8 +176,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     if args.action == "list":
         for name in DATASETS.names():
-            info = DATASETS.get(name)
-            print(f"{name:<22} {info.description}")
+            print(f"{name:<22} {DATASETS.get(name).description}")
         print("folder:PATH            your own images (class subfolders, cat.123.jpg names, or a CSV)")
         return 0
     info = DATASETS.get(args.name)
@@ -215,8 +194,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         for url in f.urls[:1]:
             print(f"      from {url}")
     if info.layout == "cifar":
-        from cnnlab.data.datasets import CIFAR_ARCHIVE
-
         print(f"    (downloaded as {CIFAR_ARCHIVE.name}, md5 {CIFAR_ARCHIVE.md5}, from {CIFAR_ARCHIVE.urls[0]})")
     return 0
 
@@ -230,12 +207,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    from cnnlab.api import model_for_summary
-    from cnnlab.inspect.summary import summary_text
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"28,28,1"`` (Keras's H,W,C order) → (C, H, W)."""
+    try:
+        h, w, c = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise CnnlabError(f"--input-shape {text!r}: expected H,W,C like 28,28,1 or 224,224,3") from None
+    if min(h, w, c) < 1:
+        raise CnnlabError(f"--input-shape {text!r}: sizes must be positive")
+    return c, h, w
 
-    model, shape, title = model_for_summary(args.model, args.input_shape, args.num_classes)
-    print(summary_text(model, shape, title=title))
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cnnlab.app.api import summary
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    print(summary(args.model, input_shape=shape, num_classes=args.num_classes))
     return 0
 
 
@@ -249,10 +236,8 @@ def _indices(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from cnnlab.inspect.views import ShowOptions, show
+    from cnnlab.views import ShowOptions, show
 
-    if args.n < 1:
-        raise CnnlabError("-n must be ≥ 1")
     opts = ShowOptions(images=_indices(args.images), layers=tuple(args.layers) if args.layers else None,
                        filter=args.filter, n=args.n, seed=args.seed)
     for path in show(args.run_dir, args.what, opts, out=args.out, data_dir=args.data_dir):
@@ -261,15 +246,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
-    from cnnlab.api import augment_preview
+    from cnnlab.runs.options import experiment_config
+    from cnnlab.views import augment_preview
 
-    overrides = [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]
-    print(augment_preview(load_config(args.config, overrides), args.out, n=args.n, copies=args.copies, seed=args.seed))
+    cfg = experiment_config(args.config, overrides=_overrides(args), data_dir=args.data_dir)
+    print(augment_preview(cfg, args.out, n=args.n, copies=args.copies, seed=args.seed))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cnnlab.report import build_report
+    from cnnlab.app.report import build_report
 
     path = build_report(args.run_dir, out=args.out, data_dir=args.data_dir, maximize=args.maximize)
     print(f"Report: {path}")
@@ -278,11 +264,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cnnlab.compare import common_overrides, plan, run_compare
+    from cnnlab.app.compare import plan, run_compare
+    from cnnlab.runs.options import option_overrides
 
-    overrides = common_overrides(args.overrides, epochs=args.epochs, data_dir=args.data_dir)
+    overrides = [*option_overrides(training_options(args)), *_overrides(args)]
     variants, out = plan(args.config, vary=args.vary, configs=args.configs, overrides=overrides, out=args.out)
-    result = run_compare(variants, out, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    result = run_compare(variants, out, overwrite=args.overwrite, progress=_progress(args))
     print()
     print(result.markdown)
     print(f"\nCompared in: {out} (compare.md, compare.csv, compare.png)")

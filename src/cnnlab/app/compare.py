@@ -2,7 +2,7 @@
 
 Variants come from ``--vary KEY=V1,V2`` flags (every combination of the listed values), from ``--configs``
 (whole YAML files), or, when neither is given, from the base YAML's own ``compare:`` section. Each variant
-is an ordinary run directory under the compare folder, trained by :func:`cnnlab.api.train` from its own
+is an ordinary run directory under the compare folder, trained by :func:`cnnlab.runs.experiment.train` from its own
 fully resolved config; since only the varied keys differ, every variant starts from the same seed and data.
 A variant that fails (say, an exercise's layer list that shrinks the image below a kernel) is recorded with
 its one-line error and the others still run.
@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,13 +33,27 @@ from typing import Any
 
 import yaml
 
-from cnnlab.config import CompareConfig, Config, apply_override, from_dict, read_yaml, replace
+from cnnlab.config import (
+    CompareConfig,
+    Config,
+    Override,
+    config_path,
+    from_dict,
+    load_config,
+    parse_value,
+    read_yaml,
+    replace,
+)
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import Run, write_atomic
+from cnnlab.io import write_atomic
+from cnnlab.runs.experiment import train
+from cnnlab.runs.history import best_epoch
+from cnnlab.runs.options import layer_lists
+from cnnlab.runs.run_dir import RunDir, numbered, prepare_folder
 
 MARKER, TABLE, CSV, PLOT = "compare.json", "compare.md", "compare.csv", "compare.png"
-VARY_HELP = ("expected KEY=V1,V2,... e.g. --vary model.layers.0.filters=16,64 (list values in brackets: "
-             "--vary model.layers.0.kernel_size=[3,3],[5,5])")
+VARY_HELP = ("expected KEY=V1,V2,... e.g. model.layers.0.filters=16,64 (list values in brackets: "
+             "model.layers.0.kernel_size=[3,3],[5,5])")
 Log = Callable[[str], None]
 
 
@@ -137,31 +150,16 @@ def parse_vary(items: Sequence[str]) -> dict[str, list[Any]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not text.strip() or not re.fullmatch(r"[\w-]+(\.[\w-]+)*", key):
-            raise CnnlabError(f"--vary {item!r}: {VARY_HELP}")
+            raise CnnlabError(f"`vary` {item!r}: {VARY_HELP}")
         parts = split_values(text)
         if parts is None:
-            raise CnnlabError(f"--vary {item!r}: unbalanced brackets or quotes; {VARY_HELP}")
+            raise CnnlabError(f"`vary` {item!r}: unbalanced brackets or quotes; {VARY_HELP}")
         if not all(parts):
-            raise CnnlabError(f"--vary {item!r}: empty value between commas; {VARY_HELP}")
+            raise CnnlabError(f"`vary` {item!r}: empty value between commas; {VARY_HELP}")
         if key in vary:
-            raise CnnlabError(f"--vary {key} is given twice; list all its values in one --vary {key}=V1,V2")
-        vary[key] = _check_values(f"--vary {key}", [_parse_value(p) for p in parts])
+            raise CnnlabError(f"`vary` {key} is given twice; list all its values in one: {key}=V1,V2")
+        vary[key] = _check_values(f"`vary` {key}", [parse_value(p) for p in parts])
     return vary
-
-
-def _parse_value(text: str) -> Any:
-    """A value the way ``--set`` reads it: YAML (``16``, ``true``, ``[3, 3]``), else the plain text.
-
-    YAML 1.1 reads ``1e-3`` (no dot) as a string; learning rates are written that way, so such scalars
-    become floats here.
-    """
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
-        return float(value)
-    return value
 
 
 def _check_values(where: str, values: Any) -> list[Any]:
@@ -206,22 +204,16 @@ def _unique(name: str, taken: set[str]) -> str:
 # -------------------------------------------------------------------------------------------- planning
 
 
-def common_overrides(overrides: Sequence[str], *, epochs: int | None = None, data_dir: str | None = None) -> list[str]:
-    """The ``--set``-style overrides every variant gets (``--epochs`` and ``--data-dir`` as overrides)."""
-    flags = [f"train.epochs={epochs}"] if epochs is not None else []
-    flags += [f"data.data_dir={data_dir}"] if data_dir else []
-    return [*flags, *overrides]
-
-
 def plan(base: str | Path | None, *, vary: Sequence[str] = (), configs: Sequence[str | Path] = (),
-         overrides: Sequence[str] = (), out: str | Path | None = None) -> tuple[list[Variant], Path]:
+         overrides: Sequence[Override] = (), out: str | Path | None = None) -> tuple[list[Variant], Path]:
     """The variants to train and the folder they go to.
 
     Args:
-        base: the YAML the variants start from (optional when ``configs`` are given).
+        base: the YAML (or packaged config name) the variants start from (optional when ``configs`` are given).
         vary: ``KEY=V1,V2`` items; each combination of values is one variant of every config.
         configs: more YAML files to run beside ``base`` (relative to the current folder).
-        overrides: applied to every variant before its varied values.
+        overrides: typed ``(key, value)`` pairs applied to every variant before its varied values (the
+            training options and ``--set`` of the CLI).
         out: the compare folder (default ``runs/compare-<base name>``, numbered if it exists).
 
     Raises:
@@ -229,18 +221,18 @@ def plan(base: str | Path | None, *, vary: Sequence[str] = (), configs: Sequence
     """
     spec = parse_vary(vary)
     if base is None and not configs:
-        raise CnnlabError("compare needs a BASE.yaml or --configs A.yaml B.yaml, e.g. "
+        raise CnnlabError("compare needs a base config or `configs` A.yaml B.yaml, e.g. "
                           "cnnlab compare configs/exercises/filters.yaml")
-    paths = [Path(base)] if base is not None else []
+    paths = [config_path(base)] if base is not None else []
     if spec or configs:
-        paths += [Path(c) for c in configs]
+        paths += [config_path(c) for c in configs]
     else:  # the YAML's own compare: section (paths relative to the YAML)
-        section = from_dict(CompareConfig, read_yaml(base).get("compare"), "compare.")
+        section = from_dict(CompareConfig, read_yaml(paths[0]).get("compare"), "compare.")
         spec = {k: _check_values(f"{base}: compare.vary.{k}", v) for k, v in section.vary.items()}
-        paths += [Path(os.path.normpath(Path(base).parent / c)) for c in section.configs]
+        paths += [Path(os.path.normpath(paths[0].parent / c)) for c in section.configs]
         if not spec and len(paths) == 1:
-            raise CnnlabError(f"{base} has no compare: section; say what to vary, e.g. --vary train.lr=0.001,0.01, "
-                              "or add --configs OTHER.yaml")
+            raise CnnlabError(f"{base} has no compare: section; say what to `vary`, e.g. train.lr=0.001,0.01, "
+                              "or add `configs` OTHER.yaml")
     raws = [(p, read_yaml(p)) for p in paths]
     labels = _labels(list(spec))
     taken = {MARKER, TABLE, CSV, PLOT}
@@ -254,19 +246,16 @@ def plan(base: str | Path | None, *, vary: Sequence[str] = (), configs: Sequence
             changed = ", ".join(f"{k}={t}" for k, t in changes)
             if len(raws) > 1:
                 changed = f"config {path}" + (f", {changed}" if changed else "")
-            variants.append(_resolve(name, changed, raw, [*overrides, *(f"{k}={t}" for k, t in changes)]))
+            variants.append(_resolve(name, changed, raw, [*overrides, *zip(spec, combo, strict=True)]))
     if all(v.error for v in variants):
         raise CnnlabError(variants[0].error)
-    folder = Path(out) if out else _default_out(paths[0].stem)
+    folder = Path(out) if out else numbered(Path("runs") / f"compare-{_safe(paths[0].stem)}")
     return variants, folder
 
 
-def _resolve(name: str, changed: str, raw: dict, overrides: list[str]) -> Variant:
-    raw = copy.deepcopy(raw)
+def _resolve(name: str, changed: str, raw: dict, overrides: list[Override]) -> Variant:
     try:
-        for item in overrides:
-            apply_override(raw, item)
-        cfg = from_dict(Config, raw, "")
+        cfg = load_config(None, overrides, base=copy.deepcopy(raw), layer_lists=layer_lists)
     except CnnlabError as exc:
         return Variant(name, changed, None, str(exc))
     note = f"compare variant {name}" + (f" ({changed})" if changed else "")
@@ -275,26 +264,7 @@ def _resolve(name: str, changed: str, raw: dict, overrides: list[str]) -> Varian
     return Variant(name, changed, replace(cfg, compare=CompareConfig(), description=desc))
 
 
-def _default_out(stem: str, root: str | Path = "runs") -> Path:
-    base = Path(root) / f"compare-{_safe(stem)}"
-    path, n = base, 2
-    while path.exists():
-        path, n = Path(f"{base}-{n}"), n + 1
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- running
-
-
-def _prepare_folder(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise CnnlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-        if not (out / MARKER).is_file():
-            raise CnnlabError(f"{out} exists and is not a cnnlab compare folder (no {MARKER}); refusing to "
-                              "overwrite it — choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -306,7 +276,7 @@ def _collect(res: VariantResult, run_dir: Path) -> None:
     """Fills the row from what the run directory holds (also after a failure mid-training)."""
     if not (run_dir / "run.json").is_file():
         return
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     meta = run.meta
     hist = run.read_history()
     res.params = meta.get("params")
@@ -316,10 +286,9 @@ def _collect(res: VariantResult, run_dir: Path) -> None:
     if hist:
         res.sec_per_epoch = sum(h["seconds"] for h in hist) / len(hist)
         res.train_acc = hist[-1].get("train_acc")
-        vals = [(h["val_acc"], -h["epoch"]) for h in hist if h.get("val_acc") is not None]
-        if vals:
-            best, neg_epoch = max(vals)  # the earliest epoch among equals
-            res.best_val_acc, res.best_epoch = best, -neg_epoch
+        best = best_epoch(hist, meta.get("monitor", "val_loss"), meta.get("mode", "auto"))
+        if best is not None:
+            res.best_epoch, res.best_val_acc = best["epoch"], best.get("val_acc")
     res.stop_reason = meta.get("stop_reason")
 
 
@@ -330,10 +299,8 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
     Raises:
         CnnlabError: ``out`` exists (without ``overwrite``) or is not a compare folder.
     """
-    from cnnlab import api
-
     out = Path(out)
-    _prepare_folder(out, overwrite)
+    prepare_folder(out, overwrite=overwrite, marker=MARKER, what="compare folder")
     results: list[VariantResult] = []
     for i, v in enumerate(variants, 1):
         log(f"\n=== Variant {i}/{len(variants)}: {v.name}" + (f" ({v.changed})" if v.changed else "") + " ===")
@@ -343,7 +310,7 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
             run_dir = out / v.name
             res.run_dir = str(run_dir)
             try:
-                trained = api.train(v.cfg, out=run_dir, progress=progress, log=log)
+                trained = train(v.cfg, out=run_dir, progress=progress, log=log)
                 res.error = trained.failed
                 if trained.test is not None and not trained.failed:
                     res.status, res.test_acc, res.test_loss = "done", trained.test.acc, trained.test.loss
@@ -354,8 +321,6 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
                 raise
             except Exception as exc:  # one broken variant must not stop the others; its error goes in the table
                 res.error = _one_line(exc)
-                if (run_dir / "run.json").is_file():  # an exception leaves it saying "running"
-                    Run(run_dir).update_meta(status="failed", failure=res.error)
             _collect(res, run_dir)
         if res.error:
             log(f"Variant {v.name} failed: {res.error}")
@@ -375,7 +340,8 @@ def markdown_table(results: Sequence[VariantResult]) -> str:
 
     rows = []
     for r in results:
-        best = f"{r.best_epoch} ({r.best_val_acc:.4f})" if r.best_epoch is not None else ""
+        best = "" if r.best_epoch is None else str(r.best_epoch) + (
+            f" ({r.best_val_acc:.4f})" if r.best_val_acc is not None else "")
         stop = f"failed: {r.error}" if r.status != "done" else r.stop_reason or "completed"
         rows.append([r.variant, r.changed, fmt(r.params, ","), fmt(r.sec_per_epoch, ".1f"), fmt(r.train_acc, ".4f"),
                      fmt(r.test_acc, ".4f"), fmt(r.test_loss, ".4f"), best, str(r.epochs), stop])
@@ -400,7 +366,7 @@ def csv_text(results: Sequence[VariantResult]) -> str:
 
 def plot_compare(results: Sequence[VariantResult], title: str = "Compare"):
     """Validation accuracy (left) and training loss (right) per epoch, one line per variant."""
-    from cnnlab.inspect.plots import finish_figure, new_figure
+    from cnnlab.plots.common import finish_figure, new_figure
 
     fig = new_figure(12, 4.4)
     drawn = [r for r in results if r.history]
@@ -428,7 +394,7 @@ def plot_compare(results: Sequence[VariantResult], title: str = "Compare"):
 
 def write_outputs(out: Path, results: Sequence[VariantResult]) -> None:
     """(Re)writes compare.md, compare.csv, compare.json and compare.png from the results so far."""
-    from cnnlab.inspect.plots import save_figure
+    from cnnlab.plots.common import save_figure
 
     write_atomic(out / TABLE, markdown_table(results) + "\n")
     write_atomic(out / CSV, csv_text(results))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
-from cnnlab import __version__
+from cnnlab._version import __version__
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.options import BY_NAME, OPTIONS
 
 EPILOG = """examples:
   cnnlab demo                                          train the first tutorial's CNN on Fashion-MNIST
@@ -35,28 +37,18 @@ COMPARE_EPILOG = """examples:
 writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
 exit status 1 when a variant failed (its error is in the table)."""
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML experiment file, or a packaged config by name (e.g. fashion_mnist_cnn)")
-    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast (configs/fast/DATASET.yaml)")
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags every subcommand that trains takes, from the one definition in ``runs.options``."""
+    for opt in OPTIONS:
+        if opt.kind == "flag":
+            p.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
+        elif opt.kind == "list":
+            p.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar, help=opt.help)
+        else:
+            p.add_argument(opt.flag, dest=opt.name, type={"int": int, "float": float, "str": str}[opt.kind],
+                           choices=opt.choices, metavar=opt.metavar, help=opt.help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.epochs=10 or model.layers.0.filters=32 (repeatable)")
-    p.add_argument("--model", help="registered model name (cnnlab models); replaces the config's model")
-    p.add_argument("--dataset", help="registered dataset (cnnlab datasets list) or folder:PATH")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="bf16 autocast (auto where native) or fp32")
-    p.add_argument("--pretrained", action="store_true", help="start from the official ImageNet weights of --model")
-    p.add_argument("--weights", metavar="FILE", help="start from a local weight file (.pth/.safetensors)")
-    p.add_argument("--freeze", choices=("backbone",), help="train only the classifier head (transfer learning)")
-    p.add_argument("--fine-tune", action="store_true",
-                   help="fastai-style: 1 epoch with the backbone frozen, then all layers, backbone at lr x 0.1")
-    p.add_argument("--stop-at", action="append", default=[], metavar="METRIC=VALUE",
-                   help="stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)")
-    p.add_argument("--data-dir", help="folder holding <dataset>/<official files>")
-    p.add_argument("--out", help="run directory to create (default runs/<name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="plain epoch lines, no live bar")
 
 
@@ -73,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a config (or --model/--dataset) into a run directory",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _train_args(p)
+    p.add_argument("--config", help="YAML experiment file, or a packaged config by name (e.g. fashion_mnist_cnn)")
+    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast (configs/fast/DATASET.yaml)")
+    add_training_flags(p)
+    p.add_argument("--out", help="run directory to create (default runs/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (with --epochs N: "
+                                                        "extend it)")
 
     p = sub.add_parser("evaluate", help="test loss/accuracy, per-class accuracy and confusion matrix of a run")
     p.add_argument("run_dir")
@@ -164,28 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one variant per value (several --vary: every combination); values parse like --set, "
                         "list values in brackets: model.layers.0.kernel_size=[3,3],[5,5]")
     p.add_argument("--configs", nargs="+", default=[], metavar="YAML", help="whole configs to run beside BASE.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value in every variant (repeatable)")
-    p.add_argument("--epochs", type=int, help="epochs of every variant")
-    p.add_argument("--data-dir")
+    add_training_flags(p)  # applied to every variant
     p.add_argument("--out", metavar="DIR", help="folder for the runs and tables (default runs/compare-<base name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier compare folder given by --out")
-    p.add_argument("--no-progress", action="store_true", help="plain epoch lines, no live bar")
     return ap
 
 
+# Library errors write argument and config-key names in backticks; on the command line they become flags.
+ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "images": "--images",
+             "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
+             "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
+             "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
+             "config": "--config"}
+KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
+
+
+def translate(message: str, args: argparse.Namespace) -> str:
+    """A library message for the command line: a `name` becomes its flag, unless the user set it by --set."""
+    by_set = {item.partition("=")[0].strip() for item in getattr(args, "overrides", None) or ()}
+
+    def flag(m: re.Match) -> str:
+        name = m.group(1)
+        opt = KEY_FLAGS.get(name) or BY_NAME.get(name)
+        if name in by_set or (opt is None and name not in ARG_FLAGS):
+            return name
+        return opt.flag if opt is not None else ARG_FLAGS[name]
+
+    return re.sub(r"`([A-Za-z_][\w.]*)`", flag, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` and runs the subcommand; returns the exit status (see README: exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        from cnnlab import commands
+        from cnnlab.cli import commands  # the library behind the commands is imported only once one runs
 
         return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
     except CnnlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {translate(str(exc), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

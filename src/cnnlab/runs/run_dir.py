@@ -23,32 +23,20 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from cnnlab.config import Config, dump_yaml, from_dict, read_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.io import write_atomic
 
 CONFIG, META, METRICS, HISTORY = "config.yaml", "run.json", "metrics.jsonl", "history.csv"
 SUMMARY, RESULTS, WEIGHTS, CHECKPOINTS, FIGURES = "summary.txt", "results.json", "model.safetensors", "checkpoints", "figures"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-class Run:
+class RunDir:
     """A run directory on disk."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -57,22 +45,16 @@ class Run:
     # ------------------------------------------------------------------------------ create / open
 
     @classmethod
-    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Run:
-        """A new, empty run directory; an existing one is replaced only with ``overwrite`` and only if it is a run."""
-        p = Path(path)
-        if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            if not overwrite:
-                raise CnnlabError(f"{p} already exists; pass --overwrite to replace it, --resume {p} to continue it, "
-                                  "or choose another --out")
-            if not (p / META).is_file():
-                raise CnnlabError(f"{p} exists and is not a cnnlab run directory; refusing to overwrite it — "
-                                  "choose another --out")
-            shutil.rmtree(p)
-        p.mkdir(parents=True, exist_ok=True)
-        return cls(p)
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> RunDir:
+        """A new, empty run directory; an existing one is replaced only with ``overwrite`` and only if it is a run.
+
+        Raises:
+            CnnlabError: ``path`` holds something and ``overwrite`` is off, or it is not a run directory.
+        """
+        return cls(prepare_folder(path, overwrite=overwrite, marker=META, what="run directory", resumable=True))
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Run:
+    def open(cls, path: str | os.PathLike) -> RunDir:
         """An existing run directory, or a one-line error saying what is missing."""
         p = Path(path)
         if not p.is_dir():
@@ -158,14 +140,41 @@ class Run:
         raise CnnlabError(f"{self.path} has no weights yet (no {WEIGHTS} or checkpoints/last); train it first")
 
 
+def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what: str,
+                   resumable: bool = False) -> Path:
+    """A new, empty output folder; one that exists and holds files is replaced only with ``overwrite``, and only
+    if it holds ``marker`` (it is a folder cnnlab wrote). An existing empty folder is used as it is.
+
+    Raises:
+        CnnlabError: the folder holds files and ``overwrite`` is off, or it is not a cnnlab folder.
+    """
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        if not overwrite:
+            more = f", `resume` {p} to continue it," if resumable else ""
+            raise CnnlabError(f"{p} already exists; pass `overwrite` to replace it{more} or choose another `out`")
+        if not (p / marker).is_file():
+            raise CnnlabError(f"{p} exists and is not a cnnlab {what} (no {marker}); refusing to overwrite it — "
+                              "choose another `out`")
+        shutil.rmtree(p)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def numbered(base: str | os.PathLike) -> Path:
+    """``base``, or ``base-2``, ``base-3``... the first that does not exist yet."""
+    path, n = Path(base), 2
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name: runs of other characters than letters, digits, ``._-`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
 def default_run_dir(cfg: Config, root: str | os.PathLike = "runs") -> Path:
     """``runs/<config name or model-dataset>``, with ``-2``, ``-3``... so an existing run is never reused."""
     model = cfg.model.name if not cfg.model.layers else (cfg.model.name or "custom")
-    base = cfg.name or f"{model}-{cfg.data.dataset}"
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "run"
-    path = Path(root) / base
-    n = 2
-    while path.exists():
-        path = Path(root) / f"{base}-{n}"
-        n += 1
-    return path
+    return numbered(Path(root) / safe_name(cfg.name or f"{model}-{cfg.data.dataset}"))

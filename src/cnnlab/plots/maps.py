@@ -16,8 +16,8 @@ from matplotlib.patches import FancyBboxPatch, Rectangle
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.architecture import Diagram
 from cnnlab.inspect.kernels import EDGE_KERNEL, convolve, max_pool2x2, patch_numbers
-from cnnlab.inspect.plots import finish_figure, grid_shape, new_figure, to_display
-from cnnlab.inspect.summary import LayerRow
+from cnnlab.models.summary import LayerRow
+from cnnlab.plots.common import finish_figure, grid_shape, new_figure, to_display
 
 # Box colours of the architecture diagram, by LayerRow.kind.
 KIND_COLORS = {

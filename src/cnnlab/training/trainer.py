@@ -7,13 +7,9 @@ The hot path is a tight loop over slices of a resident uint8 tensor: each batch 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,65 +21,11 @@ from torch import nn
 from cnnlab.config import TrainConfig
 from cnnlab.data.tensors import ImageData, Normalizer, batches
 from cnnlab.errors import CnnlabError
-from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.train.metrics import Evaluation, confusion_matrix
-from cnnlab.train.optim import l2_penalty, l2_targets, lr_factor, make_optimizer, param_groups, set_lr
-
-
-@dataclass(frozen=True)
-class Engine:
-    """Where and how tensors are computed: device, autocast dtype, memory format."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-    def autocast(self):
-        """bf16 autocast on the engine's device, or nothing in fp32."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
-
-
-def cpu_has_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); emulated bf16 would be slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def make_engine(cfg: TrainConfig) -> Engine:
-    """Resolves ``device``, ``precision`` and ``threads`` from the config for this machine."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("train.device=cuda but no CUDA device is available; use device: auto or cpu")
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or available_cores())
-    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-    if cfg.precision == "bf16" and not bf16_ok:
-        raise CnnlabError("train.precision=bf16 but this device has no native bf16; use precision: auto or fp32")
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_ok)
-    return Engine(device, torch.bfloat16 if use_bf16 else None, cfg.channels_last)
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python, NumPy and torch (CPU and CUDA) so a CPU run is repeatable."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from cnnlab.training.callbacks import HOOKS, Callback, StopTraining, overrides
+from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.training.engine import Engine
+from cnnlab.training.metrics import Evaluation, confusion_matrix
+from cnnlab.training.optim import l2_penalty, l2_targets, lr_factor, make_optimizer, make_param_groups, set_lr
 
 
 def _prepare(x: torch.Tensor, normalizer: Normalizer, engine: Engine, augment: Callable | None,
@@ -107,11 +49,13 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     l2: float = 0.0,
     augment: Callable | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_batch_start: Callable[[int], None] | None = None,
+    on_batch_end: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` in a seeded random order; returns (mean loss, accuracy) as Keras reports them.
 
-    ``on_step(batch_index, loss)`` runs after each optimiser step (schedules, progress).
+    ``on_batch_start(batch_index)`` runs before and ``on_batch_end(batch_index, loss)`` after each
+    optimiser step (schedules, progress).
     """
     model.train()
     kernels = l2_targets(model) if l2 else []
@@ -121,6 +65,8 @@ def train_one_epoch(
     # A last batch of one image would break BatchNorm; drop it (at most one image per epoch).
     drop_last = len(data) % batch_size == 1
     for i, (xb, yb) in enumerate(batches(data, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
+        if on_batch_start is not None:
+            on_batch_start(i)
         x = _prepare(xb, normalizer, engine, augment, generator)
         y = yb.to(engine.device, non_blocking=True)
         with engine.autocast():
@@ -135,8 +81,8 @@ def train_one_epoch(
         loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        if on_step is not None:
-            on_step(i, loss.detach())
+        if on_batch_end is not None:
+            on_batch_end(i, loss.detach())
     return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
 
@@ -181,11 +127,25 @@ def evaluate(
 class Trainer:
     """Runs epochs of ``train_one_epoch`` + ``evaluate`` with callbacks, checkpoints and resume.
 
+    Args:
+        model: the network; moved to the engine's device (and channels-last when the engine says so).
+        cfg: the training section of the config.
+        train_data: images to train on (uint8, resident or memory-mapped).
+        val_data: images to validate on after each epoch, or None.
+        normalizer: uint8 → model input.
+        engine: device, precision and memory format.
+        augment: batched augmentation of [0, 1] images, or None.
+        callbacks: sorted by their ``order`` (stable); their ``state_key`` values must be unique.
+        checkpoint_dir: where ``last``/``best`` checkpoints go (None: no checkpoints).
+        param_groups: the optimiser's parameter groups (default: every trainable parameter at
+            ``cfg.lr``); transfer learning passes head and backbone groups with their ``lr_scale``.
+
     Attributes:
         epoch: completed epochs.
         history: one metrics dict per completed epoch.
-        should_stop: set by callbacks to end training after the current epoch.
-        stop_reason / failed: why training stopped early / failed (for the final message).
+        stop_reasons: why training was asked to stop (callbacks add to it through :meth:`request_stop`).
+        failure: why training failed (a :class:`StopTraining` with ``failed``), or None.
+        last_eval: validation of the weights as they are after the last epoch.
     """
 
     def __init__(
@@ -200,8 +160,7 @@ class Trainer:
         augment: Callable | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: Path | None = None,
-        head: set[str] | None = None,
-        backbone_lr: float = 1.0,
+        param_groups: list[dict] | None = None,
     ) -> None:
         self.cfg, self.engine, self.normalizer, self.augment = cfg, engine, normalizer, augment
         self.model = model.to(engine.device)
@@ -209,69 +168,102 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_data = train_data.to(engine.device)
         self.val_data = val_data.to(engine.device) if val_data is not None else None
-        self.callbacks = list(callbacks)
+        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
+        keys = [cb.state_key for cb in self.callbacks]
+        if dup := next((k for i, k in enumerate(keys) if k in keys[:i]), None):
+            raise ValueError(f"two callbacks share the state_key {dup!r}; give one of them another state_key")
+        self._hooks = {h: [cb for cb in self.callbacks if overrides(cb, h)] for h in HOOKS}
         self.checkpoint_dir = checkpoint_dir
-        self.optimizer = make_optimizer(param_groups(self.model, cfg, head=head, backbone_lr=backbone_lr), cfg, engine.device)
+        groups = param_groups or make_param_groups(self.model, cfg)
+        self.optimizer = make_optimizer(groups, cfg, engine.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order (and augmentation)
         self.epochs = cfg.epochs
         n = len(train_data)
         self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size > 1)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.should_stop = False
-        self.stop_reason: str | None = None
-        self.failed: str | None = None
+        self.stop_reasons: list[str] = []
+        self.failure: str | None = None
         self.lr = cfg.lr
-        self.last_eval: Evaluation | None = None  # validation of the weights as they are after the last epoch
+        self.last_eval: Evaluation | None = None
+
+    # -------------------------------------------------------------------------------------- stopping
+
+    def request_stop(self, reason: str) -> None:
+        """Asks to stop after the current epoch (every callback still sees it); requests only accumulate."""
+        self.stop_reasons.append(reason)
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether any callback asked to stop (OR of every request)."""
+        return bool(self.stop_reasons)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The first stop request's reason, or None."""
+        return self.stop_reasons[0] if self.stop_reasons else None
 
     # -------------------------------------------------------------------------------------- the loop
 
+    def dispatch(self, hook: str, *args: Any) -> None:
+        """Calls ``hook`` on every callback that implements it, in ``order``."""
+        for cb in self._hooks[hook]:
+            getattr(cb, hook)(self, *args)
+
     def fit(self) -> list[dict[str, Any]]:
         """Trains from ``self.epoch`` to ``cfg.epochs`` (or a stop); returns the history."""
-        self._call("on_fit_start")
-        total = self.epochs * self.steps_per_epoch
-        schedule = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
-        while self.epoch < self.epochs and not self.should_stop:
-            self._call("on_train_epoch_start")
-            start = time.perf_counter()
-            base = self.epoch * self.steps_per_epoch
-            on_step = partial(self._on_step, base, total, schedule)
-            if schedule and self.epoch == 0:
-                self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, 0, total, self.steps_per_epoch))
-            lr_used = self.lr
-            loss, acc = train_one_epoch(
-                self.model, self.optimizer, self.train_data, batch_size=self.cfg.batch_size, normalizer=self.normalizer,
-                engine=self.engine, generator=self.generator, label_smoothing=self.cfg.label_smoothing, l2=self.cfg.l2,
-                augment=self.augment, on_step=on_step)
-            metrics: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
-                                       "val_loss": None, "val_acc": None}
-            if self.val_data is not None and math.isfinite(loss):
-                ev = evaluate(self.model, self.val_data, normalizer=self.normalizer, engine=self.engine,
-                              batch_size=self.cfg.eval_batch_size)
-                metrics.update(val_loss=ev.loss, val_acc=ev.acc)
-                self.last_eval = ev
+        self.dispatch("on_fit_start")
+        try:
+            while self.epoch < self.epochs and not self.should_stop:
+                self._epoch()
+        except StopTraining as stop:
+            if not stop.failed:
+                self.stop_reasons.append(stop.reason)
             else:
-                self.last_eval = None
-            metrics.update(seconds=time.perf_counter() - start, lr=lr_used)
-            self.epoch += 1
-            self.history.append(metrics)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, metrics)
-            if self.failed:
-                self.history.pop()  # the failed epoch is not part of the run's record
-                break
-        self._call("on_fit_end")
+                self.failure = stop.reason
+        finally:
+            self.dispatch("on_fit_end")
         return self.history
 
-    def _on_step(self, base: int, total: int, schedule: bool, i: int, loss: torch.Tensor) -> None:
-        if schedule:  # per-step schedule: set the rate for the next step
-            self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, base + i + 1, total, self.steps_per_epoch))
-        for cb in self.callbacks:
-            cb.on_train_batch_end(self, i, loss)
+    def _epoch(self) -> None:
+        self.dispatch("on_train_epoch_start")
+        start = time.perf_counter()
+        total = self.epochs * self.steps_per_epoch
+        base = self.epoch * self.steps_per_epoch
+        scheduled = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
+        if scheduled and self.epoch == 0:
+            self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, 0, total, self.steps_per_epoch))
+        lr_used = self.lr
 
-    def _call(self, hook: str) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self)
+        def batch_end(i: int, loss: torch.Tensor) -> None:
+            if scheduled:  # per-step schedule: set the rate for the next step
+                step = base + i + 1
+                self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
+            self.dispatch("on_train_batch_end", i, loss)
+
+        starts = self._hooks["on_train_batch_start"]
+        loss, acc = train_one_epoch(
+            self.model, self.optimizer, self.train_data, batch_size=self.cfg.batch_size, normalizer=self.normalizer,
+            engine=self.engine, generator=self.generator, label_smoothing=self.cfg.label_smoothing, l2=self.cfg.l2,
+            augment=self.augment, on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
+            on_batch_end=batch_end)
+        logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
+                                "val_loss": None, "val_acc": None}
+        self.last_eval = None
+        if self.val_data is not None and math.isfinite(loss):
+            self.last_eval = evaluate(self.model, self.val_data, normalizer=self.normalizer, engine=self.engine,
+                                      batch_size=self.cfg.eval_batch_size)
+            logs.update(val_loss=self.last_eval.loss, val_acc=self.last_eval.acc)
+        logs.update(seconds=time.perf_counter() - start, lr=lr_used)
+        self.epoch += 1
+        self.history.append(logs)
+        try:
+            self.dispatch("on_train_epoch_end", logs)
+        except StopTraining as stop:
+            if stop.failed:  # the failed epoch is not part of the run's record
+                self.history.pop()
+                self.epoch -= 1
+            raise
 
     # ------------------------------------------------------------------------------ state and resume
 
@@ -286,10 +278,11 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "python_rng": _py_state(),
             "numpy_rng": _np_state(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned (the model's weights are restored separately)."""
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.lr = float(state["lr"])
@@ -300,8 +293,8 @@ class Trainer:
         np.random.set_state(_np_restore(state["numpy_rng"]))
         saved = state.get("callbacks", {})
         for cb in self.callbacks:
-            if type(cb).__name__ in saved:
-                cb.load_state_dict(saved[type(cb).__name__])
+            if cb.state_key in saved:
+                cb.load_state_dict(saved[cb.state_key])
 
     def save_checkpoint(self, kind: str) -> Path | None:
         """Writes ``checkpoints/<kind>`` (last / best) when the trainer has a checkpoint folder."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnlab.inspect.plots import RIGHT, WRONG, finish_figure, image_grid, new_figure
+from cnnlab.plots.common import RIGHT, WRONG, finish_figure, image_grid, new_figure
 
 
 def plot_curves(history: Sequence[dict], title: str | None = None) -> Figure:

@@ -1,0 +1,1 @@
+"""Applications built on runs, views and serving: the HTML report, compare, the public Python API."""

@@ -1,0 +1,31 @@
+"""Experiment configuration: the schema (``schema``) and how a config is built and stored (``loading``)."""
+
+from cnnlab.config.loading import (
+    PACKAGED,
+    Override,
+    apply_override,
+    config_path,
+    dump_yaml,
+    from_dict,
+    load_config,
+    parse_override,
+    parse_value,
+    read_yaml,
+    recipe_path,
+    replace,
+    to_dict,
+)
+from cnnlab.config.schema import (
+    PADDING_MODES,
+    AugmentConfig,
+    CallbacksConfig,
+    CompareConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+)
+
+__all__ = ["PACKAGED", "PADDING_MODES", "AugmentConfig", "CallbacksConfig", "CompareConfig", "Config", "DataConfig",
+           "ModelConfig", "Override", "TrainConfig", "apply_override", "config_path", "dump_yaml", "from_dict",
+           "load_config", "parse_override", "parse_value", "read_yaml", "recipe_path", "replace", "to_dict"]

@@ -1,0 +1,277 @@
+"""Building a :class:`Config`: YAML files, packaged configs by name, and typed ``key.path`` overrides.
+
+An override is a ``(key, value)`` pair whose value is already typed (``("train.epochs", 3)``); the
+command line's ``--set KEY=VALUE`` text is parsed into such a pair by :func:`parse_override` (the value as
+YAML). Errors name config keys, never command-line flags; the CLI translates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.config.schema import Config, ModelConfig
+from cnnlab.errors import CnnlabError
+
+Override = tuple[str, Any]
+LayerLists = Callable[[str], list[dict]]  # model name -> its Keras-style layer list (or CnnlabError)
+PACKAGED = Path(__file__).resolve().parent.parent / "configs"  # also reachable as configs/ at the repository root
+
+
+# ------------------------------------------------------------------------------------------ YAML files
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[Override] = (), base: dict | None = None,
+                *, layer_lists: LayerLists | None = None) -> Config:
+    """Reads a YAML config (or starts from ``base`` / the defaults) and applies typed overrides.
+
+    Args:
+        path: a YAML file.
+        overrides: ``(key.path, value)`` pairs applied in order, e.g. ``("train.epochs", 3)``.
+        base: the raw mapping to start from when no ``path`` is given.
+        layer_lists: resolves a registered model's layer list, so that ``model.layers.0.filters`` can
+            edit a model given by name (see :func:`apply_override`).
+
+    Raises:
+        CnnlabError: unreadable file, unknown key, wrong type or invalid choice.
+    """
+    raw: dict = dict(base or {})
+    if path is not None:
+        raw = read_yaml(path)
+    for key, value in overrides:
+        apply_override(raw, key, value, layer_lists=layer_lists)
+    return from_dict(Config, raw, "")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path``, with one-line errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise CnnlabError(f"config file {p} not found; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CnnlabError(f"config file {p}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise CnnlabError(f"config file {p} must hold a mapping (data:, model:, train:, ...), got {type(data).__name__}")
+    return data
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: an existing path, else a packaged config by name (``fashion_mnist_cnn``, ``fast/mnist``).
+
+    Raises:
+        CnnlabError: neither exists; the message lists the packaged configs.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED / (str(name) if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml"))
+    raise CnnlabError(f"config file {name} not found; pass an existing YAML file or a packaged config: {', '.join(names)}")
+
+
+def recipe_path(recipe: str, dataset: str) -> Path:
+    """The packaged recipe ``configs/<recipe>/<dataset>.yaml`` (e.g. recipe ``fast``, dataset ``mnist``).
+
+    Raises:
+        CnnlabError: unknown recipe, or no config of it for ``dataset``.
+    """
+    path = PACKAGED / recipe / f"{dataset}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in (PACKAGED / recipe).glob("*.yaml")) if (PACKAGED / recipe).is_dir() else []
+        if not have:
+            recipes = sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and p.name != "exercises")
+            raise CnnlabError(f"unknown recipe {recipe!r}; valid: {', '.join(recipes)}")
+        raise CnnlabError(f"recipe {recipe!r} has no config for dataset {dataset!r}; it has: {', '.join(have)}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+
+def parse_value(text: str) -> Any:
+    """A value written on a command line, read as YAML (``32``, ``true``, ``[1, 2]``), else the plain text.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string; learning rates are written that way, so such scalars
+    become floats.
+    """
+    if not text.strip():
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def parse_override(item: str) -> Override:
+    """``"a.b.c=value"`` → ``("a.b.c", value)`` with the value read by :func:`parse_value`.
+
+    Raises:
+        CnnlabError: not of the form KEY=VALUE.
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise CnnlabError(f"{item!r}: expected KEY=VALUE, e.g. train.epochs=10")
+    return key.strip(), parse_value(text)
+
+
+def apply_override(raw: dict, key: str, value: Any, *, layer_lists: LayerLists | None = None) -> None:
+    """Sets ``key`` (dotted; list items by index: ``model.layers.0.filters``) to ``value`` in ``raw``.
+
+    A key into ``model.layers`` of a model given by name first copies that model's layer list in, via
+    ``layer_lists``.
+
+    Raises:
+        CnnlabError: a path through something that is not a mapping or list, or an index out of range.
+    """
+    parts = key.strip().split(".")
+    if parts[:2] == ["model", "layers"] and len(parts) > 2:
+        _materialize_layers(raw, key, layer_lists)
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[_index(node, part, parts[: i + 1])]
+            continue
+        if not isinstance(node, dict):
+            raise CnnlabError(f"{key}: {'.'.join(parts[:i])} is not a mapping")
+        if node.get(part) is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, parts)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise CnnlabError(f"{key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _index(node: list, part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise CnnlabError(f"{'.'.join(path)}: index {part} out of range (the list has {len(node)} items)")
+    return int(part)
+
+
+def _materialize_layers(raw: dict, key: str, layer_lists: LayerLists | None) -> None:
+    """Lets ``model.layers.0.filters=32`` edit a model given by name: copy its layer list in."""
+    model = raw.setdefault("model", {})
+    if not isinstance(model, dict) or model.get("layers"):
+        return
+    name = model.get("name", ModelConfig.name)
+    if layer_lists is None:
+        raise CnnlabError(f"{key}: the config has no model.layers to edit; give model.layers in the YAML")
+    model["layers"] = layer_lists(name)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def from_dict(cls: type, data: Any, prefix: str) -> Any:
+    """Builds dataclass ``cls`` from a mapping, checking keys, types and choices recursively."""
+    where = prefix.rstrip(".") or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CnnlabError(f"{where} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise CnnlabError(f"unknown config key '{prefix}{unknown[0]}'; valid keys in {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+        choices = f.metadata.get("choices")
+        if choices is not None and kwargs[name] not in choices:
+            shown = ", ".join("null" if c is None else str(c) for c in choices)
+            raise CnnlabError(f"{prefix}{name}: {value!r} is not one of {shown}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except CnnlabError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise CnnlabError(f"{key} expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise CnnlabError(f"{key} expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise CnnlabError(f"{key} expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise CnnlabError(f"{key} expects a string, got {value!r}")
+    if origin is tuple:
+        items = [value] if isinstance(value, (str, dict)) else value
+        if not isinstance(items, (list, tuple)):
+            raise CnnlabError(f"{key} expects a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}.{i}") for i, v in enumerate(items))
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise CnnlabError(f"{key} expects a mapping, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain YAML-ready data (tuples → lists) of a config dataclass."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (what ``config.yaml`` in a run holds)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=110)
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """A copy with whole sections or top-level values replaced."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,229 @@
+"""The experiment's schema: frozen dataclasses per concern (data, model, train, callbacks, compare).
+
+Every key is checked when a config is built (:mod:`cnnlab.config.loading`): an unknown key, a value of the
+wrong type or an invalid choice is a one-line error naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from cnnlab.errors import CnnlabError
+
+PADDING_MODES = ("zeros", "reflect")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations to apply (all off by default); YAML keys are the field names.
+
+    Attributes:
+        hflip: mirror left-right with probability 1/2.
+        vflip: mirror top-bottom with probability 1/2 (for data without an "up", e.g. microscopy).
+        crop_padding: pad by this many pixels and crop back to the original size at a random offset,
+            i.e. a whole-pixel shift of up to ± this many pixels per axis (the CIFAR-10 classic is 4).
+        translate: sub-pixel shift of up to ± this fraction of the width/height (0.1 = 10%).
+        zoom: scale by a factor drawn from [1 - zoom, 1 + zoom] (0.1 = ±10%).
+        rotation: rotate by up to ± this many degrees.
+        brightness: multiply by a factor drawn from [1 - brightness, 1 + brightness].
+        contrast: scale the distance from each image's mean by a factor in [1 - contrast, 1 + contrast].
+        noise: add Gaussian noise with this standard deviation, in [0, 1] pixel units (0.02 ≈ 5/255).
+        cutout: zero one square of this side (pixels) per image, placed wholly inside it.
+        padding_mode: what fills pixels shifted in from outside: ``zeros`` (black) or ``reflect``
+            (mirror of the border).
+    """
+
+    hflip: bool = False
+    vflip: bool = False
+    crop_padding: int = 0
+    translate: float = 0.0
+    zoom: float = 0.0
+    rotation: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    noise: float = 0.0
+    cutout: int = 0
+    padding_mode: str = field(default="zeros", metadata={"choices": PADDING_MODES})
+
+    def __post_init__(self) -> None:
+        if self.padding_mode not in PADDING_MODES:
+            raise CnnlabError(f"data.augment.padding_mode: {self.padding_mode!r} is not one of "
+                              f"{', '.join(PADDING_MODES)}")
+        for name in ("crop_padding", "translate", "zoom", "rotation", "brightness", "contrast", "noise",
+                     "cutout"):
+            if getattr(self, name) < 0:
+                raise CnnlabError(f"data.augment.{name} is {getattr(self, name)}; use 0 (off) or a positive value")
+        for name in ("zoom", "brightness", "contrast"):
+            if getattr(self, name) >= 1:
+                raise CnnlabError(f"data.augment.{name} is {getattr(self, name)}; it is a ± range, use a value "
+                                  "below 1 (e.g. 0.2)")
+        if self.translate >= 1:
+            raise CnnlabError(f"data.augment.translate is {self.translate}; it is a fraction of the image size, "
+                              "use a value below 1 (e.g. 0.1)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return any(getattr(self, f.name) for f in fields(self) if f.name != "padding_mode")
+
+
+def _choice(default: str, *choices: str):
+    return field(default=default, metadata={"choices": (default, *choices)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on.
+
+    Attributes:
+        dataset: a registered dataset (``cnnlab datasets list``) or ``folder:PATH`` for a folder of images.
+        data_dir: a folder holding ``<dataset>/<official files>``; default ``$CNNLAB_DATA``, then the cache.
+        val_split: 0 validates on the test set each epoch (as the tutorials do); a fraction in (0, 1) or a
+            count (e.g. 10000 for tutorial 2's 50k/10k) holds that many training images out instead.
+        split_seed: seed of the validation split.
+        normalize: ``auto`` is ``imagenet`` with pretrained weights and ``unit`` otherwise; ``unit``
+            divides by 255 (the tutorials); ``standard`` uses the training set's per-channel mean/std;
+            ``imagenet`` the ImageNet statistics.
+        image_size: resize folder images to this size (pixels, square); registered datasets keep theirs.
+        grayscale: folder images as 1 channel (default: RGB).
+        labels: folder labels from ``subfolders``, ``filename`` (with ``pattern``) or ``csv`` (default auto).
+        pattern: regex whose first group is the label in a file name (``cat.123.jpg`` → cat by default).
+        csv: a ``file,label`` CSV for folder datasets.
+        resize: ``squash`` (plain resize) or ``crop`` (centre-crop to square first).
+        augment: training-time augmentation (off by default).
+    """
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_split: float = 0.0
+    split_seed: int = 0
+    normalize: str = _choice("auto", "unit", "standard", "imagenet")
+    image_size: int | None = None
+    grayscale: bool = False
+    labels: str = _choice("auto", "subfolders", "filename", "csv")
+    pattern: str | None = None
+    csv: str | None = None
+    resize: str = _choice("squash", "crop")
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network.
+
+    Attributes:
+        name: a registered model (``cnnlab models``); ignored when ``layers`` is given.
+        layers: a Keras-style layer list (see ``cnnlab.models.spec``) — edit it to do the exercises.
+        options: extra keyword arguments for the registered builder (e.g. ``{dropout: 0.3}``).
+        pretrained: start from the official ImageNet weights of ``name``.
+        weights: a local weight file (.pth / .safetensors) to start from.
+        freeze: ``backbone`` trains only the classifier head (transfer learning).
+        freeze_epochs: with ``freeze: backbone``, unfreeze the backbone after this many epochs (fine-tuning;
+            0 keeps it frozen for the whole run).
+        backbone_lr: learning-rate multiplier for the backbone (fastai's discriminative rates); 1 trains
+            everything at ``train.lr``.
+    """
+
+    name: str | None = "cnn_64x2"
+    layers: tuple[dict, ...] | None = None
+    options: dict = field(default_factory=dict)
+    pretrained: bool = False
+    weights: str | None = None
+    freeze: str | None = field(default=None, metadata={"choices": (None, "backbone")})
+    freeze_epochs: int = 0
+    backbone_lr: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per step.
+        optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
+        lr: peak learning rate.
+        momentum: SGD / RMSprop momentum.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: decay as the optimiser applies it (decoupled for adamw).
+        l2: Keras-style L2 penalty ``l2 * sum(w**2)`` on conv/dense kernels, added to the loss.
+        label_smoothing: cross-entropy label smoothing.
+        schedule: constant, onecycle or cosine (per step, after ``warmup_epochs`` of linear warm-up).
+        warmup_epochs: linear warm-up length (cosine / constant).
+        seed: makes a CPU run repeatable (init, shuffling, dropout, augmentation).
+        precision: auto (bf16 autocast where the CPU has AVX512-BF16/AMX or on CUDA), bf16 or fp32.
+        channels_last: NHWC memory format for convolutions.
+        eval_batch_size: batch size of evaluation.
+        device: auto, cpu or cuda.
+        threads: CPU threads (0 = one per available core).
+        tta: test-time augmentation of the final test and ``cnnlab evaluate`` (per-epoch validation stays
+            plain, as Keras's): ``hflip`` averages the flipped prediction.
+    """
+
+    epochs: int = 5
+    batch_size: int = 32
+    optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = _choice("constant", "onecycle", "cosine")
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    precision: str = _choice("auto", "bf16", "fp32")
+    channels_last: bool = True
+    eval_batch_size: int = 1000
+    device: str = _choice("auto", "cpu", "cuda")
+    threads: int = 0
+    tta: str | None = field(default=None, metadata={"choices": (None, "hflip")})
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    """When to stop and what to keep.
+
+    Attributes:
+        stop_at: stop once a metric reaches a target, e.g. ``[val_acc=0.91]`` or ``[loss=0.3]``
+            (accuracies stop at ≥, losses at ≤; ``loss``/``acc`` mean the training values).
+        early_stopping: patience in epochs without improvement of ``monitor`` (0 = off).
+        monitor: metric for early stopping and the best checkpoint.
+        mode: ``min`` or ``max``: the direction in which ``monitor`` improves; ``auto`` (Keras's default)
+            takes it from the metric (losses ``min``, accuracies ``max``).
+        min_delta: smallest change of ``monitor`` that counts as an improvement.
+        restore_best: at the end, keep the weights of the best epoch (by ``monitor``).
+    """
+
+    stop_at: tuple[str, ...] = ()
+    early_stopping: int = 0
+    monitor: str = _choice("val_loss", "val_acc", "train_loss", "train_acc")
+    mode: str = _choice("auto", "min", "max")
+    min_delta: float = 0.0
+    restore_best: bool = False
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Variants that ``cnnlab compare`` runs from this config (training ignores this section).
+
+    Attributes:
+        vary: ``{key.path: [v1, v2, ...]}``; each value gives one variant (several keys: every combination).
+        configs: other YAML files to run beside this one (paths relative to this file).
+    """
+
+    vary: dict = field(default_factory=dict)
+    configs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: data, model, training and callbacks."""
+
+    name: str = ""
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)

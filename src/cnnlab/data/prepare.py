@@ -1,0 +1,88 @@
+"""One experiment's data, ready to train on: the dataset loaded, validation split off, normaliser fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.config import DataConfig
+from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, split
+from cnnlab.errors import CnnlabError
+
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class Data:
+    """Prepared data of one experiment.
+
+    Attributes:
+        train: the training images.
+        val: what validates each epoch (the test set when ``data.val_split`` is 0, as the tutorials do).
+        test: the test images.
+        normalizer: uint8 → model input.
+        note: one line describing what validates and tests.
+        report: folder datasets: the decode report (skipped files, imbalance).
+    """
+
+    train: ImageData
+    val: ImageData | None
+    test: ImageData
+    normalizer: Normalizer
+    note: str
+    report: Any = None
+
+
+def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False) -> Data:
+    """Loads (or decodes) the dataset, splits validation off and fixes the normaliser.
+
+    Raises:
+        CnnlabError: unknown dataset, missing or corrupt files, a bad split or folder option.
+    """
+    if cfg.dataset.startswith("folder:"):
+        train, test, report = _folder_data(cfg, log)
+        val, note = test, f"validating and testing on {len(test):,} held-out images (seed {cfg.split_seed})"
+    else:
+        from cnnlab.data.datasets import load_dataset
+
+        train, test = load_dataset(cfg.dataset, cfg.data_dir)
+        report = None
+        if cfg.val_split:
+            train, val = split(train, cfg.val_split, cfg.split_seed)
+            note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
+        else:
+            val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
+    return Data(train, val, test, make_normalizer(cfg.normalize, train, pretrained=pretrained), note, report)
+
+
+def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
+    from cnnlab.data.folder import FolderSpec, load_folder
+
+    if not cfg.image_size:
+        raise CnnlabError("folder datasets need data.image_size (e.g. data.image_size=50)")
+    spec = FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
+                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize)
+    loaded = load_folder(spec)
+    for line in loaded.report.to_lines():
+        log(line)
+    val = cfg.val_split or 0.2
+    train, test = split(loaded.data, val, cfg.split_seed, copy=False)  # rows of the memory-mapped cache
+    return train, test, loaded.report
+
+
+def make_normalizer(kind: str, train: ImageData, *, pretrained: bool = False) -> Normalizer:
+    """The input normalisation: ``auto`` follows the weights (ImageNet statistics when pretrained)."""
+    if kind == "auto":
+        kind = "imagenet" if pretrained else "unit"
+    if kind == "standard":
+        return Normalizer.fit(train)
+    if kind == "imagenet":
+        if train.shape[0] == 1:  # one grey channel: the mean of ImageNet's channel statistics
+            return Normalizer((sum(IMAGENET.mean) / 3,), (sum(IMAGENET.std) / 3,))
+        return IMAGENET
+    return Normalizer()

@@ -1,0 +1,253 @@
+"""Files, the one way: atomic writes honouring the umask, folder swaps, the cache, digests, verified downloads.
+
+Every file cnnlab writes goes through :func:`atomic_path` (or :func:`write_atomic` /
+:func:`write_bytes_atomic` on top of it): the bytes go to a unique temporary name beside the target, are
+flushed to disk, get the permissions a plain ``open(path, "w")`` would give (``0o666 & ~umask``) and are
+renamed into place, so a reader never sees half a file and a crash never leaves one. Folders that must
+change as a whole (checkpoints) are swapped with :func:`replace_folder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+CHUNK = 1 << 20  # bytes per read while hashing / downloading
+
+
+# ----------------------------------------------------------------------------------------- permissions
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``).
+
+    ``os.umask`` can only be read by setting it, which would briefly change it for every thread.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file (``mkstemp`` would give 0o600)."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """``0o777 & ~umask``: the mode ``mkdir`` gives a new folder (``mkdtemp`` would give 0o700)."""
+    return 0o777 & ~current_umask()
+
+
+# --------------------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; when the block succeeds, it becomes ``path`` atomically.
+
+    Use it for writers that take a file name (safetensors, ONNX, matplotlib). The file is fsynced and
+    given the umask's permissions before the rename; on an exception it is removed and ``path`` is left
+    as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` that returns the path (folders get ``0o777 & ~umask`` like any mkdir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def temp_folder_beside(path: str | os.PathLike) -> Path:
+    """A new empty hidden folder next to ``path`` with the umask's permissions (for :func:`replace_folder`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, folder_mode())
+    return tmp
+
+
+def replace_folder(tmp: Path, folder: Path) -> Path:
+    """Swaps the finished folder ``tmp`` in as ``folder``: fsyncs its files, then two renames.
+
+    A crash between the renames leaves only ``.NAME.old``, which :func:`recover_folder` puts back.
+    """
+    for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(f, file_mode())
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def recover_folder(folder: Path) -> Path:
+    """Undoes a crash between :func:`replace_folder`'s two renames: only ``.NAME.old`` is left, so use it."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.exists():
+        os.replace(old, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ the cache
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$CNNLAB_CACHE``, else ``$XDG_CACHE_HOME/cnnlab``, else ``~/.cache/cnnlab``."""
+    if env := os.environ.get("CNNLAB_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "cnnlab"
+
+
+# ------------------------------------------------------------------------------------------ checksums
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One official file: its name, mirrors and published checksum(s)."""
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(path: Path, spec: RemoteFile) -> None:
+    """Raises a one-line :class:`CnnlabError` if ``path`` does not match the published size/checksum."""
+    if spec.size is not None and path.stat().st_size != spec.size:
+        raise CnnlabError(f"{path}: {path.stat().st_size} bytes, expected {spec.size} (truncated or wrong file); "
+                          "delete it and fetch it again")
+    for algo in ("sha256", "md5"):
+        want = getattr(spec, algo)
+        if want and not (got := file_digest(path, algo)).startswith(want):
+            raise CnnlabError(f"{path}: {algo} {got[:16]}… does not match the published {want[:16]}…; "
+                              "the file is corrupt or not the official one — delete it and fetch it again")
+
+
+# ------------------------------------------------------------------------------------------- downloads
+
+
+def download_file(
+    urls: Sequence[str],
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    timeout: float = 15.0,
+    progress: bool = True,
+) -> Path:
+    """Downloads the first URL that works to ``dest`` atomically and verifies it.
+
+    The bytes go to a temporary file beside ``dest`` and are renamed into place only after the checksum
+    matches, so an interrupted or corrupt download never leaves a file that looks valid.
+
+    Args:
+        urls: mirrors, tried in order.
+        dest: final path.
+        sha256: expected hex digest (a prefix is enough, as in torchvision's weight file names).
+        md5: expected hex digest, checked when given.
+        timeout: seconds to wait for a connection / each read.
+        progress: show a progress bar on a terminal.
+
+    Raises:
+        CnnlabError: no mirror served a verified file (the message lists why each failed).
+    """
+    spec = RemoteFile(dest.name, tuple(urls), sha256, md5)
+    failures = []
+    for url in urls:
+        try:
+            with atomic_path(dest, suffix=".part") as tmp:
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0)
+                    _copy_with_progress(resp, out, total, f"downloading {dest.name}", progress)
+                if total and tmp.stat().st_size != total:
+                    raise CnnlabError(f"{url}: got {tmp.stat().st_size} of {total} bytes (truncated)")
+                check_file(tmp, spec)
+            return dest
+        except (urllib.error.URLError, OSError, CnnlabError, ValueError) as exc:
+            failures.append(f"{url}: {_reason(exc)}")
+    raise CnnlabError(f"could not download {dest.name} (" + "; ".join(failures) + ")")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable ({exc.reason})"
+    return str(exc)
+
+
+def _copy_with_progress(src, dst, total: int, label: str, progress: bool) -> None:
+    bar = None
+    if progress and total and sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), transient=True)
+        bar.start()
+        task = bar.add_task(label, total=total)
+    try:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            if bar is not None:
+                bar.advance(task, len(chunk))
+    finally:
+        if bar is not None:
+            bar.stop()

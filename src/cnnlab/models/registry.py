@@ -1,0 +1,205 @@
+"""The model registry: keyword-only builders registered by name, each with its metadata declared beside it.
+
+Like timm's ``default_cfg`` and torchvision's ``Weights.meta``, a :class:`ModelMeta` says what is known
+about an architecture without building it: its default input, its classifier module, its first conv,
+and the published weights with the preprocessing they expect. Summary, pretrained loading, transfer
+learning and input normalisation read it from here and nowhere else.
+
+Every builder has the signature ``builder(*, num_classes: int, input_shape: tuple[int, int, int], **kw)``
+with ``input_shape`` as (C, H, W), and returns an ``nn.Module`` mapping a float (N, C, H, W) batch to
+(N, num_classes) logits. The softmax of the tutorials' last layer lives in the loss and in ``predict``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.registry import Registry
+
+ModelBuilder = Callable[..., nn.Module]
+
+# ImageNet's per-channel statistics (RGB, on 0..1 pixels): what torchvision's published weights expect.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+_TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One published weight file and how its images were prepared (torchvision's ``Weights.meta``).
+
+    Attributes:
+        url: official download URL.
+        sha256: leading hex digits of the file's SHA-256, as torchvision writes them into the file name.
+        input_size: side of the centre crop the weights were evaluated at, in pixels.
+        resize_size: side the shorter image edge is resized to before that crop, in pixels.
+        num_classes: outputs of the published head (ImageNet-1k).
+        mean: per-channel normalisation mean (RGB, on 0..1 pixels).
+        std: per-channel normalisation std.
+        transform_input: build the model with ``transform_input=True`` (weights ported from TensorFlow
+            expect inputs scaled to [-1, 1]; the model converts ImageNet-normalised input itself).
+    """
+
+    url: str
+    sha256: str
+    input_size: int = 224
+    resize_size: int = 256
+    num_classes: int = 1000
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    transform_input: bool = False
+
+    @property
+    def file_name(self) -> str:
+        """The file's official name (also its name in the cache)."""
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def builder_options(self) -> dict[str, bool]:
+        """Keyword arguments the builder needs for these weights to give their published accuracy."""
+        return {"transform_input": True} if self.transform_input else {}
+
+
+def torchvision_weights(file_name: str, **kw) -> Weights:
+    """torchvision's IMAGENET1K_V1 file ``<name>-<first 8 hex digits of its SHA-256>.pth``."""
+    sha256 = file_name.rsplit("-", 1)[1].split(".", 1)[0]
+    return Weights(_TORCHVISION_URL + file_name, sha256, **kw)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What is known about an architecture, declared next to its builder.
+
+    Attributes:
+        input_shape: the default input (C, H, W): the tutorial's for its models, ImageNet's for the classics.
+        num_classes: the default number of classes (10 for the tutorials, 1000 for ImageNet).
+        head: dotted name of the final classifier module (replaced for new classes; trained alone when
+            the backbone is frozen). None: the model has no separable head.
+        first_conv: dotted name of the first convolution (its RGB kernels are summed for gray input).
+        weights: the published ImageNet weights, or None.
+        aux_heads: state-dict prefixes of auxiliary heads (GoogLeNet, Inception v3), dropped from a file
+            when the model was built without them.
+        min_side: the smallest input height/width the architecture reduces to a non-empty feature map.
+    """
+
+    input_shape: tuple[int, int, int]
+    num_classes: int = 1000
+    head: str | None = None
+    first_conv: str | None = None
+    weights: Weights | None = None
+    aux_heads: tuple[str, ...] = ()
+    min_side: int = 1
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """The normalisation mean the weights expect (None: no published weights)."""
+        return self.weights.mean if self.weights else None
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        """The normalisation std the weights expect (None: no published weights)."""
+        return self.weights.std if self.weights else None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered builder and its metadata."""
+
+    name: str
+    builder: ModelBuilder
+    meta: ModelMeta
+
+    @property
+    def description(self) -> str:
+        """First line of the builder's docstring."""
+        doc = (self.builder.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+# Modules that register model families on import (one family per file).
+_FAMILIES = ("seeds", "vgg", "resnet", "googlenet", "inception", "mobilenet", "alexnet")
+_loaded = False
+
+
+def register_model(meta: ModelMeta, name: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering a builder under ``name`` (default: its function name) with its metadata."""
+
+    def deco(fn: ModelBuilder) -> ModelBuilder:
+        MODELS.add(name or fn.__name__, ModelEntry(name or fn.__name__, fn, meta))
+        return fn
+
+    return deco
+
+
+def load_families() -> None:
+    """Imports every model family module so the registry is complete (idempotent)."""
+    global _loaded
+    if _loaded:
+        return
+    for mod in _FAMILIES:
+        importlib.import_module(f"cnnlab.models.{mod}")
+    _loaded = True
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registered builder and metadata of ``name``; unknown names list the valid ones."""
+    load_families()
+    return MODELS.get(name)
+
+
+def model_meta(name: str) -> ModelMeta:
+    """The metadata of the registered model ``name``."""
+    return model_entry(name).meta
+
+
+def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], **kwargs) -> nn.Module:
+    """Builds the registered model ``name``; unknown names raise a one-line error listing valid ones."""
+    return model_entry(name).builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+
+
+def model_names() -> list[str]:
+    """Every registered model name, sorted."""
+    load_families()
+    return MODELS.names()
+
+
+def describe(name: str) -> str:
+    """First line of the builder's docstring."""
+    return model_entry(name).description
+
+
+# --- builder checks shared by the classic families ---------------------------------------------------------
+
+
+def check_input(arch: str, input_shape: Sequence[int], *, min_side: int = 1) -> tuple[int, int, int]:
+    """Validates a builder's (C, H, W) before anything is built and returns it as ints.
+
+    ``min_side`` is the smallest height/width the architecture reduces to a non-empty feature map; a
+    smaller input, or anything but three positive sizes, raises a one-line :class:`CnnlabError`.
+    """
+    try:
+        c, h, w = (int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise CnnlabError(f"{arch}: input_shape must be (channels, height, width), "
+                          f"got {input_shape!r}") from None
+    if min(c, h, w) < 1:
+        raise CnnlabError(f"{arch}: input_shape sizes must be ≥ 1, got {(c, h, w)}")
+    if min(h, w) < min_side:
+        raise CnnlabError(f"{arch} needs inputs of at least {min_side}x{min_side} pixels, got {h}x{w}; "
+                          f"resize the images to ≥ {min_side} px or pick a model for small images "
+                          "(e.g. resnet18)")
+    return c, h, w
+
+
+def reject_options(arch: str, options: Mapping[str, object], valid: Iterable[str]) -> None:
+    """Raises a one-line :class:`CnnlabError` if a builder got options it does not know."""
+    if options:
+        names = ", ".join(sorted(options))
+        raise CnnlabError(f"{arch}: unknown option(s) {names}; valid: {', '.join(sorted(valid)) or 'none'}")

@@ -1,0 +1,1 @@
+"""Figures drawn from computed arrays: shared helpers, results, maps and attribution plots."""

@@ -1,0 +1,1 @@
+"""Run directories: the folder layout, the experiment that training runs, loaded runs, best epoch."""

@@ -1,0 +1,60 @@
+"""A finished (or stopped) run read back: its config, model with trained weights, normaliser and classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.config import Config
+from cnnlab.data.prepare import prepare_data
+from cnnlab.data.tensors import ImageData, Normalizer
+from cnnlab.errors import CnnlabError
+from cnnlab.models.build import build_model
+from cnnlab.models.weights import load_into, load_weights_file
+from cnnlab.runs.run_dir import RunDir
+from cnnlab.training.engine import make_engine
+from cnnlab.training.metrics import Evaluation
+from cnnlab.training.trainer import evaluate
+
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    cfg: Config
+    model: nn.Module
+    normalizer: Normalizer
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+
+
+def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
+    """A run's config, model with its trained weights (eval mode, CPU), normaliser and classes."""
+    run = RunDir.open(path)
+    cfg = run.read_config()
+    meta = run.meta
+    for key in ("input_shape", "classes", "normalizer"):
+        if key not in meta:
+            raise CnnlabError(f"{run.file('run.json')} lacks {key!r}; the run did not get past data preparation")
+    shape = tuple(meta["input_shape"])
+    classes = tuple(meta["classes"])
+    model = build_model(cfg.model, input_shape=shape, num_classes=len(classes))
+    src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
+    load_into(model, load_weights_file(src), str(src))
+    model.eval()
+    norm = Normalizer(tuple(meta["normalizer"]["mean"]), tuple(meta["normalizer"]["std"]))
+    return LoadedRun(run, cfg, model, norm, classes, shape)
+
+
+def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: bool = False) -> tuple[LoadedRun, Evaluation, ImageData]:
+    """Re-evaluates a run's final model on its test set (same data config, optional other data dir)."""
+    lr = load_run(path)
+    dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
+    data = prepare_data(dcfg, log=lambda s: None, pretrained=lr.cfg.model.pretrained)
+    engine = make_engine(lr.cfg.train)
+    model = lr.model.to(engine.device, memory_format=torch.channels_last if engine.channels_last else torch.preserve_format)
+    ev = evaluate(model, data.test, normalizer=lr.normalizer, engine=engine,
+                  batch_size=lr.cfg.train.eval_batch_size, tta=lr.cfg.train.tta, keep_probs=keep_probs)
+    return lr, ev, data.test

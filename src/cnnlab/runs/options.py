@@ -1,0 +1,131 @@
+"""The training options, defined once: the CLI's training flags and the Python API's keyword arguments.
+
+Each :class:`Option` says which config keys it sets and with what typed value, so ``cnnlab train
+--batch-size 64`` and ``cnnlab.train(..., batch_size=64)`` reach the config as the same integer (never as
+text re-parsed as YAML). :func:`experiment_config` builds the :class:`~cnnlab.config.Config` of an
+experiment from a config file or name, a recipe, typed overrides and these options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config import Config, Override, config_path, load_config, recipe_path, to_dict
+from cnnlab.errors import CnnlabError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option.
+
+    Attributes:
+        name: the Python keyword (``batch_size``); the CLI flag is ``--batch-size``.
+        kind: ``int``, ``float``, ``str``, ``flag`` (on when given) or ``list`` (repeatable).
+        help: one line for ``--help`` and docstrings.
+        set: turns the user's value into typed ``(config key, value)`` overrides.
+        choices: the values allowed, when there is a fixed set.
+        metavar: how ``--help`` names the value.
+    """
+
+    name: str
+    kind: str
+    help: str
+    set: Callable[[Any], list[Override]]
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The config keys this option sets (for translating library errors back into flags)."""
+        sample = {"int": 1, "float": 1.0, "str": "x", "flag": True, "list": ["x=1"]}[self.kind]
+        return tuple(k for k, _ in self.set(sample))
+
+
+def _to(key: str) -> Callable[[Any], list[Override]]:
+    return lambda value: [(key, value)]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "str", "registered model name (cnnlab models); replaces the config's model",
+           lambda v: [("model.name", v), ("model.layers", None)]),
+    Option("dataset", "str", "registered dataset (cnnlab datasets list) or folder:PATH", _to("data.dataset")),
+    Option("epochs", "int", "passes over the training set", _to("train.epochs")),
+    Option("batch_size", "int", "images per training step", _to("train.batch_size")),
+    Option("lr", "float", "peak learning rate", _to("train.lr")),
+    Option("precision", "str", "bf16 autocast (auto where native) or fp32", _to("train.precision"),
+           choices=("auto", "bf16", "fp32")),
+    Option("pretrained", "flag", "start from the official ImageNet weights of --model", _to("model.pretrained")),
+    Option("weights", "str", "start from a local weight file (.pth/.safetensors)", _to("model.weights"),
+           metavar="FILE"),
+    Option("freeze", "str", "train only the classifier head (transfer learning)", _to("model.freeze"),
+           choices=("backbone",)),
+    Option("fine_tune", "flag", "fastai-style: 1 epoch with the backbone frozen, then all layers, backbone at "
+           "lr x 0.1", lambda v: [("model.freeze", "backbone"), ("model.freeze_epochs", 1),
+                                  ("model.backbone_lr", 0.1)]),
+    Option("stop_at", "list", "stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)",
+           lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
+    Option("data_dir", "str", "folder holding <dataset>/<official files>", _to("data.data_dir"), metavar="DIR"),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def option_overrides(options: Mapping[str, Any]) -> list[Override]:
+    """Typed overrides for the options given (None, False and empty lists mean "not given").
+
+    Raises:
+        CnnlabError: an unknown option name.
+    """
+    out: list[Override] = []
+    for name, value in options.items():
+        if name not in BY_NAME:
+            raise CnnlabError(f"unknown training option {name!r}; valid: {', '.join(BY_NAME)}")
+        if value is None or value is False or (BY_NAME[name].kind == "list" and not value):
+            continue
+        if BY_NAME[name].kind == "list" and isinstance(value, str):
+            value = [value]
+        out += BY_NAME[name].set(value)
+    return out
+
+
+def layer_lists(name: str) -> list[dict]:
+    """A tutorial model's layer list, so ``model.layers.0.filters`` can edit a model given by name."""
+    from cnnlab.models.seeds import SEED_SPECS, seed_layers  # only overrides into model.layers need it
+
+    if name not in SEED_SPECS:
+        raise CnnlabError(f"model.layers...: model {name!r} is not defined by a layer list; "
+                          f"use one of {', '.join(sorted(SEED_SPECS))} or give model.layers in the YAML")
+    return seed_layers(name)
+
+
+def experiment_config(config: str | Path | Config | None = None, *, recipe: str | None = None,
+                      overrides: Iterable[Override] = (), **options: Any) -> Config:
+    """The config of an experiment: a YAML file / packaged name / Config, or a recipe, then options, then overrides.
+
+    Args:
+        config: a YAML path, a packaged config name (``fashion_mnist_cnn``), a :class:`Config`, or None
+            for the defaults.
+        recipe: a packaged recipe for ``options["dataset"]`` (``fast`` → ``configs/fast/DATASET.yaml``).
+        overrides: typed ``(key.path, value)`` pairs applied last.
+        **options: the training options of :data:`OPTIONS` (``epochs=3``, ``batch_size=64``, ...).
+
+    Raises:
+        CnnlabError: both a config and a recipe, an unknown file, option or key, or a bad value.
+    """
+    given = [*option_overrides(options), *overrides]
+    if recipe is not None:
+        if config is not None:
+            raise CnnlabError("a recipe picks the config itself (configs/RECIPE/DATASET.yaml); give a recipe or a "
+                              "config, not both")
+        return load_config(recipe_path(recipe, options.get("dataset") or "fashion-mnist"), given,
+                           layer_lists=layer_lists)
+    if isinstance(config, Config):
+        return load_config(None, given, base=to_dict(config), layer_lists=layer_lists)
+    path = config_path(config) if config is not None else None
+    return load_config(path, given, layer_lists=layer_lists)

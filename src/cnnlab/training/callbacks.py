@@ -1,0 +1,322 @@
+"""Training callbacks: Keras's and Lightning's protocol, with a declared order and no flag strings.
+
+A :class:`Callback` overrides any of the paired hooks ``on_fit_start``/``on_fit_end``,
+``on_train_epoch_start``/``on_train_epoch_end`` and ``on_train_batch_start``/``on_train_batch_end``.
+The trainer sorts its callbacks by their ``order`` class attribute (lower first; equal orders keep the
+given order) and calls each hook the same way. A callback ends training in one of two ways:
+
+* :meth:`Trainer.request_stop(reason) <cnnlab.training.trainer.Trainer.request_stop>`: training stops
+  after the current epoch, once every callback has seen it (requests only accumulate: OR, never undone);
+* raising :class:`StopTraining`: training stops at once; the epoch in progress is neither recorded nor
+  checkpointed (``failed=True`` marks the run as failed, as :class:`NanGuard` does).
+
+Stateful callbacks implement ``state_dict``/``load_state_dict``; checkpoints keep that state under each
+instance's ``state_key``, so two instances of one class keep theirs apart.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.training.trainer import Trainer
+
+# Metric names a user may write (Keras's logs keys) → the names in metrics.jsonl.
+ALIASES = {"loss": "train_loss", "acc": "train_acc", "accuracy": "train_acc", "val_accuracy": "val_acc"}
+# The direction in which each metric improves: the one table that ``auto`` modes are resolved from.
+METRIC_MODES = {"train_loss": "min", "train_acc": "max", "val_loss": "min", "val_acc": "max"}
+MODES = ("min", "max")
+
+
+def metric_name(name: str) -> str:
+    """Canonical metric name for ``name`` (``loss`` → ``train_loss``); unknown names are an error."""
+    key = ALIASES.get(name.strip(), name.strip())
+    if key not in METRIC_MODES:
+        raise CnnlabError(f"unknown metric {name!r}; valid: loss, acc, val_loss, val_acc")
+    return key
+
+
+def resolve_mode(metric: str, mode: str = "auto") -> str:
+    """``min`` or ``max`` for ``metric``; ``auto`` looks the metric up in :data:`METRIC_MODES` (Keras's auto)."""
+    if mode == "auto":
+        return METRIC_MODES[metric_name(metric)]
+    if mode not in MODES:
+        raise CnnlabError(f"callbacks.mode: {mode!r} is not one of auto, min, max")
+    return mode
+
+
+def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in direction ``mode`` (ties do not).
+
+    This is the one definition of "better" behind early stopping, the best checkpoint and
+    :func:`cnnlab.runs.history.best_epoch`.
+    """
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class StopTraining(Exception):  # noqa: N818 - Keras-style name for a control-flow signal
+    """Raised by a callback to end training at once (the epoch in progress is not recorded).
+
+    Attributes:
+        reason: one line for the user.
+        failed: the run failed (e.g. diverged) rather than stopped early.
+    """
+
+    def __init__(self, reason: str, *, failed: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.failed = reason, failed
+
+
+class Callback:
+    """Base class: every hook does nothing.
+
+    Attributes:
+        order: position among the trainer's callbacks, lower first (guards -100, transfer -50, plain 0,
+            checkpoints 50, writers 60, output 100).
+    """
+
+    order: int = 0
+
+    @property
+    def state_key(self) -> str:
+        """Key of this instance's state in a checkpoint (unique among the trainer's callbacks)."""
+        return type(self).__name__
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once before the first epoch (also when resuming)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Called once after the last epoch, also after a stop or a failure."""
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        """Called before each training epoch."""
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        """Called once the epoch's train and validation metrics (``logs``) are complete."""
+
+    def on_train_batch_start(self, trainer: Trainer, batch: int) -> None:
+        """Called before each optimiser step."""
+
+    def on_train_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:
+        """Called after each optimiser step with the batch's loss tensor (don't sync it every step)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to store in checkpoints (stateless callbacks return {})."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
+
+
+HOOKS = ("on_fit_start", "on_fit_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
+         "on_train_batch_end")
+
+
+def overrides(cb: Callback, hook: str) -> bool:
+    """Whether ``cb`` implements ``hook`` (the trainer calls per-step hooks only on those that do)."""
+    return getattr(type(cb), hook) is not getattr(Callback, hook)
+
+
+class NanGuard(Callback):
+    """Fails the run when the training loss or any weight is NaN/inf, before that epoch is checkpointed."""
+
+    order = -100
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        loss = logs["train_loss"]
+        bad = None if math.isfinite(loss) else f"training loss became {loss}"
+        if bad is None and not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters()):
+            bad = "a weight became NaN or infinite"
+        if bad is not None:
+            done = trainer.epoch - 1
+            kept = f"kept the checkpoint of epoch {done}" if done > 0 else "no epoch finished cleanly"
+            raise StopTraining(f"{bad} in epoch {trainer.epoch}; stopped and {kept} "
+                               "(lower train.lr, add warm-up, or check the data)", failed=True)
+
+
+class MonitorCallback(Callback):
+    """Watches one metric in an explicit direction: ``mode`` ``min`` (losses) or ``max`` (accuracies).
+
+    Args:
+        monitor: a metric name (``val_loss``, ``val_acc``, ``loss``, ``acc``).
+        mode: ``min`` or ``max``.
+        min_delta: smallest change that counts as an improvement.
+        state_key: key of this instance's checkpoint state (default ``ClassName:monitor``).
+    """
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0, *, state_key: str | None = None) -> None:
+        if mode not in MODES:
+            raise CnnlabError(f"callbacks.mode: {mode!r} is not one of min, max")
+        self.monitor, self.mode, self.min_delta = metric_name(monitor), mode, min_delta
+        self._state_key = state_key
+        self.best: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._state_key or f"{type(self).__name__}:{self.monitor}"
+
+    def current(self, logs: dict[str, Any]) -> float | None:
+        """The monitored value in ``logs``, or None when it is missing or not finite."""
+        value = logs.get(self.monitor)
+        return value if value is not None and math.isfinite(value) else None
+
+    def improved(self, value: float) -> bool:
+        """Whether ``value`` improves on the best seen so far (see :func:`is_improvement`)."""
+        return is_improvement(value, self.best, self.mode, self.min_delta)
+
+
+class StopAtTarget(MonitorCallback):
+    """Requests a stop once ``monitor`` reaches ``target``: ≥ in ``max`` mode, ≤ in ``min`` mode.
+
+    The first tutorial's exercise: stop at 91% training accuracy.
+    """
+
+    def __init__(self, monitor: str, mode: str, target: float, *, state_key: str | None = None) -> None:
+        super().__init__(monitor, mode, state_key=state_key)
+        self.target = target
+
+    @classmethod
+    def parse(cls, item: str) -> StopAtTarget:
+        """From ``"val_acc=0.91"`` (the direction comes from :data:`METRIC_MODES`)."""
+        name, sep, value = item.partition("=")
+        try:
+            metric, target = metric_name(name), float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CnnlabError(f"callbacks.stop_at {item!r}: expected METRIC=VALUE like val_acc=0.91 or loss=0.3")
+        return cls(metric, METRIC_MODES[metric], target)
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        value = self.current(logs)
+        if value is not None and (value >= self.target if self.mode == "max" else value <= self.target):
+            trainer.request_stop(f"reached {self.monitor}={value:.4f} (target {self.target:g}) at epoch {trainer.epoch}")
+
+
+class EarlyStopping(MonitorCallback):
+    """Requests a stop after ``patience`` epochs without an improvement of ``monitor`` by more than ``min_delta``."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0, *,
+                 state_key: str | None = None) -> None:
+        super().__init__(monitor, mode, min_delta, state_key=state_key)
+        self.patience = patience
+        self.wait = 0
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        value = self.current(logs)
+        if value is None:
+            return
+        if self.improved(value):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.request_stop(f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                                 f"(best {self.best:.4f})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))
+
+
+class ModelCheckpoint(MonitorCallback):
+    """Saves ``checkpoints/last`` every epoch and ``checkpoints/best`` when ``monitor`` improves."""
+
+    order = 50
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0, *, state_key: str | None = None) -> None:
+        super().__init__(monitor, mode, min_delta, state_key=state_key)
+        self.best_epoch = 0
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        value = self.current(logs)
+        improved = value is not None and self.improved(value)
+        if improved:
+            self.best, self.best_epoch = value, trainer.epoch
+        trainer.save_checkpoint("last")
+        if improved:
+            trainer.save_checkpoint("best")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", 0))
+
+
+def format_epoch(epoch: int, epochs: int, m: dict[str, Any]) -> str:
+    """Keras's epoch line: ``Epoch 3/5 - 4.1s - loss 0.2557 - acc 0.9052 - val_loss 0.2639 - val_acc 0.9047``."""
+    parts = [f"Epoch {epoch}/{epochs}", f"{m['seconds']:.1f}s", f"loss {m['train_loss']:.4f}", f"acc {m['train_acc']:.4f}"]
+    if m.get("val_loss") is not None:
+        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_acc']:.4f}"]
+    return " - ".join(parts)
+
+
+class ProgressBar(Callback):
+    """Keras-style output: a live bar per epoch on a terminal or in Jupyter, and one line per epoch.
+
+    ``live`` None decides by the stream: a terminal, or a Jupyter kernel's stdout (rich draws its bar as a
+    notebook widget there); otherwise only the epoch lines are printed.
+    """
+
+    order = 100
+
+    def __init__(self, stream=None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.live = _interactive(self.stream) if live is None else live
+        self._bar = None
+        self._last = 0.0
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        if not self.live:
+            return
+        from rich.console import Console  # only live bars pay for rich's import
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn(f"Epoch {trainer.epoch + 1}/{trainer.epochs}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                             console=Console(file=self.stream), transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=trainer.steps_per_epoch, loss="")
+
+    def on_train_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:
+        if self._bar is None:
+            return
+        now = time.monotonic()
+        if now - self._last > 0.2 or batch + 1 == trainer.steps_per_epoch:  # redraw ≤ 5×/s; the sync is cheap then
+            self._last = now
+            self._bar.update(self._task, completed=batch + 1, loss=f"loss {float(loss):.4f}")
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._close()
+        print(format_epoch(trainer.epoch, trainer.epochs, logs), file=self.stream, flush=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _interactive(stream) -> bool:
+    """A terminal, or the stdout of a Jupyter kernel (where rich renders live widgets)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell" and stream is sys.stdout
