@@ -17,11 +17,30 @@ import torch
 from matplotlib.figure import Figure
 
 from cnnlab.config import Config
+from cnnlab.data.augment import Augmenter, preview_grid
 from cnnlab.data.prepare import prepare_data
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.inspect import attribution as A
+from cnnlab.inspect.activations import channel_maps, feature_map_grid
+from cnnlab.inspect.architecture import architecture_diagram
+from cnnlab.inspect.maximize import maximize_classes, maximize_layers
+from cnnlab.inspect.weights import conv_filters, conv_layers, dense_templates
+from cnnlab.plots.attribution import plot_class_maximized, plot_maximized, plot_overlays
 from cnnlab.plots.common import image_grid, save_figure
+from cnnlab.plots.maps import (
+    plot_architecture,
+    plot_channel_maps,
+    plot_feature_grid,
+    plot_filters,
+    plot_kernel_demo,
+    plot_templates,
+)
+from cnnlab.plots.results import plot_breakdown, plot_curves, plot_mistakes, plot_predictions
 from cnnlab.registry import Registry
+from cnnlab.runs.loaded import load_run
+from cnnlab.training.engine import Engine
+from cnnlab.training.trainer import evaluate
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,6 @@ class ViewContext:
     """A run's model, test data and evaluation, each computed on first use."""
 
     def __init__(self, run_dir: str | Path, data_dir: str | None = None) -> None:
-        from cnnlab.runs.loaded import load_run
-
         self.loaded = load_run(run_dir)
         self.data_dir = data_dir
         self.model = self.loaded.model.float().eval()
@@ -67,8 +84,6 @@ class ViewContext:
     @cached_property
     def evaluation(self):
         """fp32 evaluation of the whole test set, keeping probabilities."""
-        from cnnlab.training.engine import Engine
-        from cnnlab.training.trainer import evaluate
 
         # channels-last: fp32 convolutions run 8-10x faster that way on CPU than in NCHW
         return evaluate(self.model, self.test, normalizer=self.normalizer,
@@ -117,8 +132,6 @@ def top_mistakes(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Ten
 
 @VIEWS.register("curves")
 def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.plots.results import plot_curves
-
     if not ctx.history:
         raise CnnlabError(f"{ctx.loaded.run.path} has no metrics.jsonl entries yet; train at least one epoch")
     return {"curves": plot_curves(ctx.history, title=f"Learning curves: {ctx.loaded.run.path.name}")}
@@ -126,8 +139,6 @@ def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("predictions")
 def _predictions(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.plots.results import plot_predictions
-
     probs = ctx.evaluation.probs
     idx = torch.tensor(opts.images) if opts.images else random_predictions(probs, opts.n, opts.seed)
     conf, pred = probs[idx].max(1)
@@ -137,8 +148,6 @@ def _predictions(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("mistakes")
 def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.plots.results import plot_breakdown, plot_mistakes
-
     ev = ctx.evaluation
     labels = ctx.test.labels
     idx = top_mistakes(ev.probs, labels, opts.n)
@@ -157,9 +166,6 @@ def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("feature-maps")
 def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.activations import channel_maps, feature_map_grid
-    from cnnlab.plots.maps import plot_channel_maps, plot_feature_grid
-
     idx = list(opts.images or (0, 7, 26))
     images = ctx.images(idx)
     maps, names = feature_map_grid(ctx.model, images, ctx.normalizer, layers=list(opts.layers) if opts.layers else None,
@@ -175,9 +181,6 @@ def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("filters")
 def _filters(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.weights import conv_filters, conv_layers
-    from cnnlab.plots.maps import plot_filters
-
     layers = list(opts.layers) if opts.layers else conv_layers(ctx.model)[:1]
     if not layers:
         raise CnnlabError("this model has no convolution layers, so no filters to show; try `templates`")
@@ -187,16 +190,11 @@ def _filters(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("templates")
 def _templates(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.weights import dense_templates
-    from cnnlab.plots.maps import plot_templates
-
     return {"templates": plot_templates(dense_templates(ctx.model, ctx.input_shape), ctx.classes)}
 
 
 @VIEWS.register("kernels")
 def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.plots.maps import plot_kernel_demo
-
     i = (opts.images or (0,))[0]
     image = ctx.images([i])[0].float().mean(0).numpy()  # the tutorial's demo works on one grey channel
     return {"kernels": plot_kernel_demo(image)}
@@ -204,9 +202,6 @@ def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("architecture")
 def _architecture(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.architecture import architecture_diagram
-    from cnnlab.plots.maps import plot_architecture
-
     diagram = architecture_diagram(ctx.model, ctx.input_shape)
     mcfg = ctx.loaded.cfg.model
     title = mcfg.name if not mcfg.layers else (ctx.loaded.cfg.name or "layers from config")
@@ -237,9 +232,6 @@ def _overlay_titles(ctx: ViewContext, idx: list[int]) -> list[str]:
 
 def _attribution_view(method: str) -> ViewFn:
     def view(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-        from cnnlab.inspect import attribution as A
-        from cnnlab.plots.attribution import plot_overlays
-
         idx = _correct(ctx, opts)
         x = ctx.x(idx)
         targets = ctx.test.labels[idx]
@@ -265,9 +257,6 @@ for _m in ("occlusion", "gradcam", "saliency"):
 
 @VIEWS.register("maximize")
 def _maximize(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    from cnnlab.inspect.maximize import maximize_classes, maximize_layers
-    from cnnlab.plots.attribution import plot_class_maximized, plot_maximized
-
     figs = {}
     layers = list(opts.layers) if opts.layers else None
     per_layer = maximize_layers(ctx.model, layers, filters=min(opts.n, 8), input_shape=ctx.input_shape,
@@ -285,7 +274,6 @@ def _maximize(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 def applicable(ctx: ViewContext) -> list[str]:
     """The views that make sense for this model (no filters without convolutions, templates only for FC nets)."""
-    from cnnlab.inspect.weights import conv_layers
 
     has_conv = bool(conv_layers(ctx.model))
     skip = {"templates"} if has_conv else {"feature-maps", "filters", "occlusion", "gradcam", "maximize"}
@@ -320,7 +308,6 @@ def show(run_dir: str | Path, what: str, options: ShowOptions = ShowOptions(), *
 
 def augment_preview(cfg: Config, out: str | Path, *, n: int = 8, copies: int = 8, seed: int = 0) -> Path:
     """Writes a PNG grid: each row a training image, then ``copies`` augmented versions of it."""
-    from cnnlab.data.augment import Augmenter, preview_grid
 
     aug = Augmenter(cfg.data.augment)
     if not aug.enabled:

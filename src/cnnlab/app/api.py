@@ -24,8 +24,14 @@ from typing import Any
 from torch import nn
 
 from cnnlab.app.run import Run
-from cnnlab.config import Config
-from cnnlab.errors import CnnlabError
+from cnnlab.config import Config, config_path, from_dict, read_yaml
+from cnnlab.data.datasets import DATASETS
+from cnnlab.data.folder import FolderSpec, folder_classes
+from cnnlab.errors import CnnlabError, one_of
+from cnnlab.models.build import build_model
+from cnnlab.models.registry import create_model as _create
+from cnnlab.models.registry import model_meta, model_names
+from cnnlab.models.summary import summary_text
 from cnnlab.runs.experiment import train as _train
 from cnnlab.runs.options import experiment_config
 
@@ -77,7 +83,6 @@ def load_run(path: str | Path) -> Run:
 
 def list_models() -> list[str]:
     """Every registered model name (``cnnlab models``)."""
-    from cnnlab.models import model_names
 
     return model_names()
 
@@ -95,8 +100,6 @@ def create_model(name: str, *, input_shape: Sequence[int] | None = None, num_cla
     Raises:
         CnnlabError: unknown name, impossible input, unknown option.
     """
-    from cnnlab.models import create_model as _create
-    from cnnlab.models import model_meta
 
     meta = model_meta(name)
     return _create(name, num_classes=num_classes or meta.num_classes,
@@ -118,7 +121,6 @@ def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int
     Raises:
         CnnlabError: unknown name or file, or an input shape that cannot be worked out.
     """
-    from cnnlab.models.summary import summary_text
 
     if isinstance(model, nn.Module):
         if input_shape is None:
@@ -130,12 +132,9 @@ def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int
 
 def _model_to_summarise(source: str | Path | Config, input_shape: Sequence[int] | None,
                         num_classes: int | None) -> tuple[nn.Module, tuple[int, int, int], str]:
-    from cnnlab.models import model_names
-    from cnnlab.models.build import build_model
 
     if isinstance(source, str) and source in model_names():
         module = create_model(source, input_shape=input_shape, num_classes=num_classes)
-        from cnnlab.models import model_meta
 
         return module, tuple(input_shape) if input_shape else model_meta(source).input_shape, source
     cfg = source if isinstance(source, Config) else _config_or_layers(source)
@@ -147,15 +146,12 @@ def _model_to_summarise(source: str | Path | Config, input_shape: Sequence[int] 
 def _config_or_layers(source: str | Path) -> Config:
     import yaml
 
-    from cnnlab.config import config_path, from_dict, read_yaml
-    from cnnlab.models import model_names
 
     path = Path(source)
     if not path.is_file() and path.suffix not in (".yaml", ".yml"):
         try:
             path = config_path(source)
         except CnnlabError:
-            from cnnlab.errors import one_of
 
             raise one_of("model", source, model_names()) from None
     raw = yaml.safe_load(path.read_text()) if path.is_file() else None
@@ -166,7 +162,6 @@ def _config_or_layers(source: str | Path) -> Config:
 
 def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: int | None) -> tuple[tuple, int]:
     """(C, H, W) and class count from the config's data section, unless given."""
-    from cnnlab.data.datasets import DATASETS
 
     ds = cfg.data.dataset
     if ds in DATASETS:
@@ -183,8 +178,6 @@ def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: i
 
 
 def _folder_class_count(cfg: Config) -> int:
-    from cnnlab.data.folder import FolderSpec, folder_classes
-
     spec = FolderSpec(path=cfg.data.dataset[len("folder:"):], labels=cfg.data.labels, pattern=cfg.data.pattern,
                       csv=cfg.data.csv, image_size=cfg.data.image_size)
     try:

@@ -46,6 +46,7 @@ from cnnlab.config import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
+from cnnlab.plots.common import finish_figure, new_figure, save_figure
 from cnnlab.runs.experiment import train
 from cnnlab.runs.history import best_epoch
 from cnnlab.runs.options import layer_lists
@@ -366,7 +367,6 @@ def csv_text(results: Sequence[VariantResult]) -> str:
 
 def plot_compare(results: Sequence[VariantResult], title: str = "Compare"):
     """Validation accuracy (left) and training loss (right) per epoch, one line per variant."""
-    from cnnlab.plots.common import finish_figure, new_figure
 
     fig = new_figure(12, 4.4)
     drawn = [r for r in results if r.history]
@@ -394,7 +394,6 @@ def plot_compare(results: Sequence[VariantResult], title: str = "Compare"):
 
 def write_outputs(out: Path, results: Sequence[VariantResult]) -> None:
     """(Re)writes compare.md, compare.csv, compare.json and compare.png from the results so far."""
-    from cnnlab.plots.common import save_figure
 
     write_atomic(out / TABLE, markdown_table(results) + "\n")
     write_atomic(out / CSV, csv_text(results))

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from cnnlab._version import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
+from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
 from cnnlab.runs.run_dir import RESULTS
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
@@ -145,8 +146,6 @@ def _run_facts(ctx: ViewContext) -> str:
 
 
 def _summary_table(ctx: ViewContext) -> str:
-    from cnnlab.models.summary import layer_rows, param_counts
-
     rows = layer_rows(ctx.model, ctx.input_shape)
     total, trainable = param_counts(ctx.model)
     body = [[f"{_esc(r.name)} <span class=hint>({_esc(r.type)})</span>", _esc(r.output_shape), f"{r.params:,}"]

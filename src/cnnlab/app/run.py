@@ -11,10 +11,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from cnnlab.app.report import build_report
 from cnnlab.config import Config
+from cnnlab.plots.common import figure_data_uri
+from cnnlab.plots.results import plot_curves
 from cnnlab.runs.history import best_epoch
+from cnnlab.runs.loaded import evaluate_run
 from cnnlab.runs.run_dir import RESULTS, RunDir
+from cnnlab.serve.onnx import export_onnx
+from cnnlab.serve.predict import Predictor, predict_files
 from cnnlab.training.metrics import Evaluation
+from cnnlab.views import ShowOptions, ViewContext, render
 
 
 class Run:
@@ -69,13 +76,10 @@ class Run:
 
     @cached_property
     def _views(self):
-        from cnnlab.views import ViewContext
-
         return ViewContext(self.path)
 
     def evaluate(self, *, data_dir: str | Path | None = None) -> Evaluation:
         """The final model on the test set (``cnnlab evaluate``): loss, accuracy, per class, confusion."""
-        from cnnlab.runs.loaded import evaluate_run
 
         return evaluate_run(self.path, data_dir=str(data_dir) if data_dir else None)[1]
 
@@ -93,7 +97,6 @@ class Run:
             For files: a list of :class:`~cnnlab.serve.predict.Prediction` (``path``, ``top``, ``error``).
             For arrays: softmax probabilities (N, classes).
         """
-        from cnnlab.serve.predict import predict_files
 
         predictor = self._predictor(engine)
         if isinstance(inputs, np.ndarray):
@@ -102,8 +105,6 @@ class Run:
         return predict_files(self.path, files, top_k=top_k, predictor=predictor)
 
     def _predictor(self, engine: str):
-        from cnnlab.serve.predict import Predictor
-
         cache = self.__dict__.setdefault("_predictors", {})
         if engine not in cache:
             cache[engine] = Predictor.from_run(self.path, engine)
@@ -111,7 +112,6 @@ class Run:
 
     def figures(self, what: str, **options: Any) -> dict[str, Figure]:
         """Every figure of view ``what`` (``cnnlab show``), by name; ``options`` as :class:`~cnnlab.views.ShowOptions`."""
-        from cnnlab.views import ShowOptions, render
 
         if "images" in options and options["images"] is not None:
             options["images"] = tuple(options["images"])
@@ -130,13 +130,11 @@ class Run:
 
     def report(self, out: str | Path | None = None, *, maximize: bool = False) -> Path:
         """Writes the self-contained HTML report (``cnnlab report``); returns its path."""
-        from cnnlab.app.report import build_report
 
         return build_report(self.path, out=out, maximize=maximize, log=lambda s: None)
 
     def export(self, out: str | Path | None = None, **kwargs: Any) -> Path:
         """Exports the model to ONNX with the parity check (``cnnlab export``); returns the file's path."""
-        from cnnlab.serve.onnx import export_onnx
 
         return export_onnx(self.path, out=out, log=lambda s: None, **kwargs).path
 
@@ -167,8 +165,6 @@ class Run:
                        f"{html.escape(v)}</td></tr>" for k, v in self._facts())
         curves = ""
         if self.history:
-            from cnnlab.plots.common import figure_data_uri
-            from cnnlab.plots.results import plot_curves
 
             uri = figure_data_uri(plot_curves(self.history, title=None), dpi=70)
             curves = f"<img src='{uri}' alt='learning curves' style='max-width:560px'>"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 
 from cnnlab._version import __version__
+from cnnlab.config import Override, parse_override
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.options import BY_NAME, OPTIONS
 
@@ -36,6 +39,12 @@ COMPARE_EPILOG = """examples:
   cnnlab compare --configs configs/fashion_mnist_dnn.yaml configs/fashion_mnist_cnn32.yaml
 writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
 exit status 1 when a variant failed (its error is in the table)."""
+
+# Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
+COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
+            "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
+            "datasets": "catalog", "models": "catalog", "summary": "catalog"}
+
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     """The training flags every subcommand that trains takes, from the one definition in ``runs.options``."""
@@ -168,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def training_options(args: argparse.Namespace) -> dict:
+    """The training options (``runs.options.OPTIONS``) the user gave, typed as argparse parsed them."""
+    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) not in (None, False, [])}
+
+
+def set_overrides(args: argparse.Namespace) -> list[Override]:
+    """The ``--set KEY=VALUE`` items as typed ``(key, value)`` pairs."""
+    return [parse_override(item) for item in args.overrides]
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=1))
+
+
 # Library errors write argument and config-key names in backticks; on the command line they become flags.
 ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "images": "--images",
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
@@ -199,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        from cnnlab.cli import commands  # the library behind the commands is imported only once one runs
-
-        return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
+        # start-up: a command imports the library it needs only once it runs (``--help`` stays fast)
+        module = importlib.import_module(f"cnnlab.cli.{COMMANDS[args.command]}")
+        return getattr(module, "cmd_" + args.command.replace("-", "_"))(args)
     except CnnlabError as exc:
         print(f"error: {translate(str(exc), args)}", file=sys.stderr)
         return 2

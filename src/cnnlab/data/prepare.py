@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlab.config import DataConfig
+from cnnlab.data.datasets import load_dataset
+from cnnlab.data.folder import FolderSpec, load_folder
 from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, split
 from cnnlab.errors import CnnlabError
 
@@ -48,7 +50,6 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False
         train, test, report = _folder_data(cfg, log)
         val, note = test, f"validating and testing on {len(test):,} held-out images (seed {cfg.split_seed})"
     else:
-        from cnnlab.data.datasets import load_dataset
 
         train, test = load_dataset(cfg.dataset, cfg.data_dir)
         report = None
@@ -61,8 +62,6 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False
 
 
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
-    from cnnlab.data.folder import FolderSpec, load_folder
-
     if not cfg.image_size:
         raise CnnlabError("folder datasets need data.image_size (e.g. data.image_size=50)")
     spec = FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 from torch import nn
 
 from cnnlab.data.tensors import Normalizer
@@ -202,6 +201,8 @@ def occlusion(
     Returns:
         (N, H, W) float tensor on the CPU.
     """
+    from captum.attr import Occlusion  # start-up: Captum's import (~0.4 s) only when attributing
+
     x, t, _ = _prepare(model, x, targets)
     n, c, h, w = x.shape
     wh, ww = _pair(window) if window is not None else (max(2, round(h / 7)),) * 2
@@ -219,6 +220,8 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tenso
     Returns:
         (N, H, W) non-negative float tensor on the CPU.
     """
+    from captum.attr import Saliency  # start-up: Captum's import (~0.4 s) only when attributing
+
     x, t, _ = _prepare(model, x, targets)
     with eval_mode(model):
         # x is a fresh detached tensor, so switching on its grad does not touch the caller's batch
@@ -248,6 +251,8 @@ def integrated_gradients(
         (N, H, W) float tensor on the CPU; positive = evidence for the target class. Per image the map
         sums to about ``score(x) - score(baseline)`` (completeness).
     """
+    from captum.attr import IntegratedGradients  # start-up: Captum's import (~0.4 s) only when attributing
+
     x, t, _ = _prepare(model, x, targets)
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.to(x.device, x.dtype)
@@ -273,6 +278,11 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Targets, *, layer: str |
     Raises:
         CnnlabError: unknown layer, a layer without spatial output, or a model without conv layers.
     """
+    from captum.attr import (  # start-up: Captum's import (~0.4 s) only when attributing
+        LayerAttribution,
+        LayerGradCam,
+    )
+
     if layer is None:
         x, t, probe = _prepare(model, x, targets)
         if not probe.convs:

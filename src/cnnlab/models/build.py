@@ -6,7 +6,9 @@ from torch import nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import ModelMeta, model_meta
+from cnnlab.models.pretrained import published_weights
+from cnnlab.models.registry import ModelMeta, create_model, model_meta
+from cnnlab.models.spec import build_spec, spec_meta
 
 
 def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -16,16 +18,13 @@ def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_clas
         CnnlabError: no model named, an unknown name, options the builder does not take, impossible shapes.
     """
     if cfg.layers:
-        from cnnlab.models.spec import build_spec
 
         return build_spec(list(cfg.layers), input_shape=input_shape, num_classes=num_classes)
     if not cfg.name:
         raise CnnlabError("the config names no model; set model.name (see cnnlab models) or model.layers")
-    from cnnlab.models import create_model
 
     options = dict(cfg.options)
     if cfg.pretrained:  # e.g. transform_input for weights ported from TensorFlow
-        from cnnlab.models.pretrained import published_weights
 
         options = {**published_weights(cfg.name).builder_options, **options}
     try:
@@ -42,7 +41,6 @@ def count_params(model: nn.Module) -> int:
 def model_meta_for(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> ModelMeta:
     """The metadata of the configured model: the registered one's, or that of its layer list."""
     if cfg.layers:
-        from cnnlab.models.spec import spec_meta
 
         return spec_meta(list(cfg.layers), input_shape, num_classes)
     if not cfg.name:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab import native
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.registry import ModelMeta
 
@@ -95,8 +96,6 @@ class Conv2D(nn.Conv2d):
     def conv_pool_relu(self, x: torch.Tensor) -> torch.Tensor | None:
         """relu(maxpool2x2(conv(x))) through the native kernel (:mod:`cnnlab.native`), for the fused path of
         training and plain inference; None when it does not apply here, so the caller takes the eager path."""
-        from cnnlab import native
-
         if self.stride != (1, 1) or not native.supported(x, self.weight):
             return None
         ph, pw = self.padding

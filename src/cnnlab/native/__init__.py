@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.io import cache_dir
+
 SOURCE = Path(__file__).with_name("convpool.c")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -33,8 +35,6 @@ MAX_K = 64
 
 
 def _build() -> ctypes.CDLL:
-    from cnnlab.io import cache_dir
-
     src = SOURCE.read_bytes()
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:

@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnlab._version import __version__
 from cnnlab.config import Config
+from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
@@ -159,8 +160,6 @@ def build_callbacks(cfg: Config, progress: bool | None = None) -> list[Callback]
 
 
 def _augmenter(cfg: Config):
-    from cnnlab.data.augment import Augmenter  # only configs that augment pay for its import
-
     aug = Augmenter(cfg.data.augment)
     return aug if aug.enabled else None
 

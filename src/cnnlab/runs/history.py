@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cnnlab.runs.run_dir import RunDir
 from cnnlab.training.callbacks import Callback, is_improvement, metric_name, resolve_mode
-
-if TYPE_CHECKING:
-    from cnnlab.runs.run_dir import RunDir
-    from cnnlab.training.trainer import Trainer
+from cnnlab.training.trainer import Trainer
 
 
 class HistoryWriter(Callback):

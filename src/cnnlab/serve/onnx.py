@@ -28,8 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab._version import __version__
+from cnnlab.config import DataConfig
+from cnnlab.data.prepare import prepare_data
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import file_digest
+from cnnlab.runs.loaded import load_run
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
@@ -215,8 +219,6 @@ def export_onnx(
         ParityError: probabilities differ by more than :data:`PARITY_LIMIT`; nothing is written.
         CnnlabError: not a run, bad opset/batch, or a model the exporter cannot handle.
     """
-    from cnnlab._version import __version__
-    from cnnlab.runs.loaded import load_run
 
     if opset not in OPSETS:
         raise CnnlabError(f"`opset` {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} "
@@ -304,8 +306,6 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
 
     Falls back to random pixels when the run's data cannot be found, saying so in the returned label.
     """
-    from cnnlab.config import DataConfig
-    from cnnlab.data.prepare import prepare_data
 
     dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
     try:

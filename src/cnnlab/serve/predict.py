@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.data.decode import MIN_POOL_FILES, cores, decode_files, decode_image, list_images
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.io import file_digest
+from cnnlab.runs.loaded import load_run
+from cnnlab.serve.onnx import ONNX_FILE, export_onnx, ort_session, session_info
 
 ENGINES = ("auto", "torch", "onnx")
 GRID_MAX = 100  # images in a --grid figure (10 x 10)
@@ -175,7 +179,6 @@ class Predictor:
         Raises:
             CnnlabError: unknown engine, not a run, or an unusable model.onnx.
         """
-        from cnnlab.runs.loaded import load_run
 
         if engine not in ENGINES:
             raise one_of("engine", engine, ENGINES)
@@ -227,8 +230,6 @@ class Predictor:
 
 def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
     """A session on the run's model.onnx, exported first if missing or stale (other weights)."""
-    from cnnlab.io import file_digest
-    from cnnlab.serve.onnx import ONNX_FILE, export_onnx, ort_session, session_info
 
     path = lr.run.file(ONNX_FILE)
     if not path.exists():
@@ -252,7 +253,6 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
 
 def expand(paths: list[str | Path]) -> list[Path]:
     """Files as given, folders replaced by the images inside them (sorted)."""
-    from cnnlab.data.decode import list_images
 
     out: list[Path] = []
     for p in map(Path, paths):
@@ -271,7 +271,6 @@ def decode_chunks(paths: list[Path], shape: tuple[int, int, int], resize: str,
         (index of the chunk's first file, uint8 (n, C, H, W) pixels, {index in chunk: error message}).
         Rows of failed files hold garbage.
     """
-    from cnnlab.data.decode import MIN_POOL_FILES, cores, decode_files, decode_image
 
     c, h, w = shape
     row = c * h * w
@@ -372,8 +371,8 @@ def write_grid(results: list[Prediction], path: str | Path, title: str | None = 
     Raises:
         CnnlabError: no readable image was kept (see ``keep_images`` of :func:`predict_files`).
     """
-    from cnnlab.plots.common import image_grid, save_figure
-    from cnnlab.plots.results import prediction_titles
+    from cnnlab.plots.common import image_grid, save_figure  # start-up: matplotlib (~0.5 s) only for --grid
+    from cnnlab.plots.results import prediction_titles  # (the same)
 
     shown = [r for r in results if r.image is not None and r.top][:GRID_MAX]
     if not shown:

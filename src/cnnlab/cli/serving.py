@@ -1,0 +1,46 @@
+"""Commands that serve a trained run: predict, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cnnlab.serve.onnx import ParityError, export
+from cnnlab.serve.predict import GRID_MAX, predict_files, write_csv, write_grid
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    try:
+        results = predict_files(args.run_dir, args.files, top_k=args.top_k, engine=args.engine,
+                                keep_images=GRID_MAX if args.grid else 0)
+    except ParityError as exc:  # the automatic export of --engine onnx failed its check: a failure, not a mistake
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"error: {r.error}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps({"file": str(r.path), "top": [{"label": lab, "prob": round(p, 6)} for lab, p in r.top]}))
+        elif not args.out:
+            print(f"{r.path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+    if args.out:
+        path = write_csv(results, args.out, args.top_k)
+        if not args.json:
+            print(f"Predicted {len(results) - failed} of {len(results)} images: {path}")
+    if args.grid and len(results) > failed:
+        print(f"Grid: {write_grid(results, args.grid)}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        result = export(args.run_dir, args.format, out=args.out, opset=args.opset, batch=args.batch,
+                        data_dir=args.data_dir)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Exported: {result.path} (opset {result.opset}, batch {result.batch})")
+    return 0
