@@ -106,8 +106,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = ap.parse_args()
 
-    from cnnlab.serve.onnx import ort_session, write_onnx
-    from cnnlab.serve.predict import OrtEngine, TorchEngine
+    from cnnlab.data.tensors import Normalizer
+    from cnnlab.serve.engines import OrtEngine, TorchEngine, ort_session
+    from cnnlab.serve.onnx import write_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,13 +117,14 @@ def main() -> None:
     onnx_path = tmp / "model.onnx"
     write_onnx(model, shape, onnx_path)
     session = ort_session(onnx_path, threads=args.threads)
-    engines = {"torch eager fp32": TorchEngine(model, mean, std), "onnxruntime": OrtEngine(session, mean, std)}
-    t_eng = engines["torch eager fp32"]
+    norm = Normalizer(tuple(mean), tuple(std))
+    engines = {"torch eager fp32": TorchEngine(model, norm), "onnxruntime": OrtEngine(session, norm, shape[0])}
+    scale, shift = (torch.from_numpy(a) for a in norm.numpy_scale_shift(shape[0]))
     variants = {
-        "torch fp32": torch_variant(model, t_eng.scale, t_eng.shift, bf16=False, channels_last=False),
-        "torch fp32 channels-last": torch_variant(model, t_eng.scale, t_eng.shift, bf16=False, channels_last=True),
-        "torch bf16 autocast": torch_variant(model, t_eng.scale, t_eng.shift, bf16=True, channels_last=False),
-        "torch bf16 channels-last": torch_variant(model, t_eng.scale, t_eng.shift, bf16=True, channels_last=True),
+        "torch fp32": torch_variant(model, scale, shift, bf16=False, channels_last=False),
+        "torch fp32 channels-last": torch_variant(model, scale, shift, bf16=False, channels_last=True),
+        "torch bf16 autocast": torch_variant(model, scale, shift, bf16=True, channels_last=False),
+        "torch bf16 channels-last": torch_variant(model, scale, shift, bf16=True, channels_last=True),
     }
     ort_engine = engines["onnxruntime"]
     rng = np.random.default_rng(0)
@@ -144,7 +146,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.repeats} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
 
     probe = rng.integers(0, 256, (256, *shape), dtype=np.uint8)
-    fp32 = t_eng(probe)
+    fp32 = engines["torch eager fp32"](probe)
     bf16 = variants["torch bf16 autocast"](torch.from_numpy(probe)).numpy()
     ort = ort_engine(probe)
     result = {

@@ -17,7 +17,8 @@ from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.spec import build_spec
 from cnnlab.runs import experiment, loaded
-from cnnlab.serve.onnx import META, export_onnx, ort_session, read_metadata, write_onnx
+from cnnlab.serve.engines import ort_session
+from cnnlab.serve.onnx import META, export_onnx, read_metadata, write_onnx
 from cnnlab.serve.predict import Predictor
 
 TINY_CNN = [
@@ -113,12 +114,11 @@ def test_fixed_batch_dense_model_matches_torch_with_padding(dense_run, tmp_path)
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [8, 1, 28, 28]
     assert read_metadata(out).batch == "8" and proto.opset_import[0].version == 13
     # 13 images through the fixed-batch graph: split into 8 + 5 (padded), same as PyTorch
-    from cnnlab.serve.onnx import ort_session
-    from cnnlab.serve.predict import OrtEngine
+    from cnnlab.serve.engines import OrtEngine
 
     lr = loaded.load_run(dense_run)
     x = torch.randint(0, 256, (13, 1, 28, 28), dtype=torch.uint8)
-    got = OrtEngine(ort_session(out), lr.normalizer.mean, lr.normalizer.std)(x.numpy())
+    got = OrtEngine(ort_session(out), lr.normalizer, lr.input_shape[0])(x.numpy())
     with torch.inference_mode():
         want = lr.model(lr.normalizer(x)).softmax(1).numpy()
     assert got.shape == (13, 10) and np.abs(got - want).max() <= 1e-4

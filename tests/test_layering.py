@@ -85,7 +85,7 @@ def violations(root: Path) -> list[str]:
         module = module_name(path, root)
         own = layer_of(module)
         for line, target in imports(path, module):
-            allowed = ONLY.get(next((k for k in ONLY if module == k or module.startswith(k + ".")), ""), None)
+            allowed = ONLY.get(next((k for k in ONLY if module == k or module.startswith(k + ".")), ""))
             if layer_of(target) > own or (allowed and not target.startswith(allowed)):
                 out.append(f"{path.relative_to(root)}:{line}: {module} -> {target}")
     return out

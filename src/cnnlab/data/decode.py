@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import folder_mode
 
 if TYPE_CHECKING:
     import torch
@@ -327,6 +328,7 @@ def build_cache(final: Path, root: Path, items: Sequence[tuple[str, str]], size:
             if time.time() - old.stat().st_mtime > 86400:
                 shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    os.chmod(tmp, folder_mode())  # mkdtemp's 0o700 would hide a shared cache from the umask's readers
     try:
         out = tmp / "images.u8"
         with open(out, "wb") as f:

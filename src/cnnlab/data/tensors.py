@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
@@ -135,38 +136,50 @@ def split(data: ImageData, val: float | int, seed: int, *, copy: bool = True) ->
 
 @dataclass(frozen=True)
 class Normalizer:
-    """uint8 → float model input: ``(x / 255 - mean) / std`` per channel.
+    """uint8 → float model input: ``(x / 255 - mean) / std`` per channel (one value or one per channel).
 
-    ``mean=0, std=1`` is the tutorials' ``x / 255``.
+    ``mean=0, std=1`` is the tutorials' ``x / 255``. This is the one normalisation of cnnlab: training,
+    evaluation, the views and both prediction engines (PyTorch and ONNX Runtime) use it, so a model sees
+    bit-identical inputs everywhere. The per-device constants are built once and kept.
     """
 
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
-    def _stats(self, x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
-        if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
-            raise CnnlabError(f"normalisation has {mean.numel()} means / {std.numel()} stds for {channels}-channel "
-                              "images; give one value or one per channel")
-        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+    def _consts(self, device: torch.device, channels: int) -> tuple[torch.Tensor, ...]:
+        """(mean, std, scale, shift) as float32 (1, C, 1, 1) on ``device``; ``x * scale - shift`` normalises."""
+        cache = self.__dict__.setdefault("_cache", {})  # frozen dataclass: a private cache beside the fields
+        key = (str(device), channels)
+        if key not in cache:
+            if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):
+                raise CnnlabError(f"normalisation has {len(self.mean)} means / {len(self.std)} stds for {channels}-"
+                                  "channel images; give one value or one per channel")
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable later by autograd too
+                mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                cache[key] = (mean, std, 1.0 / (255.0 * std), mean / std)
+        return cache[key]
 
     def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """Casts a uint8 batch (N, C, H, W) to normalised float32."""
-        mean, std = self._stats(x, x.shape[1])
-        scale = 1.0 / (255.0 * std)
-        out = x.float().mul_(scale).sub_(mean / std)
+        _, _, scale, shift = self._consts(x.device, x.shape[1])
+        out = x.float().mul_(scale).sub_(shift)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def numpy_scale_shift(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (1, C, 1, 1) ``scale`` and ``shift`` for NumPy callers: ``x * scale - shift`` as in :meth:`__call__`."""
+        _, _, scale, shift = self._consts(torch.device("cpu"), channels)
+        return scale.numpy(), shift.numpy()
 
     def from_unit(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """Normalises a float batch already in [0, 1] (e.g. after augmentation)."""
-        mean, std = self._stats(x, x.shape[1])
+        mean, std, _, _ = self._consts(x.device, x.shape[1])
         out = (x - mean) / std
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of ``__call__`` back to floats in [0, 1] (for display)."""
-        mean, std = self._stats(x, x.shape[1])
+        mean, std, _, _ = self._consts(x.device, x.shape[1])
         return (x * std + mean).clamp(0, 1)
 
     @classmethod

@@ -17,14 +17,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from cnnlab.io import cache_dir
+from cnnlab.io import atomic_path, cache_dir
 
 SOURCE = Path(__file__).with_name("convpool.c")
 _lock = threading.Lock()
@@ -43,14 +42,8 @@ def _build() -> ctypes.CDLL:
     key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + os.uname().machine.encode()).hexdigest()[:16]
     lib = cache_dir() / "native" / f"convpool-{key}.so"
     if not lib.is_file():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so")
-        os.close(fd)
-        try:
-            subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
-            os.replace(tmp, lib)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(lib, suffix=".so") as tmp:  # two processes building at once never load half a library
+            subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, timeout=120)
     dll = ctypes.CDLL(str(lib))
     p, i = ctypes.c_void_p, ctypes.c_int
     dll.convpool_forward.argtypes = [p, p, p, p, p] + [i] * 8

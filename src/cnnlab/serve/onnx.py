@@ -21,7 +21,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.config import DataConfig
 from cnnlab.data.prepare import prepare_data
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.io import file_digest
+from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
+from cnnlab.serve.engines import ort_session
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
@@ -241,20 +241,14 @@ def export_onnx(
         META["weights_sha256"]: file_digest(lr.run.weights_path(), "sha256"),
         META["batch"]: str(fixed or "dynamic"),
     }
-    # a unique scratch name beside the target: concurrent exports never share it, and os.replace is atomic
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    # a unique scratch name beside the target: concurrent exports never share it; nothing is written on failure
+    with atomic_path(path) as tmp:
         write_onnx(lr.model, lr.input_shape, tmp, opset=opset, batch=fixed, props=props)
         x, source = parity_images(lr, images, data_dir)
         diff = max_prob_diff(lr.model, lr.normalizer, tmp, x, fixed)
         result = ExportResult(path, diff, len(x), source, opset, str(fixed or "dynamic"))
         if not diff <= PARITY_LIMIT:  # also catches NaN
             raise ParityError(result)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log(result.parity_line)
     return result
 
@@ -307,7 +301,7 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     Falls back to random pixels when the run's data cannot be found, saying so in the returned label.
     """
 
-    dcfg = lr.cfg.data if data_dir is None else DataConfig(**{**lr.cfg.data.__dict__, "data_dir": data_dir})
+    dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
     try:
         test = prepare_data(dcfg, log=lambda s: None, pretrained=lr.cfg.model.pretrained).test
     except CnnlabError as exc:
@@ -336,39 +330,6 @@ def max_prob_diff(model: nn.Module, normalizer, onnx_path: Path, images: torch.T
         got = session.run(["probs"], {"input": feed})[0][:len(want)]
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
-
-
-def ort_session(path: str | Path, *, threads: int | None = None, spin: bool = True):
-    """An onnxruntime CPU session with full graph optimisation.
-
-    Args:
-        path: the .onnx file.
-        threads: intra-op threads (default: onnxruntime's, one per core).
-        spin: let idle worker threads spin-wait between runs: lower latency, but the spinning costs CPU
-            that other processes could use.
-
-    Raises:
-        CnnlabError: the file is missing or not a valid ONNX model.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain: no branches to run in parallel
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers of folded BatchNorms
-    if not Path(path).is_file():
-        raise CnnlabError(f"{path} not found; run cnnlab export RUN_DIR --format onnx first")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        reason = str(exc).splitlines()[0][:160]
-        raise CnnlabError(f"{path} is not a usable ONNX model ({reason}); delete it and run "
-                          "cnnlab export RUN_DIR --format onnx again") from None
 
 
 def session_info(session, path: str | Path) -> OnnxInfo:

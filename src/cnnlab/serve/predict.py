@@ -19,7 +19,6 @@ import csv
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,11 @@ import torch
 
 from cnnlab.data.decode import MIN_POOL_FILES, cores, decode_files, decode_image, list_images
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.io import file_digest
+from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
-from cnnlab.serve.onnx import ONNX_FILE, export_onnx, ort_session, session_info
+from cnnlab.serve.engines import ENGINES, OrtEngine, TorchEngine, median_latency, ort_session
+from cnnlab.serve.onnx import ONNX_FILE, export_onnx, session_info
 
-ENGINES = ("auto", "torch", "onnx")
 GRID_MAX = 100  # images in a --grid figure (10 x 10)
 
 Log = Callable[[str], None]
@@ -54,76 +53,6 @@ class Prediction:
 
 
 # ------------------------------------------------------------------------------------------- engines
-
-
-class TorchEngine:
-    """uint8 (N, C, H, W) → probabilities with a PyTorch model (eval mode, fp32, ``inference_mode``).
-
-    The normalisation constants are precomputed, so normalising is one multiply and one subtract.
-    bf16 autocast and channels-last are deliberately not used: bf16 is up to ~2x faster on batches but
-    moved a trained cnn_64x2's probabilities by 5.7e-3 (far beyond the 1e-4 agreement with onnxruntime),
-    and channels-last made no measurable difference (benchmarks/inference_speed.py).
-    """
-
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.model = model.eval()
-        # the same float32 arithmetic as Normalizer.__call__, so results are bit-identical to training's
-        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * s), m / s
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            t = torch.from_numpy(x).float().mul_(self.scale).sub_(self.shift)
-            return self.model(t).float().softmax(1).numpy()
-
-
-class OrtEngine:
-    """uint8 (N, C, H, W) → probabilities with an onnxruntime session on an exported graph.
-
-    Reads the ``probs`` output; batches for a fixed-batch file are split and zero-padded to its size.
-    """
-
-    name = "onnx"
-
-    def __init__(self, session, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.session = session
-        m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-        s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-        self.scale, self.shift = np.float32(1.0) / (np.float32(255.0) * s), m / s
-        dim = session.get_inputs()[0].shape[0]
-        self.fixed = dim if isinstance(dim, int) else None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = x.astype(np.float32)
-        t *= self.scale
-        t -= self.shift
-        if self.fixed is None:
-            return self.session.run(["probs"], {"input": t})[0]
-        out = []
-        for start in range(0, len(t), self.fixed):
-            part = t[start:start + self.fixed]
-            n = len(part)
-            if n < self.fixed:
-                part = np.concatenate([part, np.zeros((self.fixed - n, *part.shape[1:]), np.float32)])
-            out.append(self.session.run(["probs"], {"input": part})[0][:n])
-        return np.concatenate(out)
-
-
-def _median_latency(engine, shape: tuple[int, int, int], budget: float = 0.25, reps: int = 25) -> float:
-    """Median seconds for one image, from up to ``reps`` timed calls within ``budget`` seconds."""
-    x = np.zeros((1, *shape), np.uint8)
-    for _ in range(3):  # warm-up: first calls allocate and pick kernels
-        engine(x)
-    times: list[float] = []
-    stop = time.perf_counter() + budget
-    while len(times) < reps and (len(times) < 3 or time.perf_counter() < stop):
-        t0 = time.perf_counter()
-        engine(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 # ----------------------------------------------------------------------------------------- Predictor
@@ -185,13 +114,12 @@ class Predictor:
         if batch_size < 1:
             raise CnnlabError("batch_size must be ≥ 1")
         lr = load_run(run_dir)
-        mean, std = lr.normalizer.mean, lr.normalizer.std
         common = {"batch_size": batch_size, "resize": lr.cfg.data.resize}
-        torch_engine = TorchEngine(lr.model, mean, std)
+        torch_engine = TorchEngine(lr.model, lr.normalizer)
         if engine == "torch":
             return cls(torch_engine, lr.classes, lr.input_shape, **common)
         try:
-            ort_engine = OrtEngine(_onnx_session(lr, threads, data_dir, log), mean, std)
+            ort_engine = OrtEngine(_onnx_session(lr, threads, data_dir, log), lr.normalizer, lr.input_shape[0])
         except CnnlabError as exc:
             if engine == "onnx":
                 raise
@@ -199,7 +127,7 @@ class Predictor:
             return cls(torch_engine, lr.classes, lr.input_shape, **common)
         if engine == "onnx":
             return cls(ort_engine, lr.classes, lr.input_shape, **common)
-        latency = {e.name: _median_latency(e, lr.input_shape) for e in (torch_engine, ort_engine)}
+        latency = {e.name: median_latency(e, lr.input_shape) for e in (torch_engine, ort_engine)}
         best = min((torch_engine, ort_engine), key=lambda e: latency[e.name])
         return cls(best, lr.classes, lr.input_shape, latency=latency, **common)
 
@@ -348,12 +276,11 @@ def predict_files(run_dir: str | Path, files: list[str | Path], *, top_k: int = 
 def write_csv(results: list[Prediction], path: str | Path, top_k: int) -> Path:
     """``file,label,prob[,label_2,prob_2...],error``: one row per file; unreadable files fill only ``error``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     top_k = min(top_k, max((len(r.top) for r in results), default=top_k))  # k beyond the class count: no columns
     header = ["file", "label", "prob"]
     for j in range(2, top_k + 1):
         header += [f"label_{j}", f"prob_{j}"]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow([*header, "error"])
         for r in results:
