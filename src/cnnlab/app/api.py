@@ -185,5 +185,8 @@ def _folder_class_count(cfg: Config) -> int:
     except CnnlabError as exc:
         raise CnnlabError(f"the config's classes come from its image folder, which cannot be read ({exc}); "
                           "give `num_classes`") from None
+    if not classes:
+        raise CnnlabError(f"the config's image folder {spec.path} has no labelled images to count classes from; "
+                          "give `num_classes`")
     return len(classes)
 

@@ -21,6 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
 from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
+from cnnlab.runs.history import best_epoch
 from cnnlab.runs.run_dir import RESULTS
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
@@ -160,10 +161,13 @@ def _metrics(ctx: ViewContext) -> str:
     if hist:
         last = hist[-1]
         cards.append(("final training accuracy", f"{last['train_acc']:.4f}"))
-        vals = [(h["val_acc"], h["epoch"]) for h in hist if h.get("val_acc") is not None]
-        if vals:
-            best, epoch = max(vals)
-            cards.append((f"best validation accuracy (epoch {epoch})", f"{best:.4f}"))
+        meta = run.meta
+        monitor = meta.get("monitor", "val_loss")
+        best = best_epoch(hist, monitor, meta.get("mode", "auto"), ctx.loaded.cfg.callbacks.min_delta)
+        if best is not None:  # the epoch checkpoints/best holds: one definition for report, compare and training
+            cards.append((f"best epoch (by {monitor})", str(best["epoch"])))
+            if best.get("val_acc") is not None:
+                cards.append((f"validation accuracy at epoch {best['epoch']}", f"{best['val_acc']:.4f}"))
     out = '<div class="cards">' + "".join(f"<div class=card><b>{v}</b><span>{_esc(k)}</span></div>"
                                            for k, v in cards) + "</div>"
     out += (f"<p class=hint>Recomputed in fp32 on the {len(ctx.test):,} test images with the final weights, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import sys
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -126,6 +127,7 @@ class Run:
         saliency, maximize, kernels, architecture. Options: ``images``, ``layers``, ``filter``, ``n``, ``seed``.
         """
         figs = self.figures(what, **options)
+        _inline_figures()
         return figs.get(what) or next(iter(figs.values()))
 
     def report(self, out: str | Path | None = None, *, maximize: bool = False) -> Path:
@@ -171,3 +173,21 @@ class Run:
         return (f"<div><b>cnnlab run</b> <code>{html.escape(str(self.path))}</code><table>{rows}</table>"
                 f"{curves}</div>")
 
+
+def _inline_figures() -> None:
+    """In Jupyter/IPython, show returned Figures as PNG, as ``%matplotlib inline`` would.
+
+    cnnlab draws without pyplot (no global state, no display needed), so IPython has no formatter for its
+    Figures until one is registered; this does it once per shell.
+    """
+    shell_module = sys.modules.get("IPython")
+    shell = shell_module.get_ipython() if shell_module is not None else None
+    if shell is None or id(shell) in _INLINE_SHELLS:
+        return
+    from IPython.core.pylabtools import select_figure_formats  # only inside a running IPython
+
+    select_figure_formats(shell, {"png"}, bbox_inches="tight")
+    _INLINE_SHELLS.add(id(shell))
+
+
+_INLINE_SHELLS: set[int] = set()
