@@ -40,8 +40,14 @@ class Data:
     report: Any = None
 
 
-def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False) -> Data:
+def prepare_data(cfg: DataConfig, *, log: Log = _print, weights: Normalizer | None = None) -> Data:
     """Loads (or decodes) the dataset, splits validation off and fixes the normaliser.
+
+    Args:
+        cfg: the data section of the config.
+        log: receives the folder decode report, line by line.
+        weights: the normalisation the initial weights expect (their model's metadata), which
+            ``data.normalize: auto`` follows; None for weights trained from scratch.
 
     Raises:
         CnnlabError: unknown dataset, missing or corrupt files, a bad split or folder option.
@@ -50,7 +56,6 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False
         train, test, report = _folder_data(cfg, log)
         val, note = test, f"validating and testing on {len(test):,} held-out images (seed {cfg.split_seed})"
     else:
-
         train, test = load_dataset(cfg.dataset, cfg.data_dir)
         report = None
         if cfg.val_split:
@@ -58,12 +63,23 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, pretrained: bool = False
             note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
         else:
             val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
-    return Data(train, val, test, make_normalizer(cfg.normalize, train, pretrained=pretrained), note, report)
+    return Data(train, val, test, make_normalizer(cfg.normalize, train, weights=weights), note, report)
+
+
+def test_data(cfg: DataConfig) -> ImageData:
+    """Just the test images of ``cfg`` (what evaluation, export checks and views need): no normaliser fit.
+
+    Raises:
+        CnnlabError: as :func:`prepare_data`.
+    """
+    if cfg.dataset.startswith("folder:"):
+        return _folder_data(cfg, lambda s: None)[1]
+    return load_dataset(cfg.dataset, cfg.data_dir)[1]
 
 
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
     if not cfg.image_size:
-        raise CnnlabError("folder datasets need data.image_size (e.g. data.image_size=50)")
+        raise CnnlabError("folder datasets need `data.image_size` (pixels, e.g. 50)")
     spec = FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
                       image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize)
     loaded = load_folder(spec)
@@ -74,14 +90,21 @@ def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
     return train, test, loaded.report
 
 
-def make_normalizer(kind: str, train: ImageData, *, pretrained: bool = False) -> Normalizer:
-    """The input normalisation: ``auto`` follows the weights (ImageNet statistics when pretrained)."""
+def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None = None) -> Normalizer:
+    """The input normalisation of ``data.normalize``.
+
+    ``auto`` follows the initial weights (``weights``: their published statistics) and is ``unit`` (x / 255)
+    otherwise; ``standard`` fits the training set's per-channel statistics; ``imagenet`` uses ImageNet's.
+    Three-channel statistics meet one-channel (grey) data as their mean.
+    """
     if kind == "auto":
-        kind = "imagenet" if pretrained else "unit"
-    if kind == "standard":
+        chosen = weights or Normalizer()
+    elif kind == "standard":
         return Normalizer.fit(train)
-    if kind == "imagenet":
-        if train.shape[0] == 1:  # one grey channel: the mean of ImageNet's channel statistics
-            return Normalizer((sum(IMAGENET.mean) / 3,), (sum(IMAGENET.std) / 3,))
-        return IMAGENET
-    return Normalizer()
+    elif kind == "imagenet":
+        chosen = IMAGENET
+    else:
+        return Normalizer()
+    if train.shape[0] == 1 and len(chosen.mean) == 3:
+        return Normalizer((sum(chosen.mean) / 3,), (sum(chosen.std) / 3,))
+    return chosen

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from typing import NamedTuple
 
 from cnnlab.models.registry import MODELS, ModelEntry
 from cnnlab.models.spec import SpecModel, build_spec, spec_meta
@@ -33,8 +34,18 @@ def _act(name):
     return {"type": "Activation", "activation": name}
 
 
-# name → (one-line description, default (C, H, W), layers). "num_classes" is filled in at build time.
-SEED_SPECS: dict[str, tuple[str, tuple[int, int, int], list[dict]]] = {
+class SeedSpec(NamedTuple):
+    """A tutorial model: its one-line description, the tutorial's input (C, H, W) and its layer list.
+
+    A Dense layer's ``units: num_classes`` is filled in at build time.
+    """
+
+    description: str
+    input_shape: tuple[int, int, int]
+    layers: list[dict]
+
+
+SEED_SPECS: dict[str, SeedSpec] = {name: SeedSpec(*spec) for name, spec in {
     "dnn_128": (
         "Tutorial 1 DNN: Flatten-Dense128-Dense10 (Fashion-MNIST)", (1, 28, 28),
         [_FLAT, _dense(128), _OUT]),
@@ -75,7 +86,7 @@ SEED_SPECS: dict[str, tuple[str, tuple[int, int, int], list[dict]]] = {
     "cnn_64x2_linear64": (
         "Tutorial 4 CNN: Conv64-Pool-Conv64-Pool-Dense64(linear)-Dense10 (Fashion-MNIST)", (1, 28, 28),
         [_conv(64), _POOL, _conv(64), _POOL, _FLAT, _dense(64, None), _OUT]),
-}
+}.items()}
 
 
 def seed_layers(name: str, num_classes: int | str = "num_classes") -> list[dict]:
@@ -83,7 +94,7 @@ def seed_layers(name: str, num_classes: int | str = "num_classes") -> list[dict]
 
     The output layer keeps the placeholder ``units: num_classes`` unless a count is given.
     """
-    layers = copy.deepcopy(SEED_SPECS[name][2])
+    layers = copy.deepcopy(SEED_SPECS[name].layers)
     for layer in layers:
         if layer.get("units") == "num_classes":
             layer["units"] = num_classes
@@ -93,11 +104,11 @@ def seed_layers(name: str, num_classes: int | str = "num_classes") -> list[dict]
 
 
 def _builder(name: str, *, num_classes: int = 10, input_shape: tuple[int, int, int] | None = None) -> SpecModel:
-    shape = input_shape or SEED_SPECS[name][1]
+    shape = input_shape or SEED_SPECS[name].input_shape
     return build_spec(seed_layers(name, num_classes), input_shape=shape, num_classes=num_classes)
 
 
-for _name, (_doc, _shape, _layers) in SEED_SPECS.items():
+for _name, _spec in SEED_SPECS.items():
     _fn = partial(_builder, _name)
-    _fn.__doc__ = _doc
-    MODELS.add(_name, ModelEntry(_name, _fn, spec_meta(_layers, _shape, num_classes=10)))
+    _fn.__doc__ = _spec.description
+    MODELS.add(_name, ModelEntry(_name, _fn, spec_meta(_spec.layers, _spec.input_shape, num_classes=10)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ from cnnlab._version import __version__
 from cnnlab.config import Config
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data
+from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
 from cnnlab.models.build import build_model, count_params, model_meta_for
 from cnnlab.models.pretrained import head_parameters, load_initial_weights
+from cnnlab.models.registry import model_meta
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
@@ -92,7 +94,8 @@ def train(
     t0 = time.perf_counter()
     run = _open_run(cfg, out, overwrite, resume)
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg.data, log=log, pretrained=cfg.model.pretrained)
+    cfg = with_model_defaults(cfg)
+    data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
     trainer = _trainer(cfg, data, run, progress, log)
     if resume is not None:
         trainer.resume("last")
@@ -117,6 +120,23 @@ def train(
     if trainer.stop_reason:
         log(f"Stopped early: {trainer.stop_reason}")
     return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
+
+
+def with_model_defaults(cfg: Config) -> Config:
+    """A folder dataset without ``data.image_size`` gets the registered model's input size (its metadata)."""
+    if not cfg.data.dataset.startswith("folder:") or cfg.data.image_size or cfg.model.layers or not cfg.model.name:
+        return cfg
+    meta = model_meta(cfg.model.name)
+    size = meta.weights.input_size if cfg.model.pretrained and meta.weights else meta.input_shape[1]
+    return replace(cfg, data=replace(cfg.data, image_size=size))
+
+
+def _weights_normalizer(cfg: Config) -> Normalizer | None:
+    """The normalisation the published weights of ``model.pretrained`` expect (their metadata), else None."""
+    if not cfg.model.pretrained or cfg.model.layers or not cfg.model.name:
+        return None
+    meta = model_meta(cfg.model.name)
+    return Normalizer(meta.mean, meta.std) if meta.weights else None
 
 
 def _open_run(cfg: Config, out: str | Path | None, overwrite: bool, resume: str | Path | None) -> RunDir:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.prepare import prepare_data
+from cnnlab.data.prepare import test_data
 from cnnlab.data.tensors import ImageData, Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.models.build import build_model
@@ -52,9 +52,9 @@ def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: b
     """Re-evaluates a run's final model on its test set (same data config, optional other data dir)."""
     lr = load_run(path)
     dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
-    data = prepare_data(dcfg, log=lambda s: None, pretrained=lr.cfg.model.pretrained)
+    test = test_data(dcfg)
     engine = make_engine(lr.cfg.train)
     model = lr.model.to(engine.device, memory_format=torch.channels_last if engine.channels_last else torch.preserve_format)
-    ev = evaluate(model, data.test, normalizer=lr.normalizer, engine=engine,
+    ev = evaluate(model, test, normalizer=lr.normalizer, engine=engine,
                   batch_size=lr.cfg.train.eval_batch_size, tta=lr.cfg.train.tta, keep_probs=keep_probs)
-    return lr, ev, data.test
+    return lr, ev, test

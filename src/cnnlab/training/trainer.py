@@ -287,6 +287,7 @@ class Trainer:
         self.history = list(state["history"])
         self.lr = float(state["lr"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _restore_layouts(self.optimizer)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(_py_restore(state["python_rng"]))
@@ -307,6 +308,20 @@ class Trainer:
         if self.checkpoint_dir is None:
             raise CnnlabError("this trainer has no checkpoint folder to resume from")
         self.load_state_dict(load_checkpoint(self.checkpoint_dir / kind, self.model))
+
+
+def _restore_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Gives every per-parameter state tensor (Adam's moments, SGD's momentum) its parameter's memory layout.
+
+    Checkpoints store tensors contiguous (safetensors has no strides), so the moments of a channels-last
+    conv weight come back NCHW; a fused optimiser walks param, grad and state as flat memory and would pair
+    the wrong elements. ``empty_like`` copies the parameter's strides, ``copy_`` the values.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _py_state() -> list:
