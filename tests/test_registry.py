@@ -1,3 +1,5 @@
+"""The name → object registry behind models, datasets, optimisers and views."""
+
 import pytest
 
 from cnnlab.errors import CnnlabError
@@ -31,3 +33,15 @@ def test_miss_lists_valid_names():
     reg.add("a", 2)
     with pytest.raises(CnnlabError, match=r"unknown widget 'c'; valid: a, b"):
         reg.get("c")
+
+
+def test_register_under_another_name_and_iterate_sorted():
+    reg = Registry("widget")
+
+    @reg.register("zeta")
+    def builder():
+        return 3
+
+    reg.add("alpha", 1)
+    assert reg.get("zeta") is builder and "builder" not in reg
+    assert list(reg) == ["alpha", "zeta"]

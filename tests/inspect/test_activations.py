@@ -7,14 +7,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.activations import capture, channel_maps, execution_order, feature_map_grid
-from cnnlab.plots.common import grid_shape, save_figure
-from cnnlab.plots.maps import plot_channel_maps, plot_feature_grid
 
 NORM = Normalizer((0.5,), (0.25,))
 
@@ -93,20 +90,7 @@ def test_feature_map_errors_name_channels_and_valid_layers(keras_cnn_maps, image
         feature_map_grid(dense_only, images_maps, NORM)
 
 
-def test_channel_maps_and_figures(keras_cnn_maps, images_maps, tmp_path, png_check_maps) -> None:
+def test_channel_maps_are_one_images_captured_channels(keras_cnn_maps, images_maps) -> None:
     maps = channel_maps(keras_cnn_maps, images_maps[2], NORM, "conv2d_1")
     assert maps.shape == (6, 4, 4) and maps.dtype == np.float32
     np.testing.assert_allclose(maps, capture(keras_cnn_maps, NORM(images_maps[2:3]), ["conv2d_1"])["conv2d_1"][0])
-    fig = plot_channel_maps(maps, layer="conv2d_1")
-    assert isinstance(fig, Figure) and len(fig.axes) == 6  # one panel per channel
-    png_check_maps(save_figure(fig, tmp_path / "channels.png"))
-
-    grid, names = feature_map_grid(keras_cnn_maps, images_maps, NORM)
-    fig = plot_feature_grid(grid, names, row_labels=["#0 · a", "#7 · b", "#26 · c"], filter_index=1)
-    assert len(fig.axes) == 12
-    assert fig.axes[0].get_title() == "conv2d\n12×12" and fig.axes[4].get_ylabel() == "#7 · b"
-    png_check_maps(save_figure(fig, tmp_path / "grid.png"))
-
-
-def test_grid_shape_is_near_square() -> None:
-    assert [grid_shape(n) for n in (64, 32, 10, 7, 1)] == [(8, 8), (4, 8), (2, 5), (3, 3), (1, 1)]

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from matplotlib.patches import FancyBboxPatch
-from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.architecture import architecture_diagram, architecture_rows, layout
 from cnnlab.models.summary import layer_rows
-from cnnlab.plots.common import save_figure
-from cnnlab.plots.maps import plot_architecture
 
 
 def test_rows_are_the_summary_rows_after_an_input(keras_cnn_maps, nested_cnn_maps) -> None:
@@ -35,19 +31,3 @@ def test_layout_wraps_into_balanced_columns(keras_cnn_maps) -> None:
 def test_diagram_totals_are_exact(nested_cnn_maps) -> None:
     d = architecture_diagram(nested_cnn_maps, (3, 8, 8))
     assert d.total_params == sum(p.numel() for p in nested_cnn_maps.parameters())
-
-
-def test_plot_architecture(keras_cnn_maps, tmp_path, png_check_maps) -> None:
-    fig = plot_architecture(architecture_diagram(keras_cnn_maps, (1, 14, 14)), title="tiny")
-    assert len(fig.axes) == 1
-    ax = fig.axes[0]
-    assert sum(isinstance(p, FancyBboxPatch) for p in ax.patches) == 8  # input + 7 layers
-    texts = [t.get_text() for t in ax.texts]
-    assert "conv2d_1: KConv2D" in texts and "(None, 4, 4, 6)  ·  222 params" in texts
-    png_check_maps(save_figure(fig, tmp_path / "arch.png"))
-
-    deep = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(20)])  # 40 layers
-    fig = plot_architecture(architecture_diagram(deep, (1, 1, 4)))
-    assert sum(isinstance(p, FancyBboxPatch) for p in fig.axes[0].patches) == 41
-    assert fig.get_figwidth() < 16 and fig.get_figheight() < 16
-    png_check_maps(save_figure(fig, tmp_path / "deep.png"))

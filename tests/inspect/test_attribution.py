@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import matplotlib.image as plt_image
 import pytest
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from cnnlab.data.tensors import Normalizer
@@ -18,66 +16,18 @@ from cnnlab.inspect.attribution import (
     saliency,
     select_correct,
 )
-from cnnlab.plots.attribution import plot_overlays
-from cnnlab.plots.common import save_figure
 
-SIZE = 16
+SIZE = 16  # the images of the patch_net fixture (tests/conftest.py)
 PATCH = (slice(3, 7), slice(9, 13))  # rows, cols of the 4×4 bright patch that defines class 1
 NORM = Normalizer()
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(8, 16, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x))
-
-
-class PatchNet(nn.Module):
-    """Conv + BN + pool, a nested conv block, global average pool, dropout, linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
-        self.block = Block()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(0.2)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.pool(self.block(self.features(x))).flatten(1)))
-
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 160, (n, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
-    labels = torch.arange(n) % 2
-    images[labels == 1, :, PATCH[0], PATCH[1]] = 255
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[PatchNet, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = PatchNet()
-    images, labels = make_data(512, seed=1)
-    x = NORM(images)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for step in range(120):
-        idx = torch.arange(step * 64, step * 64 + 64) % 512
-        loss = nn.functional.cross_entropy(model(x[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    test_images, test_labels = make_data(64, seed=2)
-    with torch.no_grad():
-        acc = (model.eval()(NORM(test_images)).argmax(1) == test_labels).float().mean().item()
-    assert acc > 0.95, f"test model did not learn the patch (accuracy {acc:.2f})"
-    return model, test_images, test_labels
+@pytest.fixture
+def trained(patch_net) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The PatchNet of tests/conftest.py, trained until it tells the patch images apart."""
+    _, images, labels = patch_net
+    assert images.shape[-1] == SIZE and (images[labels == 1][:, :, PATCH[0], PATCH[1]] == 255).all()
+    return patch_net
 
 
 def patch_images(trained, n: int = 8) -> torch.Tensor:
@@ -188,18 +138,3 @@ def test_conv_layer_names_follow_execution_order() -> None:
     assert conv_layer_names(model, torch.zeros(1, 1, 8, 8)) == ["early", "late"]
     heat = gradcam(model, torch.randn(2, 1, 8, 8), 0)  # default layer = last executed conv ('late')
     assert heat.shape == (2, 8, 8)
-
-
-def test_plot_overlays_has_a_panel_per_image_and_method(trained, tmp_path) -> None:
-    model, images, labels = trained
-    u8 = images[labels == 1][:3]
-    x = NORM(u8)
-    heats = {"occlusion": occlusion(model, x, 1), "saliency": saliency(model, x, 1),
-             "IG": integrated_gradients(model, x, 1, steps=8), "Grad-CAM": gradcam(model, x, 1)}
-    fig = plot_overlays(u8, heats, titles=["patch"] * 3)
-    assert isinstance(fig, Figure) and len(fig.axes) == 3 * 5
-    png = plt_image.imread(save_figure(fig, tmp_path / "overlays.png"))
-    assert png[..., :3].std() > 0.05  # not blank
-    assert len(plot_overlays(NORM.denormalize(x), heats["saliency"], method="saliency").axes) == 3 * 2
-    with pytest.raises(ValueError, match="shape"):
-        plot_overlays(u8, heats["saliency"][:2])

@@ -7,8 +7,6 @@ import pytest
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.kernels import EDGE_KERNEL, convolve, max_pool2x2, patch_numbers
-from cnnlab.plots.common import save_figure
-from cnnlab.plots.maps import plot_kernel_demo
 
 # out[r, c] = 8 × centre − sum of the 8 neighbours of pixel (r + 1, c + 1), clipped to 0..255:
 #   (0, 0): 8·20 − 110 = 50    (0, 1): 8·10 − 120 = −40 → 0
@@ -53,17 +51,3 @@ def test_patch_numbers() -> None:
         patch_numbers(IMAGE, EDGE_KERNEL, 2, 0)
     with pytest.raises(CnnlabError, match="grayscale"):
         convolve(np.zeros((3, 4, 4)), EDGE_KERNEL)
-
-
-def test_kernel_demo_figure(tmp_path, png_check_maps) -> None:
-    img = np.zeros((14, 14), dtype=np.uint8)
-    img[4:10, 4:10] = 200  # a bright square: edges light up, its inside and the background stay 0
-    fig = plot_kernel_demo(img)
-    assert len(fig.axes) == 4  # image, after the kernel, after pooling, the patch table
-    assert [a.get_title() for a in fig.axes[:3]] == ["original 14×14", "after the kernel 12×12",
-                                                      "after 2×2 max-pool 6×6"]
-    texts = [t.get_text() for t in fig.axes[3].texts]
-    assert "sum = 1000\nclipped to 0..255 → 255" in texts  # default patch: the strongest output (a corner)
-    png_check_maps(save_figure(fig, tmp_path / "kernel.png"))
-    fig = plot_kernel_demo(IMAGE, row=0, col=1)
-    assert "sum = -40\nclipped to 0..255 → 0" in [t.get_text() for t in fig.axes[3].texts]

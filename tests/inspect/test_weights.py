@@ -9,8 +9,6 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.weights import conv_filters, dense_templates
-from cnnlab.plots.common import save_figure
-from cnnlab.plots.maps import plot_filters, plot_templates
 
 
 def test_conv_filters_default_to_the_first_conv(keras_cnn_maps, nested_cnn_maps) -> None:
@@ -52,18 +50,3 @@ def test_dense_template_shapes_and_errors(dense_net_maps, keras_cnn_maps) -> Non
         dense_templates(dense_net_maps, (1, 3, 3))
     with pytest.raises(CnnlabError, match="cannot tell the image shape behind 10 input features"):
         dense_templates(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)))
-
-
-def test_filter_and_template_figures(keras_cnn_maps, dense_net_maps, tmp_path, png_check_maps) -> None:
-    fig = plot_filters(conv_filters(keras_cnn_maps, "conv2d_1"), layer="conv2d_1")
-    assert len(fig.axes) == 6
-    png_check_maps(save_figure(fig, tmp_path / "filters.png"))
-    torch.manual_seed(0)
-    rgb = plot_filters(conv_filters(nn.Sequential(nn.Conv2d(3, 5, 3))))
-    assert len(rgb.axes) == 5 and rgb.axes[0].get_images()[0].get_array().shape == (3, 3, 3)  # colour panels
-    fig = plot_templates(dense_templates(dense_net_maps), ["cat", "dog", "bird"])
-    assert len(fig.axes) == 3 and [a.get_title() for a in fig.axes] == ["cat", "dog", "bird"]
-    assert fig.get_suptitle() == "What the network sees"
-    png_check_maps(save_figure(fig, tmp_path / "templates.png"))
-    with pytest.raises(CnnlabError, match="2 class names for 3 templates"):
-        plot_templates(dense_templates(dense_net_maps), ["cat", "dog"])

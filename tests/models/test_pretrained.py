@@ -1,4 +1,4 @@
-"""Pretrained weights: the official table, finding/downloading files, reading them, adapting them.
+"""Pretrained weights: the official table, finding/downloading files, adapting them to the model.
 
 Downloads go to a local ``http.server`` on 127.0.0.1 serving generated files; nothing leaves the machine.
 """
@@ -19,25 +19,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from cnnlab.config import ModelConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MODELS, Weights, create_model, model_meta, model_names
 from cnnlab.models.pretrained import (
     apply_pretrained,
     head_parameters,
+    load_initial_weights,
     load_pretrained,
     pretrained_path,
     published_weights,
 )
-from cnnlab.models.weights import load_state_dict_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convs on busy shared cores: one intra-op thread avoids OpenMP spin-waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -81,78 +75,6 @@ def test_table_lists_official_torchvision_files():
     assert PRETRAINED["resnet18"].url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     assert PRETRAINED["inception_v3"].input_size == 299 and PRETRAINED["vgg16"].input_size == 224
     assert PRETRAINED["googlenet"].builder_options == {"transform_input": True}
-
-
-# --- reading files -----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_round_trip_through_a_file_gives_identical_outputs(tmp_path, suffix):
-    source = build("mobilenet_v2", num_classes=10, input_shape=(3, 32, 32)).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so buffers matter too
-        for m in source.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / f"weights{suffix}"
-    state = source.state_dict()
-    if suffix == ".pth":
-        torch.save(state, path)
-    else:
-        save_file(state, str(path))
-
-    torch.manual_seed(1)  # another initialisation than the source's
-    fresh = create_model("mobilenet_v2", num_classes=10, input_shape=(3, 32, 32)).eval()
-    report = load_pretrained(fresh, load_state_dict_file(path), arch="mobilenet_v2")
-    assert report.reinitialized == [] and report.dropped == [] and report.adapted == []
-    assert sorted(report.loaded) == sorted(state)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), source(x), rtol=0, atol=0)
-
-
-def test_checkpoint_wrappers_and_dataparallel_prefix_are_unwrapped(tmp_path):
-    state = {"conv.weight": torch.ones(2, 1, 3, 3), "fc.bias": torch.zeros(2)}
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ckpt.pt")
-    loaded = load_state_dict_file(tmp_path / "ckpt.pt")
-    assert loaded.keys() == state.keys() and torch.equal(loaded["conv.weight"], state["conv.weight"])
-
-
-class _RunsCode:
-    """Unpickling this would create ``marker``: what a malicious model file could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
-
-
-def test_files_that_would_run_code_are_refused(tmp_path):
-    marker = tmp_path / "pwned"
-    torch.save({"weight": torch.zeros(1), "payload": _RunsCode(marker)}, tmp_path / "evil.pth")
-    with pytest.raises(CnnlabError, match="refused to unpickle"):
-        load_state_dict_file(tmp_path / "evil.pth")
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("junk.pth", b"\x00not a zip or pickle" * 10, "cannot read weights file"),
-    ("junk.safetensors", b"\xff" * 64, "cannot read weights file"),
-    ("model.h5", b"HDF", "unsupported weight file type '.h5'"),
-])
-def test_unreadable_files_are_one_line_errors(tmp_path, name, content, message):
-    (tmp_path / name).write_bytes(content)
-    with pytest.raises(CnnlabError, match=re.escape(message)) as err:
-        load_state_dict_file(tmp_path / name)
-    assert "\n" not in str(err.value)
-
-
-def test_a_file_without_a_state_dict_is_rejected(tmp_path):
-    torch.save([1, 2, 3], tmp_path / "list.pth")
-    with pytest.raises(CnnlabError, match="does not hold a state dict"):
-        load_state_dict_file(tmp_path / "list.pth")
-    with pytest.raises(CnnlabError, match="does not exist"):
-        load_state_dict_file(tmp_path / "missing.pth")
 
 
 # --- adapting weights to the model -------------------------------------------------------------------------
@@ -258,7 +180,7 @@ def server(tmp_path):
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -331,3 +253,39 @@ def test_a_local_weights_file_wins_and_must_exist(tmp_path):
         pretrained_path("resnet18", weights=tmp_path / "nope.pth")
     with pytest.raises(CnnlabError, match=r"no official ImageNet weights for 'cnn_64x2'.*resnet18"):
         pretrained_path("cnn_64x2")
+
+
+# --- loading what the config asks for ----------------------------------------------------------------------
+
+def test_initial_weights_follow_the_config(tmp_path):
+    assert load_initial_weights(build("resnet18", meta=True), ModelConfig(name="resnet18"), print) is None
+    source = build("resnet18", num_classes=2, input_shape=(3, 32, 32))
+    torch.save(source.state_dict(), tmp_path / "mine.pth")
+    lines: list[str] = []
+    target = build("resnet18", num_classes=2, input_shape=(1, 32, 32))
+    report = load_initial_weights(target, ModelConfig(name="resnet18", weights=str(tmp_path / "mine.pth")),
+                                  lines.append)
+    assert report.adapted == ["conv1.weight"] and lines == [f"Weights: {report}"]
+    spec = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    save_file(spec.state_dict(), str(tmp_path / "spec.safetensors"))
+    fresh = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    layers = ModelConfig(name=None, layers=({"type": "Flatten"},), weights=str(tmp_path / "spec.safetensors"))
+    assert load_initial_weights(fresh, layers, lines.append) is None  # a layer list: loaded as it is
+    assert torch.equal(fresh[1].weight, spec[1].weight) and lines[-1].startswith("Weights: loaded ")
+
+
+def test_pretrained_needs_a_model_with_published_weights():
+    with pytest.raises(CnnlabError, match="no official ImageNet weights for 'cnn_64x2'") as err:
+        load_initial_weights(build("cnn_64x2", num_classes=10, input_shape=(1, 28, 28)),
+                             ModelConfig(name="cnn_64x2", pretrained=True), print)
+    assert "`model.weights`" in str(err.value)
+    with pytest.raises(CnnlabError, match="a model given by model.layers has no published weights"):
+        load_initial_weights(nn.Linear(1, 1), ModelConfig(layers=({"type": "Flatten"},), pretrained=True), print)
+
+
+def test_pretrained_offline_is_a_clear_error(monkeypatch, _cache):
+    publish(monkeypatch, "resnet18", replace(PRETRAINED["resnet18"], url="http://127.0.0.1:9/resnet18-f37072fd.pth"))
+    with pytest.raises(CnnlabError) as err:
+        load_initial_weights(build("resnet18", num_classes=10, input_shape=(1, 28, 28), meta=True),
+                             ModelConfig(name="resnet18", pretrained=True), print)
+    assert "`model.weights`" in str(err.value) and "\n" not in str(err.value)  # the CLI shows it as --weights

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from cnnlab._version import __version__
-from cnnlab.cli import main
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.spec import build_spec
 from cnnlab.runs import experiment, loaded
 from cnnlab.serve.engines import ort_session
-from cnnlab.serve.onnx import META, export_onnx, read_metadata, write_onnx
+from cnnlab.serve.onnx import META, ParityError, export, export_onnx, parse_batch, read_metadata, write_onnx
 from cnnlab.serve.predict import Predictor
 
 TINY_CNN = [
@@ -48,8 +47,10 @@ def spec_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
-    return train_run(tmp_path_factory.mktemp("runs") / "dense",
-                     {"data": {"dataset": "fashion-mnist-sample"}, "model": {"name": "dnn_128"}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return train_run(tmp_path_factory.mktemp("runs") / "dense",
+                         {"data": {"dataset": "fashion-mnist-sample"}, "model": {"name": "dnn_128"}})
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +63,14 @@ def resnet_run(tmp_path_factory, image_folder):
             "train": {"epochs": 1, "batch_size": 32}})
 
 
-def test_cli_export_checks_parity_on_test_images_and_writes_plain_convs(spec_run, capsys):
-    assert main(["export", str(spec_run), "--format", "onnx"]) == 0
-    out = capsys.readouterr().out
-    m = PARITY.search(out)
-    assert m, out
+def test_export_checks_parity_on_test_images_and_writes_plain_convs(spec_run):
+    lines: list[str] = []
+    result = export_onnx(spec_run, log=lines.append)
+    m = PARITY.search("\n".join(lines))
+    assert m, lines
     assert float(m.group(1)) <= 1e-4 and m.group(2) == "256"
-    assert f"Exported: {spec_run / 'model.onnx'} (opset 17, batch dynamic)" in out
+    assert lines == [result.parity_line] and result.max_diff <= 1e-4 and result.images == 256
+    assert (result.path, result.opset, result.batch) == (spec_run / "model.onnx", 17, "dynamic")
     proto = onnx.load(str(spec_run / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     ops = [n.op_type for n in proto.graph.node]
@@ -124,9 +126,10 @@ def test_fixed_batch_dense_model_matches_torch_with_padding(dense_run, tmp_path)
     assert got.shape == (13, 10) and np.abs(got - want).max() <= 1e-4
 
 
-def test_resnet18_at_32px_exports_with_parity(resnet_run, capsys):
-    assert main(["export", str(resnet_run)]) == 0
-    m = PARITY.search(capsys.readouterr().out)
+def test_resnet18_at_32px_exports_with_parity(resnet_run):
+    lines: list[str] = []
+    export_onnx(resnet_run, log=lines.append)
+    m = PARITY.search("\n".join(lines))
     assert m and float(m.group(1)) <= 1e-4 and m.group(2) == "24"  # the 20% held-out split of 120 photos
     info = read_metadata(resnet_run / "model.onnx")
     assert info.input_shape == (3, 32, 32) and info.classes == ("sneaker", "trouser", "tshirt")
@@ -195,34 +198,42 @@ def test_unsupported_operation_is_one_short_error(tmp_path, capfd):
     assert "graph" not in out + err  # the exporter's C++ dump of the traced graph is swallowed
 
 
-def test_parity_failure_exits_1_and_writes_nothing(spec_run, tmp_path, capsys, monkeypatch):
+def test_parity_failure_raises_and_writes_nothing(spec_run, tmp_path, monkeypatch):
     import cnnlab.serve.onnx as ex
 
     monkeypatch.setattr(ex, "max_prob_diff", lambda *a, **k: 0.25)  # as if onnxruntime disagreed
     out = tmp_path / "bad.onnx"
-    assert main(["export", str(spec_run), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: parity: max abs diff 2.5e-01 over 256 test images (limit 1e-4)")
-    assert err.count("\n") == 1 and "was not written" in err
+    lines: list[str] = []
+    with pytest.raises(ParityError) as err:
+        export_onnx(spec_run, out=out, log=lines.append)
+    message = str(err.value)
+    assert message.startswith("parity: max abs diff 2.5e-01 over 256 test images (limit 1e-4)")
+    assert "\n" not in message and f"{out} was not written" in message
+    assert err.value.result.max_diff == 0.25 and lines == []
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--format", "tflite"], "unknown export format 'tflite'; valid: onnx"),
-    (["--opset", "7"], "--opset 7 is not supported; use 11..20"),
-    (["--batch", "0"], "--batch '0': expected dynamic or a positive batch size"),
-    (["--batch", "many"], "--batch 'many': expected dynamic"),
-])
-def test_export_mistakes_are_one_line_errors(spec_run, argv, message, capsys):
-    assert main(["export", str(spec_run), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+def test_export_options_are_checked_before_anything_is_written(spec_run, tmp_path):
+    with pytest.raises(CnnlabError, match="^unknown export format 'tflite'; valid: onnx$"):
+        export(spec_run, "tflite")
+    with pytest.raises(CnnlabError, match=r"^`opset` 7 is not supported; use 11..20 \(default 17\)$"):
+        export_onnx(spec_run, opset=7)
+    with pytest.raises(CnnlabError, match="^`batch` '0': expected dynamic or a positive batch size"):
+        export_onnx(spec_run, batch="0")
+    with pytest.raises(CnnlabError, match="^`batch` 'many': expected dynamic"):
+        export_onnx(spec_run, batch="many")
+    with pytest.raises(CnnlabError, match="the parity check needs at least 1 image"):
+        export_onnx(spec_run, images=0)
+    with pytest.raises(CnnlabError, match="^`out` .* is a folder; give a file name like"):
+        export_onnx(spec_run, out=tmp_path)
+    assert (parse_batch("dynamic"), parse_batch("DYNAMIC"), parse_batch("8"), parse_batch(8)) == (None, None, 8, 8)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_export_of_a_missing_run(tmp_path, capsys):
-    assert main(["export", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err
-    assert "is not a directory; pass a run directory" in err and err.count("\n") == 1
+def test_export_of_a_missing_run(tmp_path):
+    with pytest.raises(CnnlabError, match="is not a directory; pass a run directory") as err:
+        export_onnx(tmp_path / "nope")
+    assert "\n" not in str(err.value)
 
 
 def test_read_metadata_of_foreign_and_corrupt_files(tmp_path):

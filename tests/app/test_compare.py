@@ -1,4 +1,5 @@
-"""`cnnlab compare` on the bundled Fashion-MNIST sample with tiny dense nets and 1-epoch runs."""
+"""Compare: variants of a config planned, trained one after another and tabulated, on the bundled
+Fashion-MNIST sample with tiny dense nets and 1-epoch runs."""
 
 import csv
 import json
@@ -8,9 +9,20 @@ import pytest
 import yaml
 from PIL import Image
 
-from cnnlab.app.compare import parse_vary, plan, split_values, yaml_text
-from cnnlab.cli import main
+from cnnlab.app.compare import (
+    VariantResult,
+    csv_text,
+    markdown_table,
+    parse_vary,
+    plan,
+    plot_compare,
+    run_compare,
+    split_values,
+    yaml_text,
+)
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.experiment import train
+from cnnlab.runs.options import experiment_config
 
 TINY = {
     "name": "tiny",
@@ -31,21 +43,27 @@ def _nonblank(path):
     return np.asarray(Image.open(path).convert("L"), dtype=np.float32).std() > 5
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
 @pytest.fixture(scope="module")
 def vary_run(tmp_path_factory):
-    """compare --vary over two hidden-layer sizes, plus a direct `train` of the base config."""
+    """compare with vary over two hidden-layer sizes, plus a direct training of the base config."""
     tmp = tmp_path_factory.mktemp("vary")
     base = _yaml(tmp / "tiny.yaml", TINY)
-    out = tmp / "cmp"
-    rc = main(["compare", str(base), "--vary", "model.layers.1.units=8,16", "--out", str(out), "--no-progress"])
-    direct = tmp / "direct"
-    assert main(["train", "--config", str(base), "--out", str(direct), "--no-progress"]) == 0
-    return rc, out, direct
+    with pytest.MonkeyPatch.context() as mp:  # a module fixture is set up before the per-test cache exists
+        mp.setenv("CNNLAB_CACHE", str(tmp / "cache"))
+        variants, out = plan(base, vary=["model.layers.1.units=8,16"], out=tmp / "cmp")
+        result = run_compare(variants, out, progress=False, log=_quiet)
+        direct = tmp / "direct"
+        assert train(experiment_config(base), out=direct, progress=False, log=_quiet).failed is None
+    return result, out, direct
 
 
-def test_vary_trains_one_run_per_value(vary_run, capsys):
-    rc, out, _ = vary_run
-    assert rc == 0
+def test_vary_trains_one_run_per_value(vary_run):
+    result, out, _ = vary_run
+    assert not result.failed and result.out == out
     assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.json", "compare.md", "compare.png",
                                                      "units-16", "units-8"]
     for name, units in (("units-8", 8), ("units-16", 16)):
@@ -53,6 +71,7 @@ def test_vary_trains_one_run_per_value(vary_run, capsys):
         assert cfg["model"]["layers"][1]["units"] == units and cfg["compare"] == {"vary": {}, "configs": []}
         assert json.loads((out / name / "run.json").read_text())["status"] == "done"
     assert _nonblank(out / "compare.png")
+    assert (out / "compare.md").read_text() == result.markdown + "\n"
 
 
 def test_table_and_csv(vary_run):
@@ -86,58 +105,78 @@ def test_same_seed_reproduces_a_direct_run(vary_run):
     assert variant["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-6)
 
 
-def test_yaml_section_with_a_failing_variant(tmp_path, capsys):
+def test_yaml_section_with_a_failing_variant(tmp_path):
     """The YAML's own compare: section; the first variant cannot be built, the second still trains."""
     bad_conv = {"type": "Conv2D", "filters": 2, "kernel_size": 40}
     base = _yaml(tmp_path / "cfg" / "tiny.yaml", {**TINY, "compare": {"vary": {"model.layers.0": [bad_conv,
                                                                                                   {"type": "Flatten"}]}}})
     out = tmp_path / "cmp"
-    assert main(["compare", str(base), "--out", str(out), "--no-progress"]) == 1
-    printed = capsys.readouterr().out
+    variants, _ = plan(base)
+    result = run_compare(variants, out, progress=False, log=_quiet)
+    assert [r.variant for r in result.failed] == ["layers.0-type_Conv2D_filters_2_kernel_size_40"]
     with open(out / "compare.csv", newline="") as f:
         recs = list(csv.DictReader(f))
     assert [r["status"] for r in recs] == ["failed", "done"]
     assert recs[0]["variant"] == "layers.0-type_Conv2D_filters_2_kernel_size_40"
     assert "kernel 40x40 is larger than its 28x28 input" in recs[0]["error"] and "\n" not in recs[0]["error"]
     assert recs[1]["variant"] == "layers.0-type_Flatten" and float(recs[1]["test_acc"]) > 0.2
-    assert "| failed: model.layers.0" in printed and "| completed |" in printed
+    assert "| failed: model.layers.0" in result.markdown and "| completed |" in result.markdown
     assert _nonblank(out / "compare.png")
 
 
-def test_bad_vary_is_a_one_line_error(tmp_path, capsys):
+def test_bad_vary_is_a_one_line_error(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", TINY)
     for bad in ("train.lr", "train.lr=0.1,,0.2", "model.layers.0.kernel_size=[3,3", "train..lr=1"):
-        assert main(["compare", str(base), "--vary", bad, "--out", str(tmp_path / "x")]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: --vary ") and err.count("\n") == 1, err
+        with pytest.raises(CnnlabError, match="^`vary` ") as err:
+            plan(base, vary=[bad], out=tmp_path / "x")
+        assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
 
 
-def test_nothing_to_compare(tmp_path, capsys):
+def test_nothing_to_compare(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", TINY)
-    assert main(["compare", str(base)]) == 2
-    assert "has no compare: section" in capsys.readouterr().err
-    assert main(["compare"]) == 2
-    assert "needs a base config or --configs" in capsys.readouterr().err
+    with pytest.raises(CnnlabError, match="has no compare: section; say what to `vary`"):
+        plan(base)
+    with pytest.raises(CnnlabError, match="needs a base config or `configs`"):
+        plan(None)
 
 
-def test_a_bad_override_fails_before_training(tmp_path, capsys):
+def test_a_bad_override_fails_before_training(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", TINY)
-    assert main(["compare", str(base), "--vary", "train.lr=0.1,0.2", "--set", "train.epoch=2",
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+    with pytest.raises(CnnlabError, match="unknown config key 'train.epoch'"):
+        plan(base, vary=["train.lr=0.1,0.2"], overrides=[("train.epoch", 2)], out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
-def test_out_is_never_clobbered(tmp_path, capsys):
+def test_out_is_never_clobbered(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", TINY)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    for extra in ([], ["--overwrite"]):
-        assert main(["compare", str(base), "--vary", "train.lr=0.1,0.2", "--out", str(tmp_path / "mine"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert "already exists; pass --overwrite" in err and "not a cnnlab compare folder" in err
+    variants, out = plan(base, vary=["train.lr=0.1,0.2"], out=tmp_path / "mine")
+    with pytest.raises(CnnlabError, match="already exists; pass `overwrite` to replace it or choose another `out`"):
+        run_compare(variants, out, log=_quiet)
+    with pytest.raises(CnnlabError, match="not a cnnlab compare folder"):
+        run_compare(variants, out, overwrite=True, log=_quiet)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_table_csv_and_plot_of_hand_made_results():
+    done = VariantResult("a", "train.lr=0.1", status="done", params=1234, sec_per_epoch=2.25, train_acc=0.5,
+                         test_acc=0.61234, test_loss=1.5, best_epoch=2, best_val_acc=0.6, epochs=3)
+    failed = VariantResult("b|c", "train.lr=0.2", error="diverged\nbadly", epochs=0)
+    assert markdown_table([done, failed]).splitlines() == [
+        "| variant | changed | params | s/epoch | train acc | test acc | test loss | best epoch (val acc) | epochs "
+        "| stop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| a | train.lr=0.1 | 1,234 | 2.2 | 0.5000 | 0.6123 | 1.5000 | 2 (0.6000) | 3 | completed |",
+        "| b\\|c | train.lr=0.2 |  |  |  |  |  |  | 0 | failed: diverged badly |",
+    ]
+    rows = list(csv.DictReader(csv_text([done, failed]).splitlines()))
+    assert rows[0]["test_acc"] == "0.61234" and rows[1]["params"] == "" and rows[1]["status"] == "failed"
+    assert "history" not in rows[0]
+    fig = plot_compare([failed], title="T")
+    assert fig.get_suptitle() == "T: 1 variants, 1 failed"
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no variant finished an epoch"]
 
 
 # ------------------------------------------------------------------------------ planning without training

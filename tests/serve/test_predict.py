@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 
 import numpy as np
@@ -12,12 +11,11 @@ import torch
 from matplotlib.image import imread
 from PIL import Image
 
-from cnnlab.cli import main
 from cnnlab.config import load_config
 from cnnlab.data.datasets import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import experiment as api
-from cnnlab.serve.predict import Predictor, decode_chunks, predict_files
+from cnnlab.serve.predict import GRID_MAX, Predictor, decode_chunks, predict_files, write_csv, write_grid
 
 TINY_CNN = [
     {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},
@@ -66,24 +64,25 @@ def test_onnx_engine_equals_torch_on_test_images(run, test_set, capsys):
     assert a.shape == (300, 10) and np.allclose(a.sum(1), 1, atol=1e-5)
     assert np.abs(a - b).max() <= 1e-4
     assert (a.argmax(1) == test_set.labels[:300].numpy()).mean() > 0.6
-    # the same through the command line
+    # the same through predict_files, file by file
     img = run.parent / "boot.png"
     Image.fromarray(test_set.images[0, 0].numpy()).save(img)
     outs = []
     for engine in ("torch", "onnx"):
-        assert main(["predict", str(run), str(img), "--json", "--top-k", "3", "--engine", engine]) == 0
-        outs.append(json.loads(capsys.readouterr().out))
-    assert [t["label"] for t in outs[0]["top"]] == [t["label"] for t in outs[1]["top"]]
-    assert np.allclose([t["prob"] for t in outs[0]["top"]], [t["prob"] for t in outs[1]["top"]], atol=1e-4)
+        (result,) = predict_files(run, [img], top_k=3, engine=engine)
+        assert result.error is None and len(result.top) == 3
+        outs.append(result.top)
+    assert [label for label, _ in outs[0]] == [label for label, _ in outs[1]]
+    assert np.allclose([p for _, p in outs[0]], [p for _, p in outs[1]], atol=1e-4)
 
 
-def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path, capsys):
+def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path):
     out = tmp_path / "preds.csv"
-    rc = main(["predict", str(run), str(pngs), str(tmp_path / "missing.png"), "--top-k", "3", "--out", str(out)])
-    stdout, err = capsys.readouterr()
-    assert rc == 1
-    assert stdout.strip() == f"Predicted 70 of 72 images: {out}"  # per-file lines go to the CSV instead
-    assert "zz_broken.png: not an image" in err and "missing.png: no such file" in err and err.count("\n") == 2
+    results = predict_files(run, [pngs, tmp_path / "missing.png"], top_k=3)
+    errors = [r.error for r in results if r.error]
+    assert len(results) == 72 and len(errors) == 2
+    assert "zz_broken.png: not an image" in errors[0] and errors[1].endswith("missing.png: no such file")
+    assert write_csv(results, out, 3) == out
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["file", "label", "prob", "label_2", "prob_2", "label_3", "prob_3", "error"]
     assert len(rows) == 73 and rows[1][0] == str(pngs / "img00.png")  # sorted, the hidden file left out
@@ -100,14 +99,23 @@ def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path, capsys):
     assert [p.top[0][0] for p in few] == [rows[1][1], rows[2][1]]
 
 
-def test_grid_png_of_a_folder(run, pngs, tmp_path, capsys):
+def test_csv_columns_stop_at_the_class_count(run, pngs, tmp_path):
+    results = predict_files(run, [pngs / "img00.png"], top_k=50)
+    assert len(results[0].top) == 10  # only 10 classes
+    header = next(csv.reader(write_csv(results, tmp_path / "p.csv", 50).open()))
+    assert header[-3:] == ["label_10", "prob_10", "error"] and len(header) == 2 * 10 + 2
+
+
+def test_grid_png_of_a_folder(run, pngs, tmp_path):
     grid = tmp_path / "grid.png"
-    assert main(["predict", str(run), str(pngs), "--grid", str(grid)]) == 1  # the broken file
-    out = capsys.readouterr().out
-    assert f"Grid: {grid}" in out and out.count(": ") == 71  # 70 prediction lines + the grid line
+    results = predict_files(run, [pngs], keep_images=GRID_MAX)
+    assert sum(r.image is not None for r in results) == 70  # the broken file has no pixels
+    assert write_grid(results, grid) == grid
     pixels = imread(grid)
     assert pixels.shape[0] > 500 and pixels.shape[1] > 500  # 7 rows x 10 columns of panels
     assert float(pixels[..., :3].std()) > 0.05
+    with pytest.raises(CnnlabError, match="nothing to draw for the `grid`"):
+        write_grid(predict_files(run, [pngs / "img00.png"]), tmp_path / "none.png")  # no images kept
 
 
 def test_folder_expansion_and_pool_decode_agree_with_in_process(pngs, test_set):
@@ -157,20 +165,22 @@ def test_stale_onnx_is_exported_again(run, tmp_path, test_set):
     assert np.abs(p.predict(x) - Predictor.from_run(copy, "torch").predict(x)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("setup, argv, message", [
-    ("corrupt", ["--engine", "onnx"], "model.onnx is not a usable ONNX model"),
-    (None, ["--engine", "tensorrt"], "unknown engine 'tensorrt'; valid: auto, onnx, torch"),
-    (None, ["--top-k", "0"], "--top-k is 0; ask for at least 1 label"),
-    ("norun", [], "is not a directory; pass a run directory"),
-])
-def test_predict_mistakes_are_one_line_errors(run, tmp_path, capsys, setup, argv, message):
+def test_predict_mistakes_are_one_line_errors(run, tmp_path):
     target = tmp_path / "copy"
-    if setup != "norun":
-        shutil.copytree(run, target)
-    if setup == "corrupt":
-        (target / "model.onnx").write_bytes(b"\x08\x07garbage")
+    shutil.copytree(run, target)
+    (target / "model.onnx").write_bytes(b"\x08\x07garbage")
     img = tmp_path / "x.png"
     Image.new("L", (28, 28), 128).save(img)
-    assert main(["predict", str(target), str(img), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    cases = [
+        (lambda: predict_files(target, [img], engine="onnx"), "model.onnx is not a usable ONNX model"),
+        (lambda: predict_files(target, [img], engine="tensorrt"), "^unknown engine 'tensorrt'; valid: auto, onnx, torch$"),
+        (lambda: predict_files(target, [img], top_k=0), "^`top_k` is 0; ask for at least 1 label"),
+        (lambda: predict_files(tmp_path / "norun", [img]), "is not a directory; pass a run directory"),
+        (lambda: Predictor.from_run(target, "torch", batch_size=0), "batch_size must be ≥ 1"),
+    ]
+    (tmp_path / "none").mkdir()
+    cases.append((lambda: predict_files(target, [tmp_path / "none"]), "no image files given"))
+    for call, message in cases:
+        with pytest.raises(CnnlabError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)

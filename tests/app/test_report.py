@@ -1,4 +1,4 @@
-"""`cnnlab report` on tiny 1-epoch runs of the bundled Fashion-MNIST sample: structure, self-containment and
+"""The HTML report of tiny 1-epoch runs of the bundled Fashion-MNIST sample: structure, self-containment and
 what headless Chromium actually draws."""
 
 import base64
@@ -12,20 +12,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.app.report import confusion_html
-from cnnlab.cli import main
+from cnnlab.app.report import build_report, confusion_html
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.experiment import train
+from cnnlab.runs.options import experiment_config
 
-TINY_CNN = ("model.layers=[{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}, {type: MaxPooling2D},"
-            " {type: Flatten}, {type: Dense, units: num_classes, activation: softmax}]")
-TINY_DNN = ("model.layers=[{type: Flatten}, {type: Dense, units: 16, activation: relu},"
-            " {type: Dense, units: num_classes, activation: softmax}]")
+TINY_CNN = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "MaxPooling2D"},
+            {"type": "Flatten"}, {"type": "Dense", "units": "num_classes", "activation": "softmax"}]
+TINY_DNN = [{"type": "Flatten"}, {"type": "Dense", "units": 16, "activation": "relu"},
+            {"type": "Dense", "units": "num_classes", "activation": "softmax"}]
 
 
 def _train(tmp, layers):
     out = tmp / "run"
-    assert main(["train", "--dataset", "fashion-mnist-sample", "--epochs", "1", "--batch-size", "256",
-                 "--no-progress", "--out", str(out), "--set", layers]) == 0
+    cfg = experiment_config(dataset="fashion-mnist-sample", epochs=1, batch_size=256,
+                            overrides=[("model.layers", layers)])
+    with pytest.MonkeyPatch.context() as mp:  # a module fixture is set up before the per-test cache exists
+        mp.setenv("CNNLAB_CACHE", str(tmp / "cache"))
+        assert train(cfg, out=out, progress=False, log=lambda s: None).failed is None
     return out
+
+
+def _quiet(line: str) -> None:
+    raise AssertionError(f"a view could not be drawn: {line}")
 
 
 class _Page(HTMLParser):
@@ -56,7 +65,7 @@ def _parse(path):
 @pytest.fixture(scope="module")
 def cnn_report(tmp_path_factory):
     run = _train(tmp_path_factory.mktemp("cnn"), TINY_CNN)
-    assert main(["report", str(run)]) == 0
+    assert build_report(run, log=_quiet) == run / "report.html"
     return run / "report.html"
 
 
@@ -64,7 +73,7 @@ def cnn_report(tmp_path_factory):
 def dnn_report(tmp_path_factory):
     run = _train(tmp_path_factory.mktemp("dnn"), TINY_DNN)
     out = tmp_path_factory.mktemp("elsewhere") / "dnn.html"
-    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert build_report(run, out=out, log=_quiet) == out
     return out
 
 
@@ -122,15 +131,25 @@ def test_confusion_html_shades_by_row_share():
     assert 'style="color:#b8bec7"' in html  # an empty cell is not shaded
 
 
-def test_report_errors_are_one_line(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a cnnlab run directory" in err and err.count("\n") == 1
+def test_report_errors_are_one_line(tmp_path):
+    with pytest.raises(CnnlabError, match="not a cnnlab run directory") as err:
+        build_report(tmp_path)
+    assert "\n" not in str(err.value)
 
 
-def test_report_out_must_be_html(cnn_report, tmp_path, capsys):
-    assert main(["report", str(cnn_report.parent), "--out", str(tmp_path / "report.png")]) == 2
-    assert "ending in .html" in capsys.readouterr().err
+def test_report_out_must_be_html(cnn_report, tmp_path):
+    with pytest.raises(CnnlabError, match=r"^`out` .*report.png: the report is one HTML file; give a name ending in "
+                                          r"\.html$"):
+        build_report(cnn_report.parent, out=tmp_path / "report.png")
+    assert not (tmp_path / "report.png").exists()
+
+
+def test_a_run_without_a_finished_epoch_has_nothing_to_report(cnn_report, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cnn_report.parent, run)
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(CnnlabError, match="has no finished epoch .metrics.jsonl is empty.; train it before reporting"):
+        build_report(run)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -156,8 +175,6 @@ def test_chromium_renders_the_report(cnn_report, tmp_path):
 
 
 def test_figures_dir_and_extra_views_save_the_demo_pictures(cnn_report, tmp_path):
-    from cnnlab.app.report import build_report
-
     figs = tmp_path / "figures"
     build_report(cnn_report.parent, out=tmp_path / "r.html", figures_dir=figs, extra_views=("kernels", "saliency"))
     names = {p.name for p in figs.glob("*.png")}

@@ -1,0 +1,61 @@
+"""CIFAR-10's python batches: loaded without running code, checked, unpacked from the official archive."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from cnnlab.data import cifar
+from cnnlab.errors import CnnlabError
+
+
+def test_cifar_batches_load_and_refuse_code(tmp_path):
+    folder = tmp_path / cifar.FOLDER
+    folder.mkdir()
+    data = np.random.default_rng(0).integers(0, 255, (4, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0, 1, 2, 3]}, f, protocol=2)
+    x, y = cifar.read_split(folder, ("test_batch",))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 3]
+    assert (x[1, 0].reshape(-1) == data[1, :1024]).all()  # R plane first
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Evil()}, f, protocol=2)
+    with pytest.raises(CnnlabError, match=r"refusing to load (__builtin__|builtins).print"):
+        cifar.read_batch(folder / "data_batch_1")
+
+
+def test_class_names_and_bad_batches(tmp_path):
+    with open(tmp_path / cifar.META, "wb") as f:
+        pickle.dump({b"label_names": [b"airplane", b"automobile"]}, f, protocol=2)
+    assert cifar.class_names(tmp_path) == ["airplane", "automobile"]
+    with open(tmp_path / "wide", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f, protocol=2)
+    with pytest.raises(CnnlabError, match=r"data has shape \(2, 100\), expected \(N, 3072\)"):
+        cifar.read_split(tmp_path, ("wide",))
+    (tmp_path / "junk").write_bytes(b"\x00garbage")
+    with pytest.raises(CnnlabError, match="is not a CIFAR-10 python batch"):
+        cifar.read_batch(tmp_path / "junk")
+    with pytest.raises(CnnlabError, match="missing not found"):
+        cifar.read_batch(tmp_path / "missing")
+
+
+def test_extract_keeps_only_the_batch_folders_regular_files(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, body in ((f"{cifar.FOLDER}/test_batch", b"batch"), ("elsewhere.txt", b"no")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    folder = cifar.extract(archive, tmp_path / "out")
+    assert folder == tmp_path / "out" / cifar.FOLDER and (folder / "test_batch").read_bytes() == b"batch"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [cifar.FOLDER]
+    (tmp_path / "bad.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(CnnlabError, match="is not a readable tar.gz"):
+        cifar.extract(tmp_path / "bad.tar.gz", tmp_path / "x")

@@ -1,0 +1,45 @@
+"""A run read back: config, model with the trained weights, normaliser, classes; its test-set evaluation."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.loaded import evaluate_run, load_run
+
+
+def test_load_run_restores_the_trained_model(dnn_run):
+    lr = load_run(dnn_run)
+    meta = json.loads((dnn_run / "run.json").read_text())
+    assert lr.cfg.model.name == "dnn_128" and lr.run.path == dnn_run
+    assert lr.classes == tuple(meta["classes"]) and len(lr.classes) == 10 and lr.input_shape == (1, 28, 28)
+    assert (lr.normalizer.mean, lr.normalizer.std) == ((0.0,), (1.0,))
+    assert not lr.model.training
+    final = load_file(dnn_run / "model.safetensors")
+    assert all(torch.equal(final[k], v) for k, v in lr.model.state_dict().items())
+    best = load_run(dnn_run, weights="best")
+    saved = load_file(dnn_run / "checkpoints" / "best" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in best.model.state_dict().items())
+
+
+def test_load_run_of_a_run_that_never_got_its_data(dnn_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    meta = json.loads((run / "run.json").read_text())
+    del meta["input_shape"]
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(CnnlabError, match="lacks 'input_shape'; the run did not get past data preparation"):
+        load_run(run)
+
+
+def test_evaluate_run_repeats_the_final_test(dnn_run):
+    lr, ev, test = evaluate_run(dnn_run)
+    assert test.name == "fashion-mnist-sample:test" and len(test) == 1000
+    assert ev.confusion.shape == (10, 10) and int(ev.confusion.sum()) == 1000
+    assert ev.acc == pytest.approx(json.loads((dnn_run / "results.json").read_text())["test_acc"])
+    assert ev.classes == lr.classes and ev.probs is None
+    _, kept, _ = evaluate_run(dnn_run, keep_probs=True)
+    assert kept.probs.shape == (1000, 10) and torch.allclose(kept.probs.sum(1), torch.ones(1000), atol=1e-3)

@@ -1,0 +1,123 @@
+"""The run directory: creating without clobbering, opening, the files it holds, names for new runs."""
+
+import json
+import re
+
+import pytest
+
+from cnnlab.config import load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.run_dir import RunDir, default_run_dir, numbered, prepare_folder, safe_name
+
+
+def _run(path):
+    run = RunDir.create(path)
+    run.write_config(load_config())
+    run.update_meta(status="running")
+    return run
+
+
+def test_create_never_clobbers_and_overwrites_only_runs(tmp_path):
+    run = _run(tmp_path / "run")
+    (run.path / "metrics.jsonl").write_text("precious\n")
+    with pytest.raises(CnnlabError, match=r"already exists; pass `overwrite` to replace it, `resume` .* to "
+                                          r"continue it, or choose another `out`") as err:
+        RunDir.create(run.path)
+    assert "\n" not in str(err.value)
+    assert (run.path / "metrics.jsonl").read_text() == "precious\n"
+    again = RunDir.create(run.path, overwrite=True)
+    assert again.path == run.path and list(run.path.iterdir()) == []
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(CnnlabError, match=r"is not a cnnlab run directory \(no run.json\); refusing to overwrite"):
+        RunDir.create(mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    assert RunDir.create(tmp_path / "empty").path == tmp_path / "empty"  # an empty folder is used as it is
+
+
+def test_prepare_folder_names_what_it_refuses(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(CnnlabError) as err:
+        prepare_folder(tmp_path, overwrite=False, marker="compare.json", what="compare folder")
+    assert "resume" not in str(err.value) and "already exists; pass `overwrite`" in str(err.value)
+    with pytest.raises(CnnlabError, match=r"not a cnnlab compare folder \(no compare.json\)"):
+        prepare_folder(tmp_path, overwrite=True, marker="compare.json", what="compare folder")
+    (tmp_path / "compare.json").write_text("{}")
+    assert prepare_folder(tmp_path, overwrite=True, marker="compare.json", what="compare folder") == tmp_path
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_says_what_is_missing(tmp_path):
+    with pytest.raises(CnnlabError, match="is not a directory; pass a run directory written by cnnlab train"):
+        RunDir.open(tmp_path / "nope")
+    with pytest.raises(CnnlabError, match=r"is not a cnnlab run directory \(no config.yaml / run.json\)"):
+        RunDir.open(tmp_path)
+    run = _run(tmp_path / "run")
+    assert RunDir.open(run.path).read_config() == load_config()
+
+
+def test_history_round_trip_and_csv(tmp_path):
+    run = _run(tmp_path / "run")
+    assert run.read_history() == []
+    history = [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": None, "val_acc": None, "seconds": 1.5,
+                "lr": 0.001, "extra": "not in the csv"}]
+    run.write_history(history)
+    assert run.read_history() == history
+    assert run.file("history.csv").read_text().splitlines() == [
+        "epoch,train_loss,train_acc,val_loss,val_acc,seconds,lr", "1,0.5,0.8,,,1.5,0.001"]
+    run.write_history(history[:0])  # rewritten, never appended
+    assert run.read_history() == []
+    run.file("metrics.jsonl").write_text('{"epoch": 1}\nnot json\n')
+    with pytest.raises(CnnlabError, match="metrics.jsonl line 2 is not JSON; the run directory is damaged"):
+        run.read_history()
+
+
+def test_meta_updates_merge_and_stamp(tmp_path):
+    run = _run(tmp_path / "run")
+    run.update_meta(epochs=3)
+    run.update_meta(status="done")
+    meta = json.loads(run.file("run.json").read_text())
+    assert meta["status"] == "done" and meta["epochs"] == 3
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", meta["updated"])
+    assert run.meta == meta
+    run.file("run.json").write_text("{broken")
+    with pytest.raises(CnnlabError, match="run.json is unreadable .*the run directory is damaged"):
+        _ = run.meta
+
+
+def test_json_files_and_weights_path(tmp_path):
+    run = _run(tmp_path / "run")
+    run.write_json("results.json", {"test_acc": 0.5})
+    assert run.read_json("results.json") == {"test_acc": 0.5}
+    with pytest.raises(CnnlabError, match="nope.json not found; has the run finished?"):
+        run.read_json("nope.json")
+    run.file("bad.json").write_text("[1,")
+    with pytest.raises(CnnlabError, match="bad.json is not valid JSON"):
+        run.read_json("bad.json")
+    with pytest.raises(CnnlabError, match=r"has no weights yet \(no model.safetensors or checkpoints/last\)"):
+        run.weights_path()
+    last = run.checkpoints / "last" / "model.safetensors"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert run.weights_path() == last  # a run that did not finish: its last checkpoint
+    run.file("model.safetensors").write_bytes(b"")
+    assert run.weights_path() == run.file("model.safetensors")
+    assert run.figures == run.path / "figures"
+
+
+def test_names_for_new_runs(tmp_path):
+    assert safe_name("cnn 64/x2: mnist") == "cnn-64-x2-mnist"
+    assert safe_name("a.b_c-d") == "a.b_c-d" and safe_name("///") == "run"
+    assert numbered(tmp_path / "r") == tmp_path / "r"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r-2").mkdir()
+    assert numbered(tmp_path / "r") == tmp_path / "r-3"
+    cfg = load_config(None, [("model.name", "dnn_128"), ("data.dataset", "mnist")])
+    assert default_run_dir(cfg, tmp_path) == tmp_path / "dnn_128-mnist"
+    named = load_config(None, [("name", "my run")])
+    assert default_run_dir(named, tmp_path) == tmp_path / "my-run"
+    layers = load_config(None, [("model.name", None), ("model.layers", [{"type": "Flatten"}])])
+    assert default_run_dir(layers, tmp_path) == tmp_path / "custom-fashion-mnist"

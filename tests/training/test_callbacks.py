@@ -1,0 +1,117 @@
+"""Callbacks: metric names and directions, stop targets, early stopping, the NaN guard, checkpoints, output."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    NanGuard,
+    ProgressBar,
+    StopAtTarget,
+    format_epoch,
+    is_improvement,
+    metric_name,
+    overrides,
+    resolve_mode,
+)
+from cnnlab.training.checkpoint import load_checkpoint
+
+
+def test_stop_at_target_and_early_stopping(toy, make_trainer):
+    t = make_trainer(toy, callbacks=[StopAtTarget.parse("val_acc=0.5")], epochs=10)
+    t.fit()
+    assert t.epoch < 10 and "reached val_acc" in t.stop_reason
+    t = make_trainer(toy, callbacks=[StopAtTarget.parse("loss=100")], epochs=10)  # loss = training loss
+    t.fit()
+    assert t.epoch == 1
+    t = make_trainer(toy, callbacks=[EarlyStopping("val_acc", "max", patience=1, min_delta=1.0)], epochs=10)
+    t.fit()
+    assert t.epoch == 2 and "early stopping" in t.stop_reason
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy, tmp_path, make_trainer):
+    class Poison(Callback):  # from epoch 2 on, break the weights so the loss is NaN
+        def on_train_epoch_start(self, trainer):
+            if trainer.epoch == 1:
+                with torch.no_grad():
+                    trainer.model.conv2d.weight.fill_(float("nan"))
+
+    t = make_trainer(toy, tmp_path, [ModelCheckpoint("val_loss", "min"), Poison(), NanGuard()], epochs=4)
+    t.fit()
+    assert t.failure and "became nan" in t.failure and "kept the checkpoint of epoch 1" in t.failure
+    assert len(t.history) == 1
+    state = load_checkpoint(tmp_path / "last")
+    assert state["epoch"] == 1 and all(math.isfinite(h["train_loss"]) for h in state["history"])
+
+
+def test_metric_names_and_directions():
+    assert [metric_name(n) for n in ("loss", "acc", "accuracy", "val_accuracy", " val_loss ")] == [
+        "train_loss", "train_acc", "train_acc", "val_acc", "val_loss"]
+    with pytest.raises(CnnlabError, match="unknown metric 'val_f1'; valid: loss, acc, val_loss, val_acc"):
+        metric_name("val_f1")
+    assert [resolve_mode(m) for m in ("loss", "acc", "val_loss", "val_acc")] == ["min", "max", "min", "max"]
+    assert resolve_mode("val_loss", "max") == "max"
+    with pytest.raises(CnnlabError, match="callbacks.mode: 'up' is not one of auto, min, max"):
+        resolve_mode("val_loss", "up")
+
+
+def test_is_improvement_needs_more_than_min_delta_and_a_finite_value():
+    assert is_improvement(0.5, None, "min") and is_improvement(0.4, 0.5, "min")
+    assert not is_improvement(0.5, 0.5, "min") and not is_improvement(0.5, 0.5, "max")  # ties do not count
+    assert not is_improvement(0.45, 0.5, "min", min_delta=0.05) and is_improvement(0.44, 0.5, "min", min_delta=0.05)
+    assert is_improvement(0.9, 0.8, "max") and not is_improvement(0.7, 0.8, "max")
+    assert not is_improvement(float("nan"), None, "min") and not is_improvement(float("inf"), 1.0, "max")
+
+
+def test_stop_at_parses_targets_and_rejects_malformed_items():
+    stop = StopAtTarget.parse("val_acc=0.91")
+    assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.91)
+    assert (StopAtTarget.parse("loss=0.3").monitor, StopAtTarget.parse("loss=0.3").mode) == ("train_loss", "min")
+    for bad in ("val_acc", "val_acc=high"):
+        with pytest.raises(CnnlabError, match=rf"callbacks.stop_at '{bad}': expected METRIC=VALUE"):
+            StopAtTarget.parse(bad)
+    with pytest.raises(CnnlabError, match="unknown metric 'val_f1'"):
+        StopAtTarget.parse("val_f1=0.9")
+    with pytest.raises(CnnlabError, match="callbacks.mode: 'auto' is not one of min, max"):
+        EarlyStopping("val_loss", "auto", patience=2)
+
+
+def test_monitors_keep_their_state_under_their_own_key():
+    early = EarlyStopping("val_acc", "max", patience=3)
+    assert early.state_key == "EarlyStopping:val_acc" and NanGuard().state_key == "NanGuard"
+    assert ModelCheckpoint("loss", "min", state_key="mine").state_key == "mine"
+    early.best, early.wait = 0.8, 2
+    again = EarlyStopping("val_acc", "max", patience=3)
+    again.load_state_dict(early.state_dict())
+    assert (again.best, again.wait) == (0.8, 2)
+    assert early.current({"val_acc": float("nan")}) is None and early.current({}) is None
+    assert early.current({"val_acc": 0.5}) == 0.5
+
+
+def test_orders_and_overridden_hooks():
+    assert NanGuard.order < Callback.order < ModelCheckpoint.order < ProgressBar.order
+    assert overrides(NanGuard(), "on_train_epoch_end") and not overrides(NanGuard(), "on_train_batch_end")
+    assert overrides(ProgressBar(io.StringIO()), "on_train_batch_end")
+
+
+def test_epoch_lines_are_keras_style():
+    m = {"seconds": 4.12, "train_loss": 0.25571, "train_acc": 0.90521, "val_loss": 0.26394, "val_acc": 0.90467}
+    assert format_epoch(3, 5, m) == ("Epoch 3/5 - 4.1s - loss 0.2557 - acc 0.9052 - val_loss 0.2639 - "
+                                     "val_acc 0.9047")
+    assert format_epoch(1, 1, {**m, "val_loss": None}) == "Epoch 1/1 - 4.1s - loss 0.2557 - acc 0.9052"
+
+
+def test_progress_bar_without_a_terminal_prints_one_line_per_epoch(toy, make_trainer):
+    out = io.StringIO()
+    bar = ProgressBar(out)
+    assert not bar.live  # a StringIO is no terminal
+    make_trainer(toy, callbacks=[bar], epochs=2).fit()
+    lines = out.getvalue().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    assert all(" - loss " in line and " - val_acc " in line for line in lines)

@@ -1,0 +1,69 @@
+"""Checkpoints as plain files: exact round trips, atomic swaps, nothing pickled, damaged folders named."""
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path, make_model):
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 1, 12, 12)).sum().backward()
+    opt.step()
+    state = {"epoch": 3, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "nested": {"a": [1, 2.5, None]}}
+    save_checkpoint(tmp_path / "ck", model, state)
+    fresh = make_model(seed=1)
+    back = load_checkpoint(tmp_path / "ck", fresh)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
+    assert back["epoch"] == 3 and back["nested"] == {"a": [1, 2.5, None]}
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert not list(tmp_path.glob(".ck*"))  # no temp folders left
+
+
+def test_interrupted_swap_recovers_the_old_checkpoint(tmp_path, make_model):
+    model = make_model()
+    save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+    (tmp_path / "last").rename(tmp_path / ".last.old")  # a crash between the two renames
+    assert load_checkpoint(tmp_path / "last")["epoch"] == 1
+
+
+def test_files_hold_json_and_tensors_only(tmp_path, make_model):
+    save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 2, "by_index": {0: torch.ones(2)}, "t": (1, "x")})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.safetensors", "state.json",
+                                                                  "state.safetensors"]
+    meta = json.loads((tmp_path / "ck" / "state.json").read_text())
+    assert meta == {"__dict__": [["epoch", 2], ["by_index", {"__dict__": [[0, {"__tensor__": "state.by_index.0"}]]}],
+                                 ["t", [1, "x"]]]}
+    back = load_checkpoint(tmp_path / "ck")
+    assert list(back["by_index"]) == [0] and torch.equal(back["by_index"][0], torch.ones(2))  # int keys stay ints
+    assert back["t"] == [1, "x"]
+
+
+def test_a_second_save_replaces_the_first(tmp_path, make_model):
+    save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1})
+    save_checkpoint(tmp_path / "last", make_model(), {"epoch": 2})
+    assert load_checkpoint(tmp_path / "last")["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no .last.old, no temp folder
+
+
+def test_state_that_json_cannot_hold_is_refused_and_leaves_nothing(tmp_path, make_model):
+    with pytest.raises(TypeError, match="cannot store object at 'state.x' in a checkpoint"):
+        save_checkpoint(tmp_path / "ck", make_model(), {"x": object()})
+    with pytest.raises(TypeError, match="non-string keys"):
+        save_checkpoint(tmp_path / "ck", make_model(), {"x": {(1, 2): 3}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_and_damaged_checkpoints_are_named(tmp_path, make_model):
+    with pytest.raises(CnnlabError, match="holds no checkpoint .no state.json.; nothing to resume from"):
+        load_checkpoint(tmp_path / "none")
+    save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
+    (tmp_path / "ck" / "state.json").write_text("{not json")
+    with pytest.raises(CnnlabError, match="state.json is corrupt"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(CnnlabError, match="does not fit this model"):
+        load_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2))

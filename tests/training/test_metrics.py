@@ -1,0 +1,38 @@
+"""Confusion matrix, per-class accuracy, the most confused pairs and the text table, on hand-made numbers."""
+
+import pytest
+import torch
+
+from cnnlab.training.metrics import Evaluation, confusion_matrix, format_confusion
+
+
+def _evaluation() -> Evaluation:
+    targets = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 1, 2, 0, 2, 2])
+    return Evaluation(0.5, 6 / 9, confusion_matrix(targets, preds, 3), ("cat", "dog", "horse"))
+
+
+def test_confusion_rows_are_true_columns_predicted():
+    assert _evaluation().confusion.tolist() == [[1, 2, 0], [0, 2, 0], [1, 0, 3]]
+    assert confusion_matrix(torch.tensor([1]), torch.tensor([1]), 3).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_per_class_accuracy_and_most_confused():
+    ev = _evaluation()
+    assert ev.per_class == pytest.approx({"cat": 1 / 3, "dog": 1.0, "horse": 0.75})
+    assert ev.most_confused(5) == [("cat", "dog", 2), ("horse", "cat", 1)]  # zero cells are left out
+    assert ev.most_confused(1) == [("cat", "dog", 2)]
+    empty = Evaluation(0.0, 0.0, torch.zeros(2, 2, dtype=torch.long), ("a", "b"))
+    assert empty.per_class == {"a": 0.0, "b": 0.0}  # no images: 0, not NaN
+
+
+def test_to_dict_and_the_text_table():
+    ev = _evaluation()
+    assert ev.to_dict() == {"test_loss": 0.5, "test_acc": 6 / 9, "per_class": ev.per_class,
+                            "confusion": [[1, 2, 0], [0, 2, 0], [1, 0, 3]], "classes": ["cat", "dog", "horse"]}
+    assert format_confusion(ev, width=3).splitlines() == [
+        "      cat dog hor",
+        "cat     1   2   0",
+        "dog     0   2   0",
+        "hor     1   0   3",
+    ]

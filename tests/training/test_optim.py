@@ -1,0 +1,99 @@
+"""Optimisers with Keras's constants, parameter groups for transfer learning, schedules, the L2 penalty."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.config import TrainConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.training.optim import (
+    l2_penalty,
+    l2_targets,
+    lr_factor,
+    make_optimizer,
+    make_param_groups,
+    set_lr,
+)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_schedules(schedule):
+    cfg = TrainConfig(schedule=schedule, warmup_epochs=1 if schedule != "onecycle" else 0)
+    f = [lr_factor(cfg, s, 100, 10) for s in range(101)]
+    assert max(f) == pytest.approx(1.0, abs=0.02)
+    if schedule == "constant":
+        assert f[0] == pytest.approx(0.1) and f[50] == 1.0
+    else:
+        assert f[0] < 0.2 and f[100] < 1e-3 and f.index(max(f)) < 30
+
+
+def test_schedule_values():
+    constant = TrainConfig()
+    assert [lr_factor(constant, s, 100, 10) for s in (0, 99)] == [1.0, 1.0]
+    warm = TrainConfig(warmup_epochs=0.5)  # 5 steps of linear warm-up
+    assert [lr_factor(warm, s, 100, 10) for s in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    cosine = TrainConfig(schedule="cosine")
+    assert lr_factor(cosine, 0, 100, 10) == 1.0 and lr_factor(cosine, 50, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(cosine, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    onecycle = TrainConfig(schedule="onecycle")  # warm-up over the first 25 of 100 steps, from peak / 25
+    assert lr_factor(onecycle, 0, 100, 10) == pytest.approx(0.04)
+    assert lr_factor(onecycle, 25, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(onecycle, 100, 100, 10) == pytest.approx(1e-4)
+
+
+def test_param_groups_for_a_head_and_a_backbone():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    cfg = TrainConfig(lr=0.01)
+    (everything,) = make_param_groups(model, cfg)
+    assert everything["name"] == "all" and len(everything["params"]) == 4 and everything["lr"] == 0.01
+    model[0].weight.requires_grad_(False)
+    assert len(make_param_groups(model, cfg)[0]["params"]) == 3  # without a head: trainable ones only
+    head, body = make_param_groups(model, cfg, head={"1.weight", "1.bias"}, backbone_lr=0.1)
+    assert (head["name"], head["lr"], head["lr_scale"], len(head["params"])) == ("head", 0.01, 1.0, 2)
+    assert (body["name"], body["lr"], body["lr_scale"], len(body["params"])) == ("backbone", pytest.approx(0.001),
+                                                                                  0.1, 2)  # frozen ones included
+    assert len(make_param_groups(model, cfg, head={"0.weight", "0.bias", "1.weight", "1.bias"})) == 1
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                            ("sgd", torch.optim.SGD), ("rmsprop", torch.optim.RMSprop)])
+def test_optimizers_use_keras_constants(name, kind):
+    model = nn.Linear(2, 2)
+    cfg = TrainConfig(optimizer=name, lr=0.05, momentum=0.5, nesterov=True)
+    opt = make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu"))
+    assert type(opt) is kind and opt.param_groups[0]["lr"] == 0.05
+    if name in ("adam", "adamw", "rmsprop"):
+        assert opt.defaults["eps"] == 1e-7
+    if name == "rmsprop":
+        assert opt.defaults["alpha"] == 0.9 and opt.defaults["momentum"] == 0.5
+    if name == "sgd":
+        assert opt.defaults["momentum"] == 0.5 and opt.defaults["nesterov"]
+
+
+def test_unknown_optimizer_is_a_one_line_error():
+    cfg = TrainConfig()
+    object.__setattr__(cfg, "optimizer", "adagrad")
+    with pytest.raises(CnnlabError, match="unknown optimizer 'adagrad'; valid: adam, adamw, rmsprop, sgd"):
+        make_optimizer([{"params": [nn.Parameter(torch.zeros(1))]}], cfg, torch.device("cpu"))
+
+
+def test_set_lr_scales_each_group():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    cfg = TrainConfig(lr=0.1)
+    opt = make_optimizer(make_param_groups(model, cfg, head={"1.weight", "1.bias"}, backbone_lr=0.5), cfg,
+                         torch.device("cpu"))
+    assert set_lr(opt, 0.1, 0.2) == pytest.approx(0.02)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.02), pytest.approx(0.01)]
+
+
+def test_l2_penalty_covers_kernels_only():
+    model = nn.Sequential(nn.Conv2d(1, 1, 2), nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)  # 4 values of 2: 16
+        model[3].weight.fill_(3.0)  # 1 value of 3: 9
+    targets = l2_targets(model)
+    assert [t.shape for t in targets] == [(1, 1, 2, 2), (1, 1)]  # no biases, no BatchNorm scale
+    assert l2_penalty(targets).item() == 25.0
+    assert l2_penalty([]).item() == 0.0
+    model[3].weight.requires_grad_(False)
+    assert len(l2_targets(model)) == 1

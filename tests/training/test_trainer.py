@@ -1,0 +1,116 @@
+"""The fit loop: learning, repeatability, exact resume, callback order; evaluation with and without TTA."""
+
+import pytest
+import torch
+
+from cnnlab.config import TrainConfig
+from cnnlab.data.tensors import Normalizer
+from cnnlab.errors import CnnlabError
+from cnnlab.training.callbacks import Callback, ModelCheckpoint
+from cnnlab.training.trainer import Trainer, evaluate
+
+
+def test_training_learns_the_toy_task(toy, make_trainer):
+    t = make_trainer(toy)
+    hist = t.fit()
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_acc"] > 0.9
+    assert set(hist[0]) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr"}
+
+
+def test_same_seed_same_result(toy, make_trainer):
+    a = make_trainer(toy).fit()
+    b = make_trainer(toy).fit()
+    assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b]
+
+
+def test_resume_continues_exactly(toy, tmp_path, make_trainer):
+    full = make_trainer(toy, tmp_path / "a", [ModelCheckpoint("val_loss", "min")]).fit()
+    first = make_trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")], epochs=1)
+    first.fit()
+    second = make_trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")])
+    second.resume("last")
+    assert second.epoch == 1
+    resumed = second.fit()
+    assert len(resumed) == 3
+    assert [h["train_loss"] for h in resumed] == pytest.approx([h["train_loss"] for h in full], rel=1e-6)
+
+
+def test_callbacks_run_in_order_and_need_unique_state_keys(toy, make_trainer):
+    calls: list[str] = []
+
+    class Named(Callback):
+        def __init__(self, name, order):
+            self.name, self.order = name, order
+
+        @property
+        def state_key(self):
+            return self.name
+
+        def on_train_epoch_end(self, trainer, logs):
+            calls.append(self.name)
+
+    t = make_trainer(toy, callbacks=[Named("late", 50), Named("first", -10), Named("plain", 0),
+                                     Named("plain2", 0)], epochs=1)
+    assert [cb.name for cb in t.callbacks] == ["first", "plain", "plain2", "late"]  # stable among equal orders
+    t.fit()
+    assert calls == ["first", "plain", "plain2", "late"]
+    with pytest.raises(ValueError, match="two callbacks share the state_key 'same'"):
+        make_trainer(toy, callbacks=[Named("same", 0), Named("same", 1)])
+
+
+def test_stop_requests_accumulate_and_the_first_reason_wins(toy, make_trainer):
+    class Ask(Callback):
+        def __init__(self, reason, order):
+            self.reason, self.order = reason, order
+
+        @property
+        def state_key(self):
+            return self.reason
+
+        def on_train_epoch_end(self, trainer, logs):
+            trainer.request_stop(self.reason)
+
+    t = make_trainer(toy, callbacks=[Ask("b", 1), Ask("a", 0)], epochs=5)
+    t.fit()
+    assert t.epoch == 1 and t.should_stop and t.stop_reasons == ["a", "b"] and t.stop_reason == "a"
+
+
+def test_resume_without_a_checkpoint_folder_is_an_error(toy, make_trainer):
+    with pytest.raises(CnnlabError, match="no checkpoint folder to resume from"):
+        make_trainer(toy).resume()
+
+
+def test_evaluate_reports_confusion(toy, make_model, cpu_engine):
+    model = make_model()
+    ev = evaluate(model, toy, normalizer=Normalizer(), engine=cpu_engine, batch_size=50, keep_probs=True)
+    assert ev.confusion.sum() == len(toy)
+    assert ev.acc == pytest.approx(float(ev.confusion.diag().sum()) / len(toy))
+    assert ev.probs.shape == (len(toy), 3)
+    assert torch.allclose(ev.probs.sum(1), torch.ones(len(toy)))
+
+
+def test_hflip_tta_averages_the_mirrored_prediction(toy, make_model, cpu_engine):
+    model = make_model().eval()
+    ev = evaluate(model, toy, normalizer=Normalizer(), engine=cpu_engine, batch_size=50, tta="hflip",
+                  keep_probs=True)
+    x = toy.images.float() / 255
+    with torch.no_grad():
+        want = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    assert torch.allclose(ev.probs, want, atol=1e-5)
+    assert ev.acc == pytest.approx(float((want.argmax(1) == toy.labels).float().mean()))
+
+
+def test_evaluate_keeps_the_models_mode(toy, make_model, cpu_engine):
+    model = make_model().train()
+    evaluate(model, toy, normalizer=Normalizer(), engine=cpu_engine)
+    assert model.training
+
+
+def test_steps_per_epoch_counts_a_last_partial_batch_but_not_a_single_image(toy, make_model, cpu_engine):
+    def steps(n):
+        return Trainer(make_model(), TrainConfig(batch_size=16), train_data=toy.subset(torch.arange(n)),
+                       val_data=None, normalizer=Normalizer(), engine=cpu_engine).steps_per_epoch
+
+    assert (steps(32), steps(33), steps(34)) == (2, 2, 3)  # one image alone would break BatchNorm: dropped
