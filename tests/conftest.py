@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,10 +23,18 @@ if "CNNLAB_DATA" not in os.environ and SHARED.is_dir():
     os.environ["CNNLAB_DATA"] = str(SHARED)
 
 
+# Session- and module-scoped fixtures (trained runs) run before the per-test fixtures below: give them a cache
+# of their own too, so that no test ever reads or writes ~/.cache/cnnlab.
+_SESSION_CACHE = tempfile.TemporaryDirectory(prefix="cnnlab-test-cache-")
+os.environ["CNNLAB_CACHE"] = _SESSION_CACHE.name
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own empty cache, so nothing reads or writes ~/.cache/cnnlab."""
+def _isolated_cache_and_folder(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache and runs in an empty folder, so nothing it writes (a default
+    ``runs/`` included) lands in ~/.cache/cnnlab or in the repository."""
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture

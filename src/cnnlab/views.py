@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from cnnlab.config import Config
 from cnnlab.data.augment import Augmenter, preview_grid
-from cnnlab.data.prepare import prepare_data, test_data
+from cnnlab.data.prepare import load_test_data, prepare_data
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.inspect import attribution as A
@@ -78,7 +78,7 @@ class ViewContext:
         cfg = self.loaded.cfg.data
         if self.data_dir:
             cfg = replace(cfg, data_dir=self.data_dir)
-        data = test_data(cfg)
+        data = load_test_data(cfg)
         return ImageData(data.images, data.labels, data.classes, data.name)  # positions 0..N-1: --images indices
 
     @cached_property

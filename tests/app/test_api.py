@@ -5,23 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from matplotlib.figure import Figure
 from torch import nn
 
 import cnnlab
 from cnnlab.errors import CnnlabError
-
-TINY = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "MaxPooling2D"},
-        {"type": "Flatten"}, {"type": "Dense", "units": "num_classes", "activation": "softmax"}]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("api") / "nb"
-    return cnnlab.train(dataset="fashion-mnist-sample", epochs=2, batch_size=256, out=out, progress=False,
-                        overrides={"model.layers": TINY}, log=lambda s: None)
 
 
 def test_train_returns_a_finished_run_with_the_keyword_options_applied(run):
@@ -30,46 +18,6 @@ def test_train_returns_a_finished_run_with_the_keyword_options_applied(run):
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.dataset) == (2, 256, "fashion-mnist-sample")
     assert [h["epoch"] for h in run.history] == [1, 2]
     assert run.results["test_acc"] == pytest.approx(run.evaluate().acc, abs=1e-3)  # bf16 training vs fp32 eval
-
-
-def test_load_run_and_the_best_epoch(run):
-    again = cnnlab.load_run(run.path)
-    assert again.history == run.history
-    best = again.best_epoch  # by the run's monitor (val_loss), the earliest of equals
-    assert best["val_loss"] == min(h["val_loss"] for h in run.history)
-    with pytest.raises(CnnlabError, match="not a directory"):
-        cnnlab.load_run(run.path / "nope")
-
-
-def test_predict_arrays_and_files(run, tmp_path):
-    from PIL import Image
-
-    from cnnlab.data.datasets import load_dataset
-
-    _, test = load_dataset("fashion-mnist-sample")
-    images = test.images[:5].numpy()
-    probs = run.predict(images)
-    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    Image.fromarray(images[0, 0]).save(tmp_path / "shoe.png")
-    (result,) = run.predict(tmp_path / "shoe.png", top_k=2)
-    assert result.error is None and len(result.top) == 2
-    assert result.top[0][0] == run.meta["classes"][int(probs[0].argmax())]
-
-
-def test_show_returns_figures_and_report_writes_html(run, tmp_path):
-    fig = run.show("feature-maps", images=[0, 7])
-    assert isinstance(fig, Figure) and len(fig.axes) >= 2
-    assert set(run.figures("feature-maps", images=[0])) == {"feature-maps", "feature-maps-conv2d"}
-    assert isinstance(run.show("curves"), Figure)
-    path = run.report(tmp_path / "r.html")
-    assert path.read_text().startswith("<!DOCTYPE html>")
-
-
-def test_repr_html_is_a_table_with_the_curves(run):
-    page = run._repr_html_()
-    assert "<table>" in page and "status</th><td style='text-align:left'>done" in page
-    assert "test accuracy" in page and "data:image/png;base64," in page
-    assert "fashion-mnist-sample 28x28x1" in repr(run)
 
 
 def test_models_create_and_summary():

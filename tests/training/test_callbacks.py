@@ -115,3 +115,112 @@ def test_progress_bar_without_a_terminal_prints_one_line_per_epoch(toy, make_tra
     lines = out.getvalue().splitlines()
     assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
     assert all(" - loss " in line and " - val_acc " in line for line in lines)
+
+
+# --- the protocol: declared order, symmetric hooks, stop requests and exceptions, per-instance state --------
+
+
+class Recorder(Callback):
+    def __init__(self, name, log, order=0, key=None):
+        self.name, self.log, self.order, self._key = name, log, order, key
+
+    @property
+    def state_key(self):
+        return self._key or f"Recorder:{self.name}"
+
+    def on_fit_start(self, trainer):
+        self.log.append((self.name, "fit_start"))
+
+    def on_train_epoch_start(self, trainer):
+        self.log.append((self.name, "epoch_start"))
+
+    def on_train_batch_start(self, trainer, batch):
+        self.log.append((self.name, "batch_start", batch))
+
+    def on_train_batch_end(self, trainer, batch, loss):
+        self.log.append((self.name, "batch_end", batch))
+
+    def on_train_epoch_end(self, trainer, logs):
+        self.log.append((self.name, "epoch_end"))
+
+    def on_fit_end(self, trainer):
+        self.log.append((self.name, "fit_end"))
+
+    def state_dict(self):
+        return {"calls": len(self.log)}
+
+
+def test_hooks_are_paired_and_run_in_declared_order(toy, make_trainer):
+    log = []
+    t = make_trainer(toy, callbacks=[Recorder("late", log, order=5), Recorder("early", log, order=-5)], epochs=1,
+                     batch_size=60)  # 180 training images: 3 steps
+    t.fit()
+    names = [e[1:] for e in log if e[0] == "early"]
+    assert names == [("fit_start",), ("epoch_start",), ("batch_start", 0), ("batch_end", 0), ("batch_start", 1),
+                     ("batch_end", 1), ("batch_start", 2), ("batch_end", 2), ("epoch_end",), ("fit_end",)]
+    assert [e[0] for e in log] == ["early", "late"] * 10  # every hook, in order: -5 before 5
+    assert [type(cb).__name__ for cb in t.callbacks] == ["Recorder", "Recorder"]
+
+
+def test_builtin_orders_put_the_guard_first_and_output_last():
+    assert NanGuard.order < Callback.order < ModelCheckpoint.order < ProgressBar.order
+
+
+def test_stop_requests_are_or_only_and_let_the_epoch_finish(toy, make_trainer):
+    class Ask(Callback):
+        def on_train_epoch_end(self, trainer, logs):
+            if trainer.epoch == 2:
+                trainer.request_stop("enough")
+
+    log = []
+    t = make_trainer(toy, callbacks=[Ask(), Recorder("after", log, order=10)], epochs=5)
+    t.fit()
+    assert t.epoch == 2 and t.should_stop and t.stop_reason == "enough" and t.failure is None
+    assert log.count(("after", "epoch_end")) == 2  # a later callback still saw epoch 2
+
+
+def test_stop_training_ends_at_once_and_failure_drops_the_epoch(toy, tmp_path, make_trainer):
+    from cnnlab.training.callbacks import StopTraining
+
+    class Halt(Callback):
+        order = -1
+
+        def __init__(self, failed):
+            self.failed = failed
+
+        def on_train_epoch_end(self, trainer, logs):
+            if trainer.epoch == 2:
+                raise StopTraining("halt", failed=self.failed)
+
+    log = []
+    t = make_trainer(toy, tmp_path / "a", [Halt(False), Recorder("after", log, order=10)], epochs=5)
+    t.fit()
+    assert (t.epoch, len(t.history), t.stop_reason, t.failure) == (2, 2, "halt", None)
+    assert log.count(("after", "epoch_end")) == 1 and log[-1] == ("after", "fit_end")  # skipped epoch 2's hook
+    t = make_trainer(toy, tmp_path / "b", [Halt(True), ModelCheckpoint("val_loss", "min")], epochs=5)
+    t.fit()
+    assert (t.epoch, len(t.history), t.failure) == (1, 1, "halt")
+    assert load_checkpoint(tmp_path / "b" / "last")["epoch"] == 1  # the failed epoch was never checkpointed
+
+
+def test_state_keys_are_per_instance_and_must_be_unique(toy, tmp_path, make_trainer):
+    a = EarlyStopping("val_loss", "min", patience=3)
+    b = EarlyStopping("val_acc", "max", patience=3)
+    assert a.state_key == "EarlyStopping:val_loss" and b.state_key == "EarlyStopping:val_acc"
+    t = make_trainer(toy, tmp_path, [a, b, ModelCheckpoint("val_loss", "min")], epochs=2)
+    t.fit()
+    saved = load_checkpoint(tmp_path / "last")["callbacks"]
+    assert saved["EarlyStopping:val_loss"]["best"] == a.best and saved["EarlyStopping:val_acc"]["best"] == b.best
+    assert a.best != b.best  # two instances of one class kept their own state
+    with pytest.raises(ValueError, match="two callbacks share the state_key 'EarlyStopping:val_loss'"):
+        make_trainer(toy, callbacks=[EarlyStopping("val_loss", "min", 2), EarlyStopping("loss", "min", 2,
+                                                                                       state_key="x"),
+                                     EarlyStopping("val_loss", "min", 5)])
+
+
+def test_monitor_callbacks_need_an_explicit_mode():
+    with pytest.raises(CnnlabError, match="callbacks.mode: 'auto' is not one of min, max"):
+        EarlyStopping("val_loss", "auto", patience=2)
+    best = ModelCheckpoint("val_acc", "max", min_delta=0.01)
+    best.best = 0.90
+    assert not best.improved(0.905) and best.improved(0.911)

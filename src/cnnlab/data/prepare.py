@@ -66,7 +66,7 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, weights: Normalizer | No
     return Data(train, val, test, make_normalizer(cfg.normalize, train, weights=weights), note, report)
 
 
-def test_data(cfg: DataConfig) -> ImageData:
+def load_test_data(cfg: DataConfig) -> ImageData:
     """Just the test images of ``cfg`` (what evaluation, export checks and views need): no normaliser fit.
 
     Raises:

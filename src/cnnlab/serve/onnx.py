@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.data.prepare import test_data
+from cnnlab.data.prepare import load_test_data
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
@@ -303,7 +303,7 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
 
     dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
     try:
-        test = test_data(dcfg)
+        test = load_test_data(dcfg)
     except CnnlabError as exc:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (n, *lr.input_shape), generator=g, dtype=torch.uint8)
