@@ -42,10 +42,12 @@ static inline void fwd_block(int K, const float (*p)[MAXK], const float *restric
     for (int f = 0; f < FB; f++) {
         float m = a0[f];
         uint8_t b = 0;
-        if (a1[f] > m) { m = a1[f]; b = 1; }
-        if (a2[f] > m) { m = a2[f]; b = 2; }
-        if (a3[f] > m) { m = a3[f]; b = 3; }
-        out[f0 + f] = m > 0.f ? m : 0.f;
+        /* NaN wins and propagates, as in PyTorch's max-pool (`val > max || isnan(val)`) and ReLU, so a NaN
+         * guard downstream sees it; the pool's argmax is then the last NaN, as PyTorch's. */
+        if (a1[f] > m || a1[f] != a1[f]) { m = a1[f]; b = 1; }
+        if (a2[f] > m || a2[f] != a2[f]) { m = a2[f]; b = 2; }
+        if (a3[f] > m || a3[f] != a3[f]) { m = a3[f]; b = 3; }
+        out[f0 + f] = m <= 0.f ? 0.f : m;
         code[f0 + f] = b;
     }
 }
@@ -101,7 +103,8 @@ int convpool_backward(const float *restrict x, const float *restrict g, const fl
                 long o = (((long)n * H2 + i) * W2 + j) * F;
                 for (int q = 0; q < 4; q++) patch(xn, C, H, W, KH, KW, 2 * i + (q >> 1), 2 * j + (q & 1), p[q]);
                 for (int f = 0; f < F; f++) {  /* branch-free so it vectorises */
-                    const float gv = g[o + f] * (float)(out[o + f] > 0.f);  /* through the ReLU */
+                    /* through the ReLU: PyTorch passes the gradient where !(out <= 0), NaN included */
+                    const float gv = g[o + f] * (float)!(out[o + f] <= 0.f);
                     const int b = code[o + f];
                     gq[0][f] = gv * (float)(b == 0);
                     gq[1][f] = gv * (float)(b == 1);
