@@ -45,3 +45,36 @@ def test_batches_cover_every_image_once(toy):
 def test_image_data_validates():
     with pytest.raises(ValueError, match="uint8"):
         ImageData(torch.zeros(2, 1, 3, 3), torch.zeros(2, dtype=torch.long), ("a",))
+
+
+def test_a_constant_channel_is_shifted_not_divided_by_zero():
+    from cnnlab.data.tensors import constant_channels
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (20, 3, 4, 4), generator=g, dtype=torch.uint8)
+    rgb[:, 2] = 0  # a blue channel that is always 0
+    data = ImageData(rgb, torch.zeros(20, dtype=torch.long), ("x",))
+    norm = Normalizer.fit(data)
+    assert constant_channels(data) == [2]
+    assert norm.std[2] == 1.0 and norm.mean[2] == 0.0 and min(norm.std[:2]) > 0.2
+    out = norm(rgb)
+    assert torch.isfinite(out).all() and torch.equal(out[:, 2], torch.zeros(20, 4, 4))
+
+
+@pytest.mark.parametrize(("mean", "std", "match"), [
+    ((0.5,), (0.0,), "std of channel 0 is 0.0; a std must be a positive"),
+    ((0.1, 0.2), (0.3, float("nan")), "std of channel 1 is nan"),
+    ((0.1, 0.2), (0.3, -1.0), "std of channel 1 is -1.0"),
+    ((float("inf"),), (1.0,), "mean of channel 0 is inf"),
+])
+def test_impossible_statistics_are_refused(mean, std, match):
+    with pytest.raises(CnnlabError, match=match):
+        Normalizer(mean, std)
+
+
+def test_imagenet_statistics_apply_per_channel():
+    from cnnlab.data.tensors import IMAGENET
+
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)  # white: (1 - mean) / std per channel
+    want = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
+    assert IMAGENET(x)[0, :, 0, 0].tolist() == pytest.approx(want, abs=1e-6)

@@ -43,3 +43,17 @@ def test_evaluate_run_repeats_the_final_test(dnn_run):
     assert ev.classes == lr.classes and ev.probs is None
     _, kept, _ = evaluate_run(dnn_run, keep_probs=True)
     assert kept.probs.shape == (1000, 10) and torch.allclose(kept.probs.sum(1), torch.ones(1000), atol=1e-3)
+
+
+def test_non_finite_weights_are_refused_by_name(dnn_run, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    state = load_file(run / "model.safetensors")
+    state["dense.weight"][3, 7] = float("nan")
+    save_file(state, str(run / "model.safetensors"))
+    with pytest.raises(CnnlabError, match=r"non-finite weights \(NaN/inf in dense.weight\): the training diverged"):
+        load_run(run)
+    with pytest.raises(CnnlabError, match="non-finite weights"):
+        evaluate_run(run)  # evaluate, predict, show and export all start from load_run

@@ -246,3 +246,20 @@ def test_read_metadata_of_foreign_and_corrupt_files(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all \x00\xff")
     with pytest.raises(CnnlabError, match="not a usable ONNX model"):
         ort_session(tmp_path / "junk.onnx")
+
+
+def test_parity_refuses_non_finite_pytorch_outputs(tmp_path):
+    from torch import nn
+
+    from cnnlab.data.tensors import Normalizer
+    from cnnlab.serve.onnx import max_prob_diff
+
+    class Broken(nn.Module):  # finite weights, but it overflows to inf - inf = NaN on any input
+        def forward(self, x):
+            big = x.flatten(1)[:, :2] * 0 + 3e38  # float32's largest is 3.4e38: x10 overflows to inf
+            return torch.cat([big * 10 - big * 10, big], 1)
+
+    path = tmp_path / "m.onnx"
+    write_onnx(Broken(), (1, 4, 4), path)
+    with pytest.raises(CnnlabError, match=r"probabilities are not finite \(NaN/inf\) on the parity images"):
+        max_prob_diff(Broken(), Normalizer(), path, torch.zeros(3, 1, 4, 4, dtype=torch.uint8), None)

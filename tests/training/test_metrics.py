@@ -1,9 +1,11 @@
 """Confusion matrix, per-class accuracy, the most confused pairs and the text table, on hand-made numbers."""
 
+import math
+
 import pytest
 import torch
 
-from cnnlab.training.metrics import Evaluation, confusion_matrix, format_confusion
+from cnnlab.training.metrics import Evaluation, confusion_matrix, format_accuracy, format_confusion
 
 
 def _evaluation() -> Evaluation:
@@ -22,8 +24,11 @@ def test_per_class_accuracy_and_most_confused():
     assert ev.per_class == pytest.approx({"cat": 1 / 3, "dog": 1.0, "horse": 0.75})
     assert ev.most_confused(5) == [("cat", "dog", 2), ("horse", "cat", 1)]  # zero cells are left out
     assert ev.most_confused(1) == [("cat", "dog", 2)]
-    empty = Evaluation(0.0, 0.0, torch.zeros(2, 2, dtype=torch.long), ("a", "b"))
-    assert empty.per_class == {"a": 0.0, "b": 0.0}  # no images: 0, not NaN
+    partly = Evaluation(0.0, 1.0, torch.tensor([[2, 0], [0, 0]]), ("a", "b"))
+    per_class = partly.per_class  # "b" has no test image: n/a (NaN, as torchmetrics), not a made-up 0
+    assert per_class["a"] == 1.0 and math.isnan(per_class["b"])
+    assert partly.to_dict()["per_class"] == {"a": 1.0, "b": None}  # valid JSON: no NaN token
+    assert [format_accuracy(v) for v in per_class.values()] == ["1.0000", "n/a"]
 
 
 def test_to_dict_and_the_text_table():

@@ -185,9 +185,9 @@ def _per_class(ctx: ViewContext) -> str:
     rows = []
     for i, name in enumerate(ctx.classes):
         total, right = int(conf[i].sum()), int(conf[i, i])
-        acc = right / total if total else 0.0
-        bar = f'<span class=bar><i style="width:{acc * 100:.1f}%"></i></span>'
-        rows.append([_esc(name), f"{right:,}", f"{total:,}", f"{acc:.4f}", bar])
+        acc = right / total if total else None
+        bar = f'<span class=bar><i style="width:{acc * 100:.1f}%"></i></span>' if acc is not None else ""
+        rows.append([_esc(name), f"{right:,}", f"{total:,}", "n/a" if acc is None else f"{acc:.4f}", bar])
     return _table(["Class", "Correct", "Images", "Accuracy", ""], rows, numeric={1, 2, 3})
 
 

@@ -9,7 +9,7 @@ from cnnlab.cli.main import print_json, set_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.loaded import evaluate_run
 from cnnlab.runs.options import experiment_config
-from cnnlab.training.metrics import format_confusion
+from cnnlab.training.metrics import format_accuracy, format_confusion
 from cnnlab.views import ShowOptions, augment_preview, show
 
 
@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"Test loss: {ev.loss:.4f}   Test accuracy: {ev.acc:.4f}")
     print("\nPer-class accuracy:")
     for c, a in ev.per_class.items():
-        print(f"  {c:<14} {a:.4f}")
+        print(f"  {c:<14} {format_accuracy(a)}")
     print("\nConfusion matrix (rows: true class, columns: predicted):")
     print(format_confusion(ev))
     pairs = ev.most_confused(5)

@@ -9,7 +9,7 @@ from typing import Any
 from cnnlab.config import DataConfig
 from cnnlab.data.datasets import load_dataset
 from cnnlab.data.folder import FolderSpec, load_folder
-from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, split
+from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, constant_channels, split
 from cnnlab.errors import CnnlabError
 
 Log = Callable[[str], None]
@@ -63,7 +63,24 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, weights: Normalizer | No
             note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
         else:
             val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
+    if cfg.normalize == "standard" and (flat := constant_channels(train)):
+        names = ", ".join(f"{i} ({_CHANNEL_NAMES.get((train.shape[0], i), i)})" for i in flat)
+        log(f"note: channel {names} is constant in the training images (std 0); it is shifted, not scaled")
+    _note_missing_classes(train, test, log)
     return Data(train, val, test, make_normalizer(cfg.normalize, train, weights=weights), note, report)
+
+
+_CHANNEL_NAMES = {(3, 0): "red", (3, 1): "green", (3, 2): "blue", (1, 0): "grey"}
+
+
+def _note_missing_classes(train: ImageData, test: ImageData, log: Log) -> None:
+    """One line per class that has no training or no test image (its accuracy cannot be learned or measured)."""
+    for name, data, what in (("training", train, "the model cannot learn it"),
+                             ("test", test, "its accuracy is n/a")):
+        empty = [c for c, n in zip(data.classes, data.class_counts(), strict=True) if n == 0]
+        if empty:
+            log(f"warning: class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
+                f"{'have' if len(empty) > 1 else 'has'} no {name} images; {what}")
 
 
 def load_test_data(cfg: DataConfig) -> ImageData:

@@ -6,6 +6,7 @@ there is no per-sample Python and no DataLoader for data that fits in memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -134,6 +135,9 @@ def split(data: ImageData, val: float | int, seed: int, *, copy: bool = True) ->
             data.subset(perm[:n_val], f"{data.name}[val]", copy=copy))
 
 
+MIN_STD = 1 / 255 / 255  # below this a channel is constant (a std under 1/255 of one grey level)
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """uint8 → float model input: ``(x / 255 - mean) / std`` per channel (one value or one per channel).
@@ -145,6 +149,15 @@ class Normalizer:
 
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        bad = next((i for i, s in enumerate(self.std) if not (math.isfinite(s) and s > 0)), None)
+        if bad is not None:
+            raise CnnlabError(f"normalisation std of channel {bad} is {self.std[bad]}; a std must be a positive "
+                              "number (a constant channel has std 0: use data.normalize: unit, or fit it again)")
+        bad = next((i for i, m in enumerate(self.mean) if not math.isfinite(m)), None)
+        if bad is not None:
+            raise CnnlabError(f"normalisation mean of channel {bad} is {self.mean[bad]}; it must be a number")
 
     def _consts(self, device: torch.device, channels: int) -> tuple[torch.Tensor, ...]:
         """(mean, std, scale, shift) as float32 (1, C, 1, 1) on ``device``; ``x * scale - shift`` normalises."""
@@ -184,12 +197,24 @@ class Normalizer:
 
     @classmethod
     def fit(cls, data: ImageData, max_images: int = 10000) -> Normalizer:
-        """Per-channel mean/std of (up to ``max_images`` of) a training set, in [0, 1] units."""
+        """Per-channel mean/std of (up to ``max_images`` of) a training set, in [0, 1] units.
+
+        A channel that is constant in the data (std below 1/255 of a grey level, e.g. a blue channel always
+        0) gets std 1, so it is only shifted, never divided by ~0 (Keras's Normalization guards the same way
+        with an epsilon); :func:`constant_channels` names such channels.
+        """
         x = data.images[:max_images].float().div_(255)
-        return cls(tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist()))
+        std = [s if s >= MIN_STD else 1.0 for s in x.std(dim=(0, 2, 3)).tolist()]
+        return cls(tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(std))
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def constant_channels(data: ImageData, max_images: int = 10000) -> list[int]:
+    """Channels whose values do not vary over (up to ``max_images`` of) ``data`` (what ``fit`` leaves unscaled)."""
+    x = data.images[:max_images].float().div_(255)
+    return [i for i, s in enumerate(x.std(dim=(0, 2, 3)).tolist()) if s < MIN_STD]
 
 
 IMAGENET = Normalizer(IMAGENET_MEAN, IMAGENET_STD)  # what torchvision's published weights expect

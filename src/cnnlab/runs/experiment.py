@@ -37,7 +37,7 @@ from cnnlab.training.callbacks import (
     resolve_mode,
 )
 from cnnlab.training.engine import make_engine, seed_everything
-from cnnlab.training.metrics import Evaluation
+from cnnlab.training.metrics import Evaluation, format_accuracy
 from cnnlab.training.optim import make_param_groups
 from cnnlab.training.trainer import Trainer, evaluate
 from cnnlab.training.transfer import BackboneFreeze
@@ -229,5 +229,5 @@ def _write_summary(run: RunDir, model: nn.Module, data: Data, test: Evaluation, 
     lines = [summary_text(model, data.train.shape), ""]
     lines.append(f"Epochs: {epochs}  Test accuracy: {test.acc:.4f}  Test loss: {test.loss:.4f}")
     lines.append("Per-class accuracy:")
-    lines += [f"  {c:<14} {a:.4f}" for c, a in test.per_class.items()]
+    lines += [f"  {c:<14} {format_accuracy(a)}" for c, a in test.per_class.items()]
     write_atomic(run.file(SUMMARY), "\n".join(lines) + "\n")

@@ -31,7 +31,12 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
-    """A run's config, model with its trained weights (eval mode, CPU), normaliser and classes."""
+    """A run's config, model with its trained weights (eval mode, CPU), normaliser and classes.
+
+    Raises:
+        CnnlabError: not a run, a run that never got past data preparation, missing or damaged weights, or
+            weights that are not finite (a diverged training: nothing computed from them would mean anything).
+    """
     run = RunDir.open(path)
     cfg = run.read_config()
     meta = run.meta
@@ -42,7 +47,13 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
     classes = tuple(meta["classes"])
     model = build_model(cfg.model, input_shape=shape, num_classes=len(classes))
     src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
-    load_into(model, load_weights_file(src), str(src))
+    state = load_weights_file(src)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CnnlabError(f"{src} holds non-finite weights (NaN/inf in {', '.join(broken[:3])}"
+                          f"{' and more' if len(broken) > 3 else ''}): the training diverged; train again with a "
+                          "lower `train.lr` (or warm-up)")
+    load_into(model, state, str(src))
     model.eval()
     norm = Normalizer(tuple(meta["normalizer"]["mean"]), tuple(meta["normalizer"]["std"]))
     return LoadedRun(run, cfg, model, norm, classes, shape)

@@ -324,6 +324,9 @@ def max_prob_diff(model: nn.Module, normalizer, onnx_path: Path, images: torch.T
         x = normalizer(images[start:start + step])
         with torch.inference_mode():
             want = model(x).float().softmax(1).numpy()
+        if not np.isfinite(want).all():  # both sides NaN would "agree" (NaN diff): refuse before comparing
+            raise CnnlabError("PyTorch's probabilities are not finite (NaN/inf) on the parity images; the model "
+                              "cannot be exported meaningfully — check its weights and input normalisation")
         feed = x.numpy()
         if fixed and len(feed) < fixed:  # a fixed-batch graph: pad the last chunk, ignore the padding
             feed = np.concatenate([feed, np.zeros((fixed - len(feed), *feed.shape[1:]), np.float32)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +34,11 @@ class Evaluation:
 
     @property
     def per_class(self) -> dict[str, float]:
-        """Accuracy (recall) of each class; NaN-free: classes without images get 0."""
-        totals = self.confusion.sum(dim=1).clamp(min=1)
-        return {c: float(self.confusion[i, i] / totals[i]) for i, c in enumerate(self.classes)}
+        """Accuracy (recall: correct / images) of each class; NaN for a class without test images (as
+        torchmetrics gives), never a made-up 0."""
+        totals = self.confusion.sum(dim=1)
+        return {c: float(self.confusion[i, i] / totals[i]) if totals[i] else math.nan
+                for i, c in enumerate(self.classes)}
 
     def most_confused(self, k: int = 5) -> list[tuple[str, str, int]]:
         """The ``k`` largest off-diagonal cells as (true, predicted, count), fastai-style."""
@@ -47,9 +50,15 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {
-            "test_loss": self.loss, "test_acc": self.acc, "per_class": self.per_class,
+            "test_loss": self.loss, "test_acc": self.acc,
+            "per_class": {c: None if math.isnan(a) else a for c, a in self.per_class.items()},  # JSON has no NaN
             "confusion": self.confusion.tolist(), "classes": list(self.classes),
         }
+
+
+def format_accuracy(value: float) -> str:
+    """``0.9123``, or ``n/a`` for a class without test images."""
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def format_confusion(ev: Evaluation, width: int = 6) -> str:
