@@ -8,7 +8,7 @@ modules (pure functions returning arrays); this module only wires a run to them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from cnnlab.config import Config
 from cnnlab.data.augment import Augmenter, preview_grid
-from cnnlab.data.prepare import load_test_data, prepare_data
+from cnnlab.data.prepare import load_test_data, prepare_data, relocate
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.inspect import attribution as A
@@ -75,9 +75,7 @@ class ViewContext:
 
     @cached_property
     def test(self):
-        cfg = self.loaded.cfg.data
-        if self.data_dir:
-            cfg = replace(cfg, data_dir=self.data_dir)
+        cfg = relocate(self.loaded.cfg.data, self.data_dir)
         data = load_test_data(cfg)
         return ImageData(data.images, data.labels, data.classes, data.name)  # positions 0..N-1: --images indices
 
@@ -315,6 +313,7 @@ def augment_preview(cfg: Config, out: str | Path, *, n: int = 8, copies: int = 8
     if n < 1 or copies < 1:
         raise CnnlabError(f"augment preview: n={n} and copies={copies} must both be ≥ 1")
     data = prepare_data(cfg.data, log=lambda s: None)
+    aug.check(data.train.shape)
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
     sheet = preview_grid(data.train.images[pick], aug, n=n, copies=copies, seed=seed)
     c = data.train.shape[0]

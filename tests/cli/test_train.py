@@ -108,9 +108,10 @@ def test_resume_extends_a_run_and_refuses_options_that_cannot_apply(dnn_run, tmp
     run = tmp_path / "run"
     shutil.copytree(dnn_run, run)
     assert main(["train", "--resume", str(run), "--model", "cnn_32x1", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err == ("error: --resume continues a run with its own config, so --model, --out cannot "
-                                       "apply; drop them (--epochs N extends the run, --set KEY=VALUE changes a "
-                                       "setting)\n")
+    assert capsys.readouterr().err == ("error: --resume continues a run with its own model, data and starting "
+                                       "weights, so --model, --out cannot apply; drop them (--epochs extends the "
+                                       "run; --batch-size, --lr, --precision, --stop-at, --data-dir change how it "
+                                       "goes on)\n")
     assert main(["train", "--resume", str(run), "--overwrite"]) == 2
     assert "so --overwrite cannot apply; drop it " in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from cnnlab.config import AugmentConfig
 from cnnlab.data.augment import Augmenter, preview_grid
+from cnnlab.errors import CnnlabError
 
 EVERYTHING = AugmentConfig(hflip=True, vflip=True, crop_padding=2, translate=0.1, zoom=0.1, rotation=10,
                            brightness=0.2, contrast=0.2, noise=0.03, cutout=4)
@@ -163,3 +164,14 @@ def test_preview_grid_layout():
             assert torch.equal(copy, images[r].flip(2))
     grey = preview_grid(images[:, :1], Augmenter(EVERYTHING), n=8, copies=3, seed=1)
     assert grey.shape == (5 * 6, 4 * 4, 1)
+
+
+@pytest.mark.parametrize(("key", "value", "ok"), [("cutout", 14, True), ("cutout", 15, False), ("cutout", 40, False),
+                                                  ("crop_padding", 4, True), ("crop_padding", 100, False)])
+def test_settings_that_would_wipe_out_the_images_are_refused(key, value, ok):
+    aug = Augmenter(AugmentConfig(**{key: value}))
+    if ok:
+        aug.check((1, 28, 28))
+    else:
+        with pytest.raises(CnnlabError, match=rf"data.augment.{key}={value} on 28x28 images .* at most 14"):
+            aug.check((1, 28, 28))

@@ -12,7 +12,7 @@ def test_split_is_seeded_disjoint_and_complete(toy):
     assert torch.equal(a_val.indices, b_val.indices)
     assert sorted(a_train.indices.tolist() + a_val.indices.tolist()) == list(range(len(toy)))
     assert not torch.equal(split(toy, 0.25, seed=4)[1].indices, a_val.indices)
-    with pytest.raises(CnnlabError, match="leaves no training"):
+    with pytest.raises(CnnlabError, match="holds out 240 of 240 images, leaving 0 to train on"):
         split(toy, len(toy), seed=0)
 
 
@@ -78,3 +78,21 @@ def test_imagenet_statistics_apply_per_channel():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)  # white: (1 - mean) / std per channel
     want = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
     assert IMAGENET(x)[0, :, 0, 0].tolist() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize(("val", "match"), [
+    (1.0, "neither a fraction in \\(0, 1\\)"), (1.5, "neither a fraction"), (-0.2, "neither a fraction"),
+    (5999, "holds out 5,999 of 6,000 images, leaving 1 to train on; leave at least 2"),
+    (0.00001, "holds out no image of 6,000; hold out at least 1"),
+])
+def test_validation_splits_that_cannot_train_are_refused(val, match):
+    data = ImageData(torch.zeros(6000, 1, 2, 2, dtype=torch.uint8), torch.zeros(6000, dtype=torch.long), ("x",))
+    with pytest.raises(CnnlabError, match=match):
+        split(data, val, seed=0)
+
+
+def test_fractions_and_counts_split_as_written():
+    data = ImageData(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), torch.arange(100) % 2, ("a", "b"))
+    assert [len(p) for p in split(data, 0.25, seed=0)] == [75, 25]
+    assert [len(p) for p in split(data, 10.0, seed=0)] == [90, 10]
+    assert [len(p) for p in split(data, 98, seed=0)] == [2, 98]

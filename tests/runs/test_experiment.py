@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,74 @@ def test_sigkill_in_epoch_2_then_resume(tmp_path):
     assert (run / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes()
     assert json.loads((run / "results.json").read_text()) == json.loads((clean / "results.json").read_text())
     assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_a_mistake_found_before_training_leaves_no_run_folder(tmp_path, image_folder):
+    # layer-list models have no input size of their own: a folder needs data.image_size, found only after the
+    # config is read and the data is looked at; the run folder must not be left behind
+    cfg = experiment_config(dataset=f"folder:{image_folder}", overrides=[("model.layers", [
+        {"type": "Flatten"}, {"type": "Dense", "units": "num_classes"}])])
+    with pytest.raises(CnnlabError, match="folder datasets need `data.image_size`"):
+        quiet(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128",
+                            overrides=[("data.augment.cutout", 20)])
+    with pytest.raises(CnnlabError, match="data.augment.cutout=20 on 28x28"):
+        quiet(cfg)  # the default runs/<name> folder
+    assert not (Path.cwd() / "runs").exists()
+
+
+def test_relative_folders_are_recorded_absolute_and_get_the_models_input_size(tmp_path, image_folder, monkeypatch):
+    from cnnlab.runs.experiment import resolve_config
+
+    monkeypatch.chdir(image_folder.parent)
+    cfg = resolve_config(experiment_config(dataset=f"folder:{image_folder.name}", model="resnet18",
+                                           data_dir="."))
+    assert cfg.data.dataset == f"folder:{image_folder}" and cfg.data.data_dir == str(image_folder.parent)
+    assert cfg.data.image_size == 224  # resnet18's metadata
+    pretrained = resolve_config(experiment_config(dataset="folder:x", model="inception_v3", pretrained=True))
+    assert pretrained.data.image_size == 299  # the published weights' input size
+
+
+def test_a_resume_records_what_it_changed_and_uses_the_replanned_rate(tmp_path):
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=512,
+                            precision="fp32", overrides=[("train.schedule", "onecycle")])
+    run = tmp_path / "run"
+    quiet(cfg, out=run)
+    lines: list[str] = []
+    from cnnlab.runs.options import resume_config
+
+    longer = resume_config(run, epochs=4, lr=0.002)
+    assert train(longer, resume=run, progress=False, log=lines.append).failed is None
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["config_changes"] == [{"after_epoch": 2, "changed": {"train.epochs": [2, 4], "train.lr": [0.001,
+                                                                                                        0.002]}}]
+    assert "note: resuming with train.epochs 2 → 4, train.lr 0.001 → 0.002" in lines
+    assert any("onecycle schedule is re-planned for 4 epochs" in line for line in lines)
+    from cnnlab.training.optim import lr_factor
+
+    steps = 6000 // 512 + 1  # 11 full batches and one of 368
+    epoch3 = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][2]
+    # the logged rate of the first new epoch is the one its first step used, on the new plan
+    assert epoch3["lr"] == pytest.approx(0.002 * lr_factor(longer.train, 2 * steps, 4 * steps, steps), rel=1e-12)
+    assert load_config(run / "config.yaml").train.epochs == 4
+
+
+def test_a_resumed_folder_run_takes_its_images_new_place(tmp_path, image_folder):
+    import shutil as sh
+
+    moved = tmp_path / "moved"
+    sh.copytree(image_folder, moved)
+    cfg = experiment_config(dataset=f"folder:{moved}", model="cnn_32x1", epochs=1, batch_size=32,
+                            overrides=[("data.image_size", 28), ("data.grayscale", True)])
+    run = tmp_path / "run"
+    quiet(cfg, out=run)
+    sh.move(moved, tmp_path / "elsewhere")
+    from cnnlab.runs.loaded import evaluate_run
+    from cnnlab.runs.options import resume_config
+
+    with pytest.raises(CnnlabError, match=r"image folder .*moved does not exist.*takes their new folder as `data_dir`"):
+        evaluate_run(run)
+    assert evaluate_run(run, data_dir=tmp_path / "elsewhere")[1].acc > 0
+    assert quiet(resume_config(run, epochs=2, data_dir=str(tmp_path / "elsewhere")), resume=run).failed is None
+    assert load_config(run / "config.yaml").data.dataset == f"folder:{tmp_path / 'elsewhere'}"

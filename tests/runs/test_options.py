@@ -79,3 +79,15 @@ def test_layer_lists_let_overrides_edit_a_named_tutorial_model():
 def test_each_flag_is_derived_from_the_name():
     assert BY_NAME["batch_size"].flag == "--batch-size" and BY_NAME["data_dir"].keys == ("data.data_dir",)
     assert BY_NAME["fine_tune"].keys == ("model.freeze", "model.freeze_epochs", "model.backbone_lr")
+
+
+def test_a_resume_applies_what_it_can_and_refuses_the_rest(tmp_path):
+    from cnnlab.runs.options import RESUME_OPTIONS, resume_config
+
+    (tmp_path / "config.yaml").write_text("train:\n  epochs: 2\n")
+    cfg = resume_config(tmp_path, epochs=5, batch_size=64, lr=0.01, precision="fp32", stop_at=["val_acc=0.9"],
+                        overrides=[("train.label_smoothing", 0.1)])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.label_smoothing) == (5, 64, 0.01, 0.1)
+    assert set(RESUME_OPTIONS) < set(BY_NAME)
+    with pytest.raises(CnnlabError, match=r"so `model`, `weights`, `out` cannot apply; drop them \(`epochs` extends"):
+        resume_config(tmp_path, model="resnet18", weights="missing.pth", refused=["out"])

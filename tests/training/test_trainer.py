@@ -114,3 +114,57 @@ def test_steps_per_epoch_counts_a_last_partial_batch_but_not_a_single_image(toy,
                        val_data=None, normalizer=Normalizer(), engine=cpu_engine).steps_per_epoch
 
     assert (steps(32), steps(33), steps(34)) == (2, 2, 3)  # one image alone would break BatchNorm: dropped
+
+
+def test_an_epoch_without_a_single_step_is_an_error(toy, make_model, cpu_engine):
+    from cnnlab.config import TrainConfig
+    from cnnlab.data.tensors import Normalizer
+    from cnnlab.errors import CnnlabError
+
+    # one image: its batch would be the dropped last batch of one (BatchNorm), so no step would ever run
+    with pytest.raises(CnnlabError, match="the training set has 1 image: no optimiser step can run"):
+        Trainer(make_model(), TrainConfig(batch_size=4), train_data=toy.subset([0]), val_data=None,
+                normalizer=Normalizer(), engine=cpu_engine)
+    two = Trainer(make_model(), TrainConfig(batch_size=4), train_data=toy.subset([0, 1]), val_data=None,
+                  normalizer=Normalizer(), engine=cpu_engine)
+    assert two.steps_per_epoch == 1
+
+
+def test_resume_restores_optimizer_state_in_each_parameters_layout(toy, tmp_path):
+    """Fused Adam/SGD walk param, grad and state as flat memory: the moments of a channels-last conv weight
+    must come back channels-last, or a resumed run pairs the wrong elements (it used to differ by 0.09)."""
+    from cnnlab.config import TrainConfig
+    from cnnlab.data.tensors import Normalizer, split
+    from cnnlab.models.spec import build_spec
+    from cnnlab.training.callbacks import ModelCheckpoint
+    from cnnlab.training.engine import Engine
+
+    rgb = toy.subset(torch.arange(len(toy)))
+    rgb = type(toy)(rgb.images.repeat(1, 3, 1, 1), rgb.labels, rgb.classes)
+    layers = [{"type": "Conv2D", "filters": 16, "kernel_size": 3, "activation": "relu"}, {"type": "MaxPooling2D"},
+              {"type": "Conv2D", "filters": 16, "kernel_size": 3, "activation": "relu"}, {"type": "Flatten"},
+              {"type": "Dense", "units": "num_classes"}]
+    engine = Engine(torch.device("cpu"), None, True)  # fp32, channels-last: deterministic and exact
+
+    def trainer(folder, epochs, optimizer):
+        torch.manual_seed(0)
+        train, val = split(rgb, 0.25, seed=0)
+        model = build_spec(layers, input_shape=(3, 12, 12), num_classes=3)
+        return Trainer(model, TrainConfig(epochs=epochs, batch_size=16, lr=0.01, optimizer=optimizer),
+                       train_data=train, val_data=val, normalizer=Normalizer(), engine=engine,
+                       callbacks=[ModelCheckpoint("val_loss", "min")], checkpoint_dir=folder)
+
+    for optimizer in ("adam", "sgd"):
+        full = trainer(tmp_path / optimizer / "a", 3, optimizer)
+        full.fit()
+        trainer(tmp_path / optimizer / "b", 1, optimizer).fit()
+        resumed = trainer(tmp_path / optimizer / "b", 3, optimizer)
+        resumed.resume("last")
+        for p in resumed.model.parameters():
+            for value in resumed.optimizer.state[p].values():
+                if value.shape == p.shape:
+                    assert value.stride() == p.stride()
+        resumed.fit()
+        for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (optimizer, k)
+        assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]

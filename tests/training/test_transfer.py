@@ -82,3 +82,29 @@ def test_backbone_freeze_unfreezes_after_its_epochs_and_says_so():
     trainer.epoch = 9
     always.on_train_epoch_start(trainer)
     assert not model[0].weight.requires_grad  # 0 epochs: frozen for the whole run
+
+
+def test_frozen_means_frozen_batchnorm_statistics_included(tmp_path, image_folder):
+    """Every tensor of a frozen backbone, BatchNorm's running statistics included, ends as it started (Keras's
+    rule; it used to move all 60 of resnet18's BN buffers); fastai's train_bn keeps them training instead."""
+    path, source = _fake_imagenet_file(tmp_path)
+    _train(image_folder, tmp_path / "frozen", weights=str(path), freeze="backbone")
+    trained = load_file(tmp_path / "frozen" / "model.safetensors")
+    start = create_model("resnet18", num_classes=3, input_shape=(1, 32, 32)).state_dict()
+    backbone = [k for k in trained if not k.startswith("fc.")]
+    assert len([k for k in backbone if "running_" in k]) == 40  # resnet18's 20 BatchNorms: mean and var
+    for k in backbone:
+        want = source[k].sum(1, keepdim=True) if k == "conv1.weight" else source[k]
+        if k.endswith("num_batches_tracked"):
+            want = start[k]  # the file's counters are replaced by a fresh model's when loading adapts it
+        assert torch.equal(trained[k], want.to(trained[k].dtype)), k
+    assert not torch.equal(trained["fc.weight"], start["fc.weight"])
+
+    cfg = experiment_config(dataset=f"folder:{image_folder}", model="resnet18", epochs=1, batch_size=32,
+                            weights=str(path), freeze="backbone",
+                            overrides=[("data.image_size", 32), ("data.grayscale", True), ("model.train_bn", True)])
+    assert train(cfg, out=tmp_path / "train_bn", progress=False, log=lambda s: None).failed is None
+    with_bn = load_file(tmp_path / "train_bn" / "model.safetensors")
+    assert not torch.equal(with_bn["layer1.0.bn1.running_mean"], source["layer1.0.bn1.running_mean"])
+    assert not torch.equal(with_bn["layer1.0.bn1.weight"], source["layer1.0.bn1.weight"])
+    assert torch.equal(with_bn["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])

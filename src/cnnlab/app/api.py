@@ -26,14 +26,15 @@ from torch import nn
 from cnnlab.app.run import Run
 from cnnlab.config import Config, config_path, from_dict, read_yaml
 from cnnlab.data.datasets import DATASETS
-from cnnlab.data.folder import FolderSpec, folder_classes
+from cnnlab.data.folder import folder_classes
+from cnnlab.data.prepare import folder_spec
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.build import build_model
 from cnnlab.models.registry import create_model as _create
 from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.runs.experiment import train as _train
-from cnnlab.runs.options import experiment_config
+from cnnlab.runs.options import experiment_config, resume_config
 
 __all__ = ["Run", "create_model", "list_models", "load_run", "summary", "train"]
 
@@ -65,8 +66,8 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
     """
     pairs = list((overrides or {}).items())
     if resume is not None:
-        base = Run(resume)
-        cfg = experiment_config(base.path / "config.yaml", overrides=pairs, **options)
+        refused = [n for n, v in (("config", config), ("recipe", recipe), ("out", out), ("overwrite", overwrite)) if v]
+        cfg = resume_config(Run(resume).path, overrides=pairs, refused=refused, **options)
         return Run(_train(cfg, resume=resume, progress=progress, log=log).run.path)
     cfg = experiment_config(config, recipe=recipe, overrides=pairs, **options)
     return Run(_train(cfg, out=out, overwrite=overwrite, progress=progress, log=log).run.path)
@@ -178,8 +179,7 @@ def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: i
 
 
 def _folder_class_count(cfg: Config) -> int:
-    spec = FolderSpec(path=cfg.data.dataset[len("folder:"):], labels=cfg.data.labels, pattern=cfg.data.pattern,
-                      csv=cfg.data.csv, image_size=cfg.data.image_size)
+    spec = folder_spec(cfg.data)
     try:
         classes = folder_classes(spec)
     except CnnlabError as exc:

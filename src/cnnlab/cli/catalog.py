@@ -15,7 +15,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "inspect":
         from cnnlab.data.folder import inspect_folder
 
-        found = inspect_folder(args.path, labels=args.labels, pattern=args.pattern, csv=args.csv)
+        found = inspect_folder(args.path, labels=args.labels, pattern=args.pattern, csv=args.csv,
+                               file_column=args.file_column, label_column=args.label_column)
         if args.json:
             print_json(found.to_dict())
         else:

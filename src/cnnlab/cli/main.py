@@ -40,6 +40,9 @@ COMPARE_EPILOG = """examples:
 writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
 exit status 1 when a variant failed (its error is in the table)."""
 
+RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <dataset>/<official files>, or "
+                 "for a folder dataset the image folder itself")
+
 # Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test loss/accuracy, per-class accuracy and confusion matrix of a run")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="one JSON object: test_loss, test_acc, per_class, confusion")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
     p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) or folders of them with a trained run")
     p.add_argument("run_dir")
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="file to write (default RUN_DIR/model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 11..20 (default 17)")
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="batch dimension: dynamic (default) or fixed N")
-    p.add_argument("--data-dir", help="where the run's dataset is, for the parity check")
+    p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
     p = sub.add_parser("datasets", help="list datasets or show one's details")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -121,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--labels", choices=("auto", "subfolders", "filename", "csv"), default="auto")
     q.add_argument("--pattern", help="regex whose first group is the label in a file name")
     q.add_argument("--csv", help="a file,label CSV")
+    q.add_argument("--file-column", help="the CSV column (header name) of the file (Keras's x_col)")
+    q.add_argument("--label-column", help="the CSV column (header name) of the label (Keras's y_col)")
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("augment-preview", help="write a grid of augmented training images for a config")
@@ -146,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=16, help="images or filters to draw (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/figures)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
     p = sub.add_parser("summary", help="Keras-style layer table of a registered model or a YAML config/layer list")
     p.add_argument("model", metavar="MODEL_OR_YAML")
@@ -159,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "needed to open it.")
     p.add_argument("run_dir")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
     p.add_argument("--maximize", action="store_true", help="also include activation maximisation (slower)")
 
     p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",

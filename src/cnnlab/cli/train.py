@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.main import set_overrides, training_options
-from cnnlab.errors import CnnlabError
 from cnnlab.runs.experiment import train
-from cnnlab.runs.options import BY_NAME, experiment_config
+from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.runs.run_dir import RunDir
-
-RESUME_APPLIES = ("epochs", "stop_at", "data_dir")  # what --resume can change; the other options are refused
 
 
 def progress(args: argparse.Namespace) -> bool | None:
@@ -35,14 +32,8 @@ def finish(result, what_next: bool = True) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     options = training_options(args)
     if args.resume:
-        refused = [BY_NAME[n].flag for n in options if n not in RESUME_APPLIES]
-        refused += [f for f, v in (("--config", args.config), ("--recipe", args.recipe), ("--out", args.out),
-                                   ("--overwrite", args.overwrite)) if v]
-        if refused:
-            raise CnnlabError(f"--resume continues a run with its own config, so {', '.join(refused)} cannot apply; "
-                              f"drop {'it' if len(refused) == 1 else 'them'} (--epochs N extends the run, --set "
-                              "KEY=VALUE changes a setting)")
-        cfg = experiment_config(RunDir.open(args.resume).file("config.yaml"), overrides=set_overrides(args), **options)
+        refused = [name for name in ("config", "recipe", "out", "overwrite") if getattr(args, name)]
+        cfg = resume_config(RunDir.open(args.resume).path, overrides=set_overrides(args), refused=refused, **options)
         return finish(train(cfg, resume=args.resume, progress=progress(args)))
     cfg = experiment_config(args.config, recipe=args.recipe, overrides=set_overrides(args), **options)
     return finish(train(cfg, out=args.out, overwrite=args.overwrite, progress=progress(args)))

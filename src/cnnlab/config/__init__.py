@@ -6,6 +6,7 @@ from cnnlab.config.loading import (
     apply_override,
     config_path,
     dump_yaml,
+    flatten,
     from_dict,
     load_config,
     parse_override,
@@ -27,5 +28,5 @@ from cnnlab.config.schema import (
 )
 
 __all__ = ["PACKAGED", "PADDING_MODES", "AugmentConfig", "CallbacksConfig", "CompareConfig", "Config", "DataConfig",
-           "ModelConfig", "Override", "TrainConfig", "apply_override", "config_path", "dump_yaml", "from_dict",
+           "ModelConfig", "Override", "TrainConfig", "apply_override", "config_path", "dump_yaml", "flatten", "from_dict",
            "load_config", "parse_override", "parse_value", "read_yaml", "recipe_path", "replace", "to_dict"]

@@ -267,6 +267,20 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}`` (lists of mappings by index: ``model.layers.0.filters``)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
 def dump_yaml(cfg: Config) -> str:
     """The fully resolved config as YAML (what ``config.yaml`` in a run holds)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=110)

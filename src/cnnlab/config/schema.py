@@ -89,6 +89,10 @@ class DataConfig:
         labels: folder labels from ``subfolders``, ``filename`` (with ``pattern``) or ``csv`` (default auto).
         pattern: regex whose first group is the label in a file name (``cat.123.jpg`` → cat by default).
         csv: a ``file,label`` CSV for folder datasets.
+        file_column: the CSV column (header name) holding the file, like Keras's ``x_col``; by default a
+            column named file/filename/path/image..., or the first of two.
+        label_column: the CSV column holding the label, like Keras's ``y_col``; by default
+            label/class/category..., or the second of two.
         resize: ``squash`` (plain resize) or ``crop`` (centre-crop to square first).
         augment: training-time augmentation (off by default).
     """
@@ -103,6 +107,8 @@ class DataConfig:
     labels: str = _choice("auto", "subfolders", "filename", "csv")
     pattern: str | None = None
     csv: str | None = None
+    file_column: str | None = None
+    label_column: str | None = None
     resize: str = _choice("squash", "crop")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -122,6 +128,8 @@ class ModelConfig:
             0 keeps it frozen for the whole run).
         backbone_lr: learning-rate multiplier for the backbone (fastai's discriminative rates); 1 trains
             everything at ``train.lr``.
+        train_bn: with a frozen backbone, keep its BatchNorm layers training (fastai's ``train_bn``); by
+            default they run in inference mode and nothing of the backbone changes (Keras's rule).
     """
 
     name: str | None = "cnn_64x2"
@@ -132,6 +140,7 @@ class ModelConfig:
     freeze: str | None = field(default=None, metadata={"choices": (None, "backbone")})
     freeze_epochs: int = 0
     backbone_lr: float = 1.0
+    train_bn: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import AugmentConfig
+from cnnlab.errors import CnnlabError
 
 
 class Augmenter:
@@ -35,6 +36,22 @@ class Augmenter:
     def enabled(self) -> bool:
         """False when everything is off (the trainer then skips the call)."""
         return self.config.enabled
+
+    def check(self, shape: tuple[int, int, int]) -> None:
+        """Refuses settings that would wipe out images of ``shape`` (C, H, W) rather than vary them.
+
+        A cutout square or a crop padding over half the shorter side removes or shifts away most of every
+        image (DeVries & Taylor 2017 cut 16 px out of CIFAR's 32; the classic crop pads 4 px of 32).
+
+        Raises:
+            CnnlabError: naming the key, its value, the image size and the largest sensible value.
+        """
+        side = min(shape[1:])
+        for key in ("cutout", "crop_padding"):
+            value = getattr(self.config, key)
+            if value > side // 2:
+                raise CnnlabError(f"data.augment.{key}={value} on {shape[1]}x{shape[2]} images would blank or shift "
+                                  f"away most of every image; use at most {side // 2} (half the shorter side)")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augments a batch; returns a new tensor of the same shape, dtype, device and memory format.

@@ -16,7 +16,6 @@ then rewards the majority class, so look at per-class metrics or balance the dat
 
 from __future__ import annotations
 
-import csv as csvlib
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from cnnlab.data import decode
+from cnnlab.data.csvlabels import read_label_csv
 from cnnlab.data.decode import BadImage, decode_image, list_images  # noqa: F401  (re-exported)
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError, one_of
@@ -57,6 +57,8 @@ class FolderSpec:
             names with several words need their own, e.g. ``^(.+)_\d+\.`` for ``great_pyrenees_12.jpg``.
         csv: ``file,label`` CSV (header row optional); files are relative to the CSV's folder. A relative
             CSV path is looked up in ``path`` first.
+        file_column, label_column: the CSV columns (by header name) of the file and the label; by default
+            found by name (see :mod:`cnnlab.data.csvlabels`).
         image_size: output size, one int for square or (H, W); None means 64.
         grayscale: decode to one channel (luma) instead of RGB.
         resize: ``squash`` (plain resize to the size, as cv2.resize does) or ``crop`` (centre-crop to the
@@ -67,6 +69,8 @@ class FolderSpec:
     labels: str = "auto"
     pattern: str | None = None
     csv: Path | None = None
+    file_column: str | None = None
+    label_column: str | None = None
     image_size: int | tuple[int, int] | None = DEFAULT_IMAGE_SIZE
     grayscale: bool = False
     resize: str = "squash"
@@ -113,10 +117,11 @@ def _collect(spec: FolderSpec) -> _Listing:
     """Lists the files and their labels according to the spec (no decoding)."""
     csv_path = _csv_path(spec)
     if csv_path is not None:
-        return _collect_csv(csv_path)
+        return _collect_csv(csv_path, spec)
     root = spec.path
     if not root.is_dir():
-        raise CnnlabError(f"image folder {root} does not exist; check the path")
+        raise CnnlabError(f"image folder {root} does not exist; check the path (a trained run whose images moved "
+                          "takes their new folder as `data_dir`)")
     rels = [p.relative_to(root).as_posix() for p in list_images(root)]
     mode = spec.labels
     if mode == "auto":
@@ -154,38 +159,19 @@ def _csv_path(spec: FolderSpec) -> Path | None:
         if spec.path.suffix.lower() == ".csv" and spec.labels in ("auto", "csv"):
             return spec.path
         if spec.labels == "csv":
-            raise CnnlabError("labels: csv needs a CSV file; set csv: to a file of 'file,label' rows")
+            raise CnnlabError("`data.labels` csv needs a CSV file; set `data.csv` to a file of 'file,label' rows")
         return None
     if spec.labels not in ("auto", "csv"):
-        raise CnnlabError(f"a CSV is given but labels is {spec.labels!r}; set labels: csv or drop csv:")
+        raise CnnlabError(f"a CSV is given but `data.labels` is {spec.labels!r}; set it to csv or drop `data.csv`")
     path = spec.csv if spec.csv.is_absolute() or not (spec.path / spec.csv).exists() else spec.path / spec.csv
     if not path.is_file():
-        raise CnnlabError(f"label CSV {path} does not exist; check the csv: path")
+        raise CnnlabError(f"label CSV {path} does not exist; check `data.csv`")
     return path
 
 
-def _collect_csv(path: Path) -> _Listing:
-    root = path.parent
-    listing = _Listing(root, "csv", csv=path)
-    seen = set()
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a byte-order mark
-        rows = [r for r in csvlib.reader(f) if r and any(c.strip() for c in r)]
-    for i, row in enumerate(rows):
-        rel = row[0].strip().replace("\\", "/")
-        label = row[1].strip() if len(row) > 1 else ""
-        exists = (root / rel).is_file()
-        if i == 0 and not exists:
-            continue  # header row (file,label): its "file" is not a file
-        if not label:
-            listing.skipped.append((rel, f"no label in {path.name} row {i + 1}"))
-        elif not exists:
-            listing.skipped.append((rel, f"listed in {path.name} but missing"))
-        elif rel in seen:
-            listing.skipped.append((rel, f"listed twice in {path.name}"))
-        else:
-            seen.add(rel)
-            listing.items.append((rel, label))
-    return listing
+def _collect_csv(path: Path, spec: FolderSpec) -> _Listing:
+    found = read_label_csv(path, file_column=spec.file_column, label_column=spec.label_column)
+    return _Listing(path.parent, "csv", found.items, found.skipped, csv=path)
 
 
 def _imbalance(counts: dict[str, int]) -> float:
@@ -393,7 +379,8 @@ class FolderInspection(_Summary):
 
 
 def inspect_folder(path: str | os.PathLike, labels: str = "auto", pattern: str | None = None,
-                   csv: str | os.PathLike | None = None) -> FolderInspection:
+                   csv: str | os.PathLike | None = None, *, file_column: str | None = None,
+                   label_column: str | None = None) -> FolderInspection:
     """Counts, sizes, formats and unreadable files of a folder, from headers (no decode, no cache).
 
     Header reads catch empty, non-image, bomb and (for JPEG/PNG) truncated files; damage in the middle
@@ -404,11 +391,14 @@ def inspect_folder(path: str | os.PathLike, labels: str = "auto", pattern: str |
         labels: as in :class:`FolderSpec`.
         pattern: as in :class:`FolderSpec`.
         csv: as in :class:`FolderSpec`.
+        file_column: as in :class:`FolderSpec`.
+        label_column: as in :class:`FolderSpec`.
 
     Raises:
         CnnlabError: the folder, CSV or options are wrong.
     """
-    listing = _collect(FolderSpec(Path(path), labels, pattern, Path(csv) if csv else None))
+    listing = _collect(FolderSpec(Path(path), labels, pattern, Path(csv) if csv else None,
+                                  file_column=file_column, label_column=label_column))
     counts: Counter[str] = Counter()
     sizes: Counter[tuple[int, int]] = Counter()
     formats: Counter[str] = Counter()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from cnnlab.config import DataConfig
@@ -97,14 +99,30 @@ def load_test_data(cfg: DataConfig) -> ImageData:
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
     if not cfg.image_size:
         raise CnnlabError("folder datasets need `data.image_size` (pixels, e.g. 50)")
-    spec = FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
-                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize)
+    spec = folder_spec(cfg)
     loaded = load_folder(spec)
     for line in loaded.report.to_lines():
         log(line)
     val = cfg.val_split or 0.2
     train, test = split(loaded.data, val, cfg.split_seed, copy=False)  # rows of the memory-mapped cache
     return train, test, loaded.report
+
+
+def relocate(cfg: DataConfig, data_dir: str | os.PathLike | None) -> DataConfig:
+    """The data section with its files looked for in ``data_dir``: a registered dataset's data root, or, for a
+    folder dataset, the image folder itself (a run copied to another machine, a folder that moved)."""
+    if not data_dir:
+        return cfg
+    if cfg.dataset.startswith("folder:"):
+        return replace(cfg, dataset=f"folder:{Path(data_dir).expanduser().resolve()}", data_dir=None)
+    return replace(cfg, data_dir=str(Path(data_dir).expanduser().resolve()))
+
+
+def folder_spec(cfg: DataConfig) -> FolderSpec:
+    """The folder dataset ``cfg.dataset`` (``folder:PATH``) describes."""
+    return FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
+                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize,
+                      file_column=cfg.file_column, label_column=cfg.label_column)
 
 
 def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None = None) -> Normalizer:

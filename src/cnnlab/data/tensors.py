@@ -126,10 +126,18 @@ def split(data: ImageData, val: float | int, seed: int, *, copy: bool = True) ->
         (train, validation).
     """
     n = len(data)
-    n_val = int(round(val * n)) if 0 < val < 1 else int(val)
-    if not 0 < n_val < n:
-        raise CnnlabError(f"data.val_split={val} leaves no training or no validation images out of {n}; "
-                          "use a fraction in (0, 1) or a count below the training-set size")
+    if 0 < val < 1:
+        n_val = int(round(val * n))
+    elif val >= 2 and float(val).is_integer():
+        n_val = int(val)
+    else:  # 1 (all? one image?), 1.5, negatives: say what is meant instead of guessing
+        raise CnnlabError(f"data.val_split={val:g} is neither a fraction in (0, 1) (0.2 holds out 20%) nor a whole "
+                          "count of at least 2 images (10000 holds out 10,000)")
+    if n_val < 1:
+        raise CnnlabError(f"data.val_split={val:g} holds out no image of {n:,}; hold out at least 1")
+    if n - n_val < 2:
+        raise CnnlabError(f"data.val_split={val:g} holds out {n_val:,} of {n:,} images, leaving {n - n_val} to "
+                          "train on; leave at least 2")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return (data.subset(perm[n_val:], f"{data.name}[train]", copy=copy),
             data.subset(perm[:n_val], f"{data.name}[val]", copy=copy))

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.config import Config
+from cnnlab.config import Config, flatten, to_dict
 from cnnlab.data.augment import Augmenter
-from cnnlab.data.prepare import Data, prepare_data
+from cnnlab.data.prepare import Data, prepare_data, relocate
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
@@ -26,7 +26,7 @@ from cnnlab.models.registry import model_meta
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
-from cnnlab.runs.run_dir import RESULTS, SUMMARY, WEIGHTS, RunDir, default_run_dir
+from cnnlab.runs.run_dir import META, RESULTS, SUMMARY, WEIGHTS, RunDir, check_folder, default_run_dir
 from cnnlab.training.callbacks import (
     Callback,
     EarlyStopping,
@@ -92,15 +92,21 @@ def train(
             config key); nothing is half-written.
     """
     t0 = time.perf_counter()
-    run = _open_run(cfg, out, overwrite, resume)
+    if resume is not None and cfg.data.dataset.startswith("folder:") and cfg.data.data_dir:
+        cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
+    cfg = resolve_config(cfg)
+    run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
     seed_everything(cfg.train.seed)
-    cfg = with_model_defaults(cfg)
     data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
     trainer = _trainer(cfg, data, run, progress, log)
     if resume is not None:
         trainer.resume("last")
+        _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
         run.write_history(trainer.history)
         log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}")
+    else:  # every check passed: only now does the run folder appear
+        run = RunDir.create(run.path, overwrite=overwrite)
+    run.write_config(cfg)
     _record_start(run, cfg, data, trainer, log)
     try:
         trainer.fit()
@@ -122,13 +128,21 @@ def train(
     return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
 
 
-def with_model_defaults(cfg: Config) -> Config:
-    """A folder dataset without ``data.image_size`` gets the registered model's input size (its metadata)."""
-    if not cfg.data.dataset.startswith("folder:") or cfg.data.image_size or cfg.model.layers or not cfg.model.name:
-        return cfg
-    meta = model_meta(cfg.model.name)
-    size = meta.weights.input_size if cfg.model.pretrained and meta.weights else meta.input_shape[1]
-    return replace(cfg, data=replace(cfg.data, image_size=size))
+def resolve_config(cfg: Config) -> Config:
+    """The config as the run records it: a folder dataset's path (and ``data.data_dir``) made absolute, so the
+    run works from any folder, and a folder without ``data.image_size`` given the model's input size (its
+    metadata)."""
+    data = cfg.data
+    if data.dataset.startswith("folder:"):
+        folder = Path(data.dataset[len("folder:"):]).expanduser()
+        data = replace(data, dataset=f"folder:{folder.resolve()}")
+        if not data.image_size and cfg.model.name and not cfg.model.layers:
+            meta = model_meta(cfg.model.name)
+            size = meta.weights.input_size if cfg.model.pretrained and meta.weights else meta.input_shape[1]
+            data = replace(data, image_size=size)
+    if data.data_dir:
+        data = replace(data, data_dir=str(Path(data.data_dir).expanduser().resolve()))
+    return replace(cfg, data=data)
 
 
 def _weights_normalizer(cfg: Config) -> Normalizer | None:
@@ -139,15 +153,31 @@ def _weights_normalizer(cfg: Config) -> Normalizer | None:
     return Normalizer(meta.mean, meta.std) if meta.weights else None
 
 
-def _open_run(cfg: Config, out: str | Path | None, overwrite: bool, resume: str | Path | None) -> RunDir:
+def _check_run(cfg: Config, out: str | Path | None, overwrite: bool, resume: str | Path | None) -> RunDir:
+    """The run directory to train into, checked but not created (see :meth:`RunDir.create`)."""
     if resume is not None:
         run = RunDir.open(resume)
         if not (run.checkpoints / "last").exists() and not (run.checkpoints / ".last.old").exists():
             raise CnnlabError(f"{run.path} has no checkpoint to resume from (it stopped before the first epoch ended)")
-    else:
-        run = RunDir.create(out or default_run_dir(cfg), overwrite=overwrite)
-    run.write_config(cfg)
-    return run
+        return run
+    path = Path(out) if out else default_run_dir(cfg)
+    check_folder(path, overwrite=overwrite, marker=META, what="run directory", resumable=True)
+    return RunDir(path)
+
+
+def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log: Log) -> None:
+    """Keeps, in run.json, which settings a resume changed after which epoch (config.yaml holds the latest)."""
+    before, after = flatten(to_dict(old)), flatten(to_dict(new))
+    changed = {k: [before.get(k), after.get(k)] for k in sorted(before.keys() | after.keys())
+               if before.get(k) != after.get(k)}
+    if not changed:
+        return
+    history = run.meta.get("config_changes", [])
+    run.update_meta(config_changes=[*history, {"after_epoch": epoch, "changed": changed}])
+    log("note: resuming with " + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()))
+    if "train.epochs" in changed and new.train.schedule != "constant":
+        log(f"note: the {new.train.schedule} schedule is re-planned for {new.train.epochs} epochs; "
+            f"epoch {epoch + 1} continues on the new plan")
 
 
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log) -> Trainer:
@@ -161,10 +191,10 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
         head = head_parameters(model, meta, report)
         groups = make_param_groups(model, cfg.train, head=head, backbone_lr=cfg.model.backbone_lr)
         if cfg.model.freeze == "backbone":
-            callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log))
+            callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log, train_bn=cfg.model.train_bn))
     callbacks.append(HistoryWriter(run))
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
-                   engine=make_engine(cfg.train), augment=_augmenter(cfg), callbacks=callbacks,
+                   engine=make_engine(cfg.train), augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
                    checkpoint_dir=run.checkpoints, param_groups=groups)
 
 
@@ -179,9 +209,12 @@ def build_callbacks(cfg: Config, progress: bool | None = None) -> list[Callback]
     return callbacks
 
 
-def _augmenter(cfg: Config):
+def _augmenter(cfg: Config, shape: tuple[int, int, int]) -> Augmenter | None:
     aug = Augmenter(cfg.data.augment)
-    return aug if aug.enabled else None
+    if not aug.enabled:
+        return None
+    aug.check(shape)
+    return aug
 
 
 def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log) -> None:

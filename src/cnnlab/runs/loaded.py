@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.prepare import load_test_data
+from cnnlab.data.prepare import load_test_data, relocate
 from cnnlab.data.tensors import ImageData, Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.models.build import build_model
@@ -62,7 +62,7 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
 def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: bool = False) -> tuple[LoadedRun, Evaluation, ImageData]:
     """Re-evaluates a run's final model on its test set (same data config, optional other data dir)."""
     lr = load_run(path)
-    dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
+    dcfg = relocate(lr.cfg.data, data_dir)
     test = load_test_data(dcfg)
     engine = make_engine(lr.cfg.train)
     model = lr.model.to(engine.device, memory_format=torch.channels_last if engine.channels_last else torch.preserve_format)

@@ -71,7 +71,8 @@ OPTIONS: tuple[Option, ...] = (
                                   ("model.backbone_lr", 0.1)]),
     Option("stop_at", "list", "stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)",
            lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
-    Option("data_dir", "str", "folder holding <dataset>/<official files>", _to("data.data_dir"), metavar="DIR"),
+    Option("data_dir", "str", "folder holding <dataset>/<official files> (with --resume of a folder dataset: "
+           "the images' new folder)", _to("data.data_dir"), metavar="DIR"),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -129,3 +130,32 @@ def experiment_config(config: str | Path | Config | None = None, *, recipe: str 
         return load_config(None, given, base=to_dict(config), layer_lists=layer_lists)
     path = config_path(config) if config is not None else None
     return load_config(path, given, layer_lists=layer_lists)
+
+
+# What a resumed run can change: how long and how it trains, and where its data is now. The others would make
+# another experiment (another model, data or starting weights) than the checkpoint holds.
+RESUME_OPTIONS = ("epochs", "batch_size", "lr", "precision", "stop_at", "data_dir")
+
+
+def resume_config(run_dir: str | Path, *, overrides: Iterable[Override] = (), refused: Iterable[str] = (),
+                  **options: Any) -> Config:
+    """The config to resume ``run_dir`` with: its own, changed by the options a resume can apply.
+
+    Args:
+        run_dir: the run directory.
+        overrides: typed ``(key, value)`` pairs, applied last (any config key: the run records the change).
+        refused: names of other arguments the caller was given that a resume cannot honour (``config``,
+            ``recipe``, ``out``, ``overwrite``).
+        **options: training options; only :data:`RESUME_OPTIONS` apply.
+
+    Raises:
+        CnnlabError: an option or argument a resume cannot apply, naming each.
+    """
+    given = [n for n, v in options.items() if n not in RESUME_OPTIONS and v not in (None, False, [])]
+    bad = [*given, *refused]
+    if bad:
+        names = ", ".join(f"`{n}`" for n in bad)
+        raise CnnlabError(f"`resume` continues a run with its own model, data and starting weights, so {names} "
+                          f"cannot apply; drop {'it' if len(bad) == 1 else 'them'} (`epochs` extends the run; "
+                          f"{', '.join(f'`{n}`' for n in RESUME_OPTIONS[1:])} change how it goes on)")
+    return experiment_config(Path(run_dir) / "config.yaml", overrides=overrides, **options)

@@ -140,10 +140,10 @@ class RunDir:
         raise CnnlabError(f"{self.path} has no weights yet (no {WEIGHTS} or checkpoints/last); train it first")
 
 
-def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what: str,
-                   resumable: bool = False) -> Path:
-    """A new, empty output folder; one that exists and holds files is replaced only with ``overwrite``, and only
-    if it holds ``marker`` (it is a folder cnnlab wrote). An existing empty folder is used as it is.
+def check_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what: str,
+                 resumable: bool = False) -> None:
+    """Refuses an output folder that holds files, unless ``overwrite`` is on and it holds ``marker`` (a folder
+    cnnlab wrote). Changes nothing.
 
     Raises:
         CnnlabError: the folder holds files and ``overwrite`` is off, or it is not a cnnlab folder.
@@ -156,6 +156,18 @@ def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, wha
         if not (p / marker).is_file():
             raise CnnlabError(f"{p} exists and is not a cnnlab {what} (no {marker}); refusing to overwrite it — "
                               "choose another `out`")
+
+
+def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what: str,
+                   resumable: bool = False) -> Path:
+    """A new, empty output folder (see :func:`check_folder`); an existing empty folder is used as it is.
+
+    Raises:
+        CnnlabError: as :func:`check_folder`.
+    """
+    p = Path(path)
+    check_folder(p, overwrite=overwrite, marker=marker, what=what, resumable=resumable)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)
     return p

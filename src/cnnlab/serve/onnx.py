@@ -21,7 +21,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.data.prepare import load_test_data
+from cnnlab.data.prepare import load_test_data, relocate
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
@@ -301,7 +301,7 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     Falls back to random pixels when the run's data cannot be found, saying so in the returned label.
     """
 
-    dcfg = lr.cfg.data if data_dir is None else replace(lr.cfg.data, data_dir=data_dir)
+    dcfg = relocate(lr.cfg.data, data_dir)
     try:
         test = load_test_data(dcfg)
     except CnnlabError as exc:

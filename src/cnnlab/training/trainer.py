@@ -51,13 +51,16 @@ def train_one_epoch(
     augment: Callable | None = None,
     on_batch_start: Callable[[int], None] | None = None,
     on_batch_end: Callable[[int, torch.Tensor], None] | None = None,
+    set_train_mode: bool = True,
 ) -> tuple[float, float]:
     """One pass over ``data`` in a seeded random order; returns (mean loss, accuracy) as Keras reports them.
 
     ``on_batch_start(batch_index)`` runs before and ``on_batch_end(batch_index, loss)`` after each
-    optimiser step (schedules, progress).
+    optimiser step (schedules, progress). ``set_train_mode`` False leaves the modules' train/eval modes as the
+    caller set them (the trainer does, so that a callback can keep frozen BatchNorm layers in eval mode).
     """
-    model.train()
+    if set_train_mode:
+        model.train()
     kernels = l2_targets(model) if l2 else []
     loss_sum = torch.zeros((), device=engine.device)
     correct = torch.zeros((), dtype=torch.long, device=engine.device)
@@ -180,6 +183,9 @@ class Trainer:
         self.epochs = cfg.epochs
         n = len(train_data)
         self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size > 1)
+        if self.steps_per_epoch == 0:  # a last batch of one image is dropped (BatchNorm): no step would run
+            raise CnnlabError(f"the training set has {n} image{'s' if n != 1 else ''}: no optimiser step can run; "
+                              "give it at least 2 images (a smaller `data.val_split`, more data)")
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.stop_reasons: list[str] = []
@@ -226,13 +232,14 @@ class Trainer:
         return self.history
 
     def _epoch(self) -> None:
+        self.model.train()
         self.dispatch("on_train_epoch_start")
         start = time.perf_counter()
         total = self.epochs * self.steps_per_epoch
         base = self.epoch * self.steps_per_epoch
         scheduled = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
-        if scheduled and self.epoch == 0:
-            self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, 0, total, self.steps_per_epoch))
+        if scheduled:  # the rate of this epoch's first step (after a resume, on the possibly re-planned schedule)
+            self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, base, total, self.steps_per_epoch))
         lr_used = self.lr
 
         def batch_end(i: int, loss: torch.Tensor) -> None:
@@ -246,7 +253,7 @@ class Trainer:
             self.model, self.optimizer, self.train_data, batch_size=self.cfg.batch_size, normalizer=self.normalizer,
             engine=self.engine, generator=self.generator, label_smoothing=self.cfg.label_smoothing, l2=self.cfg.l2,
             augment=self.augment, on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
-            on_batch_end=batch_end)
+            on_batch_end=batch_end, set_train_mode=False)
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
