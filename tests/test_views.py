@@ -101,3 +101,33 @@ def test_augment_preview_writes_a_grid(tmp_path):
     with pytest.raises(CnnlabError, match="n=0 and copies=4 must both be ≥ 1"):
         augment_preview(cfg, tmp_path / "none.png", n=0, copies=4)
     assert not (tmp_path / "none.png").exists()
+
+
+def test_defaults_adapt_to_a_small_test_set_and_all_keeps_going(tmp_path, image_folder):
+    from cnnlab.runs.experiment import train
+    from cnnlab.runs.options import experiment_config
+
+    cfg = experiment_config(dataset=f"folder:{image_folder}", model="cnn_32x1", epochs=1, batch_size=32,
+                            overrides=[("data.image_size", 28), ("data.grayscale", True)])
+    run = train(cfg, out=tmp_path / "run", progress=False, log=lambda s: None).run.path  # 24 test images
+    notes: list[str] = []
+    paths = show(run, "feature-maps", out=tmp_path / "f", log=notes.append)
+    assert [p.name for p in paths] == ["feature-maps.png", "feature-maps-conv2d.png"]
+    assert notes == ["note: the test set has 24 images, so the default images [0, 7, 26] became [0, 7]"]
+    with pytest.raises(CnnlabError, match="`images` 26 is out of range"):  # what the user asks is not adapted
+        show(run, "feature-maps", ShowOptions(images=(26,)), out=tmp_path / "f")
+
+
+def test_all_draws_every_view_it_can_and_lists_the_others(small_cnn_run, tmp_path, monkeypatch):
+    def broken(ctx, opts):
+        raise CnnlabError("this view cannot be drawn here")
+
+    monkeypatch.setitem(VIEWS._items, "kernels", broken)
+    notes: list[str] = []
+    drawn = show(small_cnn_run, "all", ShowOptions(n=4), out=tmp_path, log=notes.append)
+    assert notes == ["note: kernels not drawn: this view cannot be drawn here"]
+    assert "kernels.png" not in {p.name for p in drawn}
+    assert {"curves.png", "feature-maps.png", "filters.png", "gradcam.png"} <= {p.name for p in drawn}
+    monkeypatch.setattr("cnnlab.views.applicable", lambda ctx: ["kernels"])
+    with pytest.raises(CnnlabError, match="no view could be drawn: kernels not drawn: this view cannot be drawn"):
+        show(small_cnn_run, "all", out=tmp_path)

@@ -7,6 +7,7 @@ modules (pure functions returning arrays); this module only wires a run to them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -72,6 +73,7 @@ class ViewContext:
         self.normalizer = self.loaded.normalizer
         self.classes = self.loaded.classes
         self.input_shape = self.loaded.input_shape
+        self.notes: list[str] = []  # what the views adapted, for the caller to show
 
     @cached_property
     def test(self):
@@ -90,6 +92,14 @@ class ViewContext:
     @cached_property
     def history(self) -> list[dict]:
         return self.loaded.run.read_history()
+
+    def default_images(self, wanted: tuple[int, ...]) -> list[int]:
+        """The default test images that exist (a small test set has no image 26), with a note when some do not."""
+        n = len(self.test)
+        kept = [i for i in wanted if i < n] or [0]
+        if len(kept) < len(wanted):
+            self.notes.append(f"the test set has {n} images, so the default images {list(wanted)} became {kept}")
+        return kept
 
     def images(self, idx) -> torch.Tensor:
         """uint8 (N, C, H, W) test images at ``idx``, with a clear error for out-of-range indices."""
@@ -164,7 +174,7 @@ def _mistakes(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("feature-maps")
 def _feature_maps(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    idx = list(opts.images or (0, 7, 26))
+    idx = list(opts.images or ctx.default_images((0, 7, 26)))  # the first tutorial's three test images
     images = ctx.images(idx)
     maps, names = feature_map_grid(ctx.model, images, ctx.normalizer, layers=list(opts.layers) if opts.layers else None,
                                    filter_index=opts.filter)
@@ -193,7 +203,7 @@ def _templates(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 @VIEWS.register("kernels")
 def _kernels(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
-    i = (opts.images or (0,))[0]
+    i = (opts.images or ctx.default_images((0,)))[0]
     image = ctx.images([i])[0].float().mean(0).numpy()  # the tutorial's demo works on one grey channel
     return {"kernels": plot_kernel_demo(image)}
 
@@ -288,20 +298,34 @@ def render(ctx: ViewContext, what: str, options: ShowOptions = ShowOptions()) ->
         raise one_of("view", what, [*VIEWS.names(), "all"])
     if options.n < 1:
         raise CnnlabError(f"`n` is {options.n}; views draw at least 1 image or filter")
+    if what != "all":
+        return VIEWS.get(what)(ctx, options)
     figs: dict[str, Figure] = {}
-    for name in applicable(ctx) if what == "all" else [what]:
-        figs.update(VIEWS.get(name)(ctx, options))
+    for name in applicable(ctx):  # all: every view that can be drawn; the others are listed in ctx.notes
+        try:
+            figs.update(VIEWS.get(name)(ctx, options))
+        except CnnlabError as exc:
+            ctx.notes.append(f"{name} not drawn: {exc}")
+    if not figs:
+        raise CnnlabError("no view could be drawn: " + "; ".join(ctx.notes))
     return figs
 
 
 def show(run_dir: str | Path, what: str, options: ShowOptions = ShowOptions(), *, out: str | Path | None = None,
-         data_dir: str | None = None) -> list[Path]:
-    """Renders view ``what`` (or ``all``) of a run into PNG files (``RUN_DIR/figures`` or ``out``); returns their paths."""
+         data_dir: str | None = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[Path]:
+    """Renders view ``what`` (or ``all``) of a run into PNG files (``RUN_DIR/figures`` or ``out``); returns their paths.
+
+    ``log`` receives a ``note: ...`` line for each adaptation (defaults clamped to a small test set) and, with
+    ``all``, for each view that could not be drawn and why.
+    """
     if what != "all" and what not in VIEWS:
         raise one_of("view", what, [*VIEWS.names(), "all"])
     ctx = ViewContext(run_dir, data_dir)
     folder = Path(out) if out else ctx.loaded.run.figures
-    return [save_figure(fig, folder / f"{stem}.png") for stem, fig in render(ctx, what, options).items()]
+    paths = [save_figure(fig, folder / f"{stem}.png") for stem, fig in render(ctx, what, options).items()]
+    for note in ctx.notes:
+        log(f"note: {note}")
+    return paths
 
 
 def augment_preview(cfg: Config, out: str | Path, *, n: int = 8, copies: int = 8, seed: int = 0) -> Path:

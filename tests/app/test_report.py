@@ -180,3 +180,18 @@ def test_figures_dir_and_extra_views_save_the_demo_pictures(cnn_report, tmp_path
     names = {p.name for p in figs.glob("*.png")}
     assert {"curves.png", "occlusion.png", "gradcam.png", "kernels.png", "saliency.png"} <= names
     assert (tmp_path / "r.html").stat().st_size > 0
+
+
+def test_the_timestamp_of_an_unfinished_run_is_not_called_finished(dnn_run, tmp_path):
+    import json
+
+    from cnnlab.app.report import _run_facts
+    from cnnlab.views import ViewContext
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    assert "<th>Finished</th>" in _run_facts(ViewContext(run))
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    facts = _run_facts(ViewContext(run))
+    assert "<th>Finished</th>" not in facts and "<th>Last updated</th>" in facts

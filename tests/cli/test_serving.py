@@ -164,3 +164,10 @@ def test_export_of_a_missing_run(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "is not a directory; pass a run directory" in err and err.count("\n") == 1
+
+
+def test_a_file_name_with_a_newline_prints_on_one_line():
+    from cnnlab.cli.serving import printable
+
+    assert printable("photos/cat\nfinal.png") == "photos/cat\\nfinal.png"
+    assert printable("photos/Chat noir été.png") == "photos/Chat noir été.png"  # printable text is left alone

@@ -138,3 +138,20 @@ def test_conv_layer_names_follow_execution_order() -> None:
     assert conv_layer_names(model, torch.zeros(1, 1, 8, 8)) == ["early", "late"]
     heat = gradcam(model, torch.randn(2, 1, 8, 8), 0)  # default layer = last executed conv ('late')
     assert heat.shape == (2, 8, 8)
+
+
+def test_occlusion_sizes_are_checked_against_the_image(trained) -> None:
+    model, images, labels = trained
+    x = NORM(images[:2])
+    for kwargs, match in (({"window": 17}, r"`window` 17x17 does not fit 16x16 images; use 1..16"),
+                          ({"window": 0}, r"`window` 0x0 does not fit"), ({"window": -3}, "does not fit"),
+                          ({"stride": 0}, r"`stride` 0x0 must be at least 1")):
+        with pytest.raises(CnnlabError, match=match):
+            occlusion(model, x, labels[:2], **kwargs)
+
+
+def test_occlusion_default_window_fits_a_one_pixel_image() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2)).eval()
+    torch.manual_seed(0)
+    heat = occlusion(model, torch.ones(3, 1, 1, 1), torch.tensor([0, 1, 0]))  # used to be Captum's assert
+    assert heat.shape == (3, 1, 1) and torch.isfinite(heat).all()

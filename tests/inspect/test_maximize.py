@@ -96,3 +96,12 @@ def test_model_state_is_restored(model: nn.Module) -> None:
     assert {name: p.requires_grad for name, p in model.named_parameters()} == grads
     assert all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"steps": 0}, r"`steps` 0 \(at least 1\)"),
+                                               ({"lr": -0.1}, r"`lr` -0.1 \(a positive step\)"),
+                                               ({"jitter": 16}, r"`jitter` 16 \(0..15 pixels on 16-pixel"),
+                                               ({"blur_sigma": -1}, r"`blur_sigma` -1")])
+def test_settings_are_checked_against_the_input(model: nn.Module, kwargs, match) -> None:
+    with pytest.raises(CnnlabError, match=f"activation maximisation cannot use {match}"):
+        maximize_filters(model, "conv2d", [0], input_shape=SHAPE, normalizer=NORM, **{**FAST, **kwargs})

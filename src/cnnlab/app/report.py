@@ -141,7 +141,7 @@ def _run_facts(ctx: ViewContext) -> str:
         ("Wall time", _duration(meta.get("wall_seconds"))),
         ("Engine", engine_text),
         ("Versions", f"cnnlab {meta.get('cnnlab', '?')}, torch {meta.get('torch', '?')}"),
-        ("Finished", meta.get("updated")),
+        ("Finished" if meta.get("status") == "done" else "Last updated", meta.get("updated")),
         ("Command", meta.get("command")),
     ])
 

@@ -10,6 +10,12 @@ from cnnlab.serve.onnx import ParityError, export
 from cnnlab.serve.predict import GRID_MAX, predict_files, write_csv, write_grid
 
 
+def printable(path) -> str:
+    """A file name on one line: control characters (a newline in a name) shown escaped, as ``ls -b`` does."""
+    text = str(path)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     try:
         results = predict_files(args.run_dir, args.files, top_k=args.top_k, engine=args.engine,
@@ -21,11 +27,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in results:
         if r.error:
             failed += 1
-            print(f"error: {r.error}", file=sys.stderr)
+            print(f"error: {printable(r.error)}", file=sys.stderr)
         elif args.json:
             print(json.dumps({"file": str(r.path), "top": [{"label": lab, "prob": round(p, 6)} for lab, p in r.top]}))
         elif not args.out:
-            print(f"{r.path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in r.top))
+            print(f"{printable(r.path)}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in r.top))
     if args.out:
         path = write_csv(results, args.out, args.top_k)
         if not args.json:

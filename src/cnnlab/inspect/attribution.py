@@ -205,8 +205,13 @@ def occlusion(
 
     x, t, _ = _prepare(model, x, targets)
     n, c, h, w = x.shape
-    wh, ww = _pair(window) if window is not None else (max(2, round(h / 7)),) * 2
+    default = min(h, w, max(2, round(h / 7)))  # never larger than the image (a 1-pixel image gets 1)
+    wh, ww = _pair(window) if window is not None else (default, default)
     sh, sw = _pair(stride) if stride is not None else (max(1, wh // 2), max(1, ww // 2))
+    if not (1 <= wh <= h and 1 <= ww <= w):
+        raise CnnlabError(f"occlusion `window` {wh}x{ww} does not fit {h}x{w} images; use 1..{min(h, w)} pixels")
+    if sh < 1 or sw < 1:
+        raise CnnlabError(f"occlusion `stride` {sh}x{sw} must be at least 1 pixel")
     with eval_mode(model):
         attr = Occlusion(model).attribute(
             x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=baseline, target=t,

@@ -115,6 +115,19 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _check_ascent(input_shape: tuple[int, int, int], steps: int, lr: float, jitter: int | None, blur_every: int,
+                  blur_sigma: float, decay: float) -> None:
+    """One-line errors for settings gradient ascent cannot use on ``input_shape`` (never an ``assert``)."""
+    side = min(input_shape[1:])
+    checks = [(steps >= 1, f"`steps` {steps} (at least 1)"), (lr > 0, f"`lr` {lr} (a positive step)"),
+              (jitter is None or 0 <= jitter < side, f"`jitter` {jitter} (0..{side - 1} pixels on {side}-pixel images)"),
+              (blur_every >= 0, f"`blur_every` {blur_every} (0 = never, or a step count)"),
+              (blur_sigma >= 0, f"`blur_sigma` {blur_sigma} (≥ 0)"), (decay >= 0, f"`decay` {decay} (≥ 0)")]
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise CnnlabError("activation maximisation cannot use " + "; ".join(problems))
+
+
 def _ascend(
     model: nn.Module,
     objective: Objective,
@@ -131,6 +144,7 @@ def _ascend(
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Regularised gradient ascent of ``objective`` over ``count`` images; (images, scores, initial)."""
+    _check_ascent(input_shape, steps, lr, jitter, blur_every, blur_sigma, decay)
     device = model_device(model)
     c, h, w = input_shape
     lo, hi = _norm_range(normalizer, c, device)
