@@ -119,7 +119,7 @@ def test_yaml_section_with_a_failing_variant(tmp_path):
     assert [r["status"] for r in recs] == ["failed", "done"]
     assert recs[0]["variant"] == "layers.0-type_Conv2D_filters_2_kernel_size_40"
     assert "kernel 40x40 is larger than its 28x28 input" in recs[0]["error"] and "\n" not in recs[0]["error"]
-    assert recs[1]["variant"] == "layers.0-type_Flatten" and float(recs[1]["test_acc"]) > 0.2
+    assert recs[1]["variant"] == "layers.0-type_Flatten" and float(recs[1]["test_acc"]) >= 0.32  # measured 0.336
     assert "| failed: model.layers.0" in result.markdown and "| completed |" in result.markdown
     assert _nonblank(out / "compare.png")
 

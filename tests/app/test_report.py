@@ -155,9 +155,9 @@ def test_a_run_without_a_finished_epoch_has_nothing_to_report(cnn_report, tmp_pa
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium); "
-                                             ".ci/run installs it")
-def test_chromium_renders_the_report(cnn_report, tmp_path):
+def test_chromium_renders_the_report(cnn_report, tmp_path, skip_unless_ci):
+    if CHROMIUM is None:
+        skip_unless_ci("headless Chromium not installed (Debian: apt-get install chromium)")
     shot = tmp_path / "shot.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -66,7 +66,8 @@ def test_train_and_predict_on_a_folder(image_folder, tmp_path):
     assert "tshirt" in "\n".join(lines)  # the folder report (counts per class) is logged
     report = json.loads((out / "data_report.json").read_text())
     assert report["counts"] == {"sneaker": 40, "trouser": 40, "tshirt": 40}
-    assert json.loads((out / "results.json").read_text())["test_acc"] > 0.8
+    # measured 23 of 24 test images right; one image of margin for float noise (chance is 8 of 24)
+    assert json.loads((out / "results.json").read_text())["test_acc"] >= 22 / 24
     results = predict_files(out, [image_folder / "trouser"], top_k=1)
     assert len(results) == 40 and all(r.error is None and len(r.top) == 1 for r in results)
     assert sum(r.top[0][0] == "trouser" for r in results) >= 36
@@ -96,4 +97,5 @@ def test_real_mnist_images_written_to_a_folder_with_file_name_labels(real_data, 
     assert "broken.7.png" in "\n".join(lines)  # the skipped file is listed in the log (on screen in the CLI)
     report = json.loads((out / "data_report.json").read_text())
     assert report["counts"] == {w: 150 for w in sorted(words)} and len(report["skipped"]) == 1
-    assert json.loads((out / "results.json").read_text())["test_acc"] > 0.9
+    # measured 115 of 120; two images of margin for float noise (chance is 30 of 120)
+    assert json.loads((out / "results.json").read_text())["test_acc"] >= 113 / 120

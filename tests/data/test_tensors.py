@@ -96,3 +96,18 @@ def test_fractions_and_counts_split_as_written():
     assert [len(p) for p in split(data, 0.25, seed=0)] == [75, 25]
     assert [len(p) for p in split(data, 10.0, seed=0)] == [90, 10]
     assert [len(p) for p in split(data, 98, seed=0)] == [2, 98]
+
+
+def test_fit_is_per_channel_on_three_distinct_channels():
+    x = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
+    x[:, 0] = torch.tensor([0, 255, 0, 255], dtype=torch.uint8).view(4, 1, 1)  # mean 0.5, std 0.5345
+    x[:, 1] = 51  # constant 0.2: std 0 → 1
+    x[:, 2] = torch.tensor([102, 102, 204, 204], dtype=torch.uint8).view(4, 1, 1)  # mean 0.6
+    norm = Normalizer.fit(ImageData(x, torch.zeros(4, dtype=torch.long), ("a",)))
+    # unbiased std over the 16 values of channel 0 (8 zeros, 8 ones): sqrt(16 * 0.25 / 15)
+    assert norm.mean == pytest.approx((0.5, 0.2, 0.6), abs=1e-6)
+    assert norm.std == pytest.approx(((16 * 0.25 / 15) ** 0.5, 1.0, (16 * 0.04 / 15) ** 0.5), abs=1e-6)
+    out = norm(x)
+    # a constant channel is only shifted (to 0 up to float32 rounding of 51 * (1/255) - 0.2)
+    assert out[:, 1].abs().max().item() < 1e-7
+    assert out[:, 0].mean().item() == pytest.approx(0.0, abs=1e-6) and out[:, 2].mean().item() == pytest.approx(0.0, abs=1e-6)

@@ -37,7 +37,8 @@ def test_train_writes_a_complete_run_directory(dnn_run):
     cfg = load_config(dnn_run / "config.yaml")
     assert cfg.model.name == "dnn_128" and cfg.train.epochs == 2
     assert "Total params: 101,770" in (dnn_run / "summary.txt").read_text()
-    assert json.loads((dnn_run / "results.json").read_text())["test_acc"] > 0.6
+    # measured 0.778 (2 epochs of dnn_128 on the 6,000-image sample); a broken step stays near 0.1
+    assert json.loads((dnn_run / "results.json").read_text())["test_acc"] >= 0.76
 
 
 def test_run_json_records_the_finished_run(dnn_run):
@@ -217,3 +218,21 @@ def test_a_resumed_folder_run_takes_its_images_new_place(tmp_path, image_folder)
     assert evaluate_run(run, data_dir=tmp_path / "elsewhere")[1].acc > 0
     assert quiet(resume_config(run, epochs=2, data_dir=str(tmp_path / "elsewhere")), resume=run).failed is None
     assert load_config(run / "config.yaml").data.dataset == f"folder:{tmp_path / 'elsewhere'}"
+
+
+def test_restore_best_leaves_exactly_the_best_epochs_weights(tmp_path):
+    from cnnlab.runs.history import best_epoch
+
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=4, batch_size=512, lr=0.02,
+                            precision="fp32", overrides=[("callbacks.restore_best", True),
+                                                         ("callbacks.monitor", "val_acc")])
+    run = tmp_path / "run"
+    result = quiet(cfg, out=run)
+    best = best_epoch(result.history, "val_acc")
+    final, kept = load_file(run / "model.safetensors"), load_file(run / "checkpoints" / "best" / "model.safetensors")
+    assert final.keys() == kept.keys() and all(torch.equal(final[k], kept[k]) for k in final)
+    assert json.loads((run / "checkpoints" / "best" / "state.json").read_text()) is not None
+    from cnnlab.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoints" / "best")["epoch"] == best["epoch"]
+    assert result.test.acc == pytest.approx(best["val_acc"], abs=1e-12)  # the test set validates each epoch

@@ -103,7 +103,9 @@ def test_metadata_round_trip(spec_run):
     x = (x - np.float32(info.mean[0])) / np.float32(info.std[0])
     probs = ort_session(spec_run / "model.onnx").run(["probs"], {"input": x})[0]
     acc = float((probs.argmax(1) == test.labels[:200].numpy()).mean())
-    assert acc > 0.6  # a one-epoch CNN, read through the metadata only
+    # a one-epoch CNN, read through the metadata only: measured 0.705 (bf16 training on this CPU); the margin
+    # covers float noise of another thread count, not a broken normalisation (that gives ~0.1)
+    assert acc >= 0.68
 
 
 def test_fixed_batch_dense_model_matches_torch_with_padding(dense_run, tmp_path):

@@ -97,3 +97,41 @@ def test_l2_penalty_covers_kernels_only():
     assert l2_penalty([]).item() == 0.0
     model[3].weight.requires_grad_(False)
     assert len(l2_targets(model)) == 1
+
+
+def test_schedules_at_exact_steps_from_the_formulas():
+    """Independent values: PyTorch's OneCycleLR shape (warm-up from peak/25 over 25%, cosine to peak/1e4) and
+    cosine decay after a linear warm-up, each written out by hand at the steps that matter."""
+    import math
+
+    one = TrainConfig(schedule="onecycle")
+    total, spe = 200, 20
+    assert lr_factor(one, 10, total, spe) == pytest.approx(1 / 25 + (1 - 1 / 25) * 10 / 50, abs=1e-15)
+    t = (125 - 50) / 150  # half-way through the annealing: factor halfway between 1 and 1e-4
+    assert lr_factor(one, 125, total, spe) == pytest.approx(1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t)))
+    assert lr_factor(one, 125, total, spe) == pytest.approx((1 + 1e-4) / 2)
+    warm = TrainConfig(schedule="cosine", warmup_epochs=1)  # 20 warm-up steps, then cosine over the other 180
+    assert [lr_factor(warm, s, total, spe) for s in (0, 9, 19)] == [pytest.approx(v) for v in (1 / 20, 10 / 20, 1.0)]
+    assert lr_factor(warm, 20, total, spe) == 1.0  # the decay starts after the warm-up, not at step 0
+    assert lr_factor(warm, 110, total, spe) == pytest.approx(0.5)
+    assert lr_factor(warm, 200, total, spe) == pytest.approx(0.0, abs=1e-15)
+    # continuity where the pieces meet
+    assert abs(lr_factor(one, 50, total, spe) - lr_factor(one, 49, total, spe)) < 0.02
+
+
+def test_one_sgd_step_with_l2_moves_weights_by_lr_times_grad_plus_2_l2_w():
+    """Keras's kernel_regularizer l2(c) adds c * sum(w**2) to the loss: its gradient is 2 c w."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    lr, c = 0.1, 0.01
+    data_loss = nn.functional.cross_entropy(model(x), y)
+    g_w, g_b = torch.autograd.grad(data_loss, [model.weight, model.bias])
+    cfg = TrainConfig(optimizer="sgd", lr=lr, momentum=0.0, l2=c)
+    opt = make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu"))
+    loss = nn.functional.cross_entropy(model(x), y) + c * l2_penalty(l2_targets(model))
+    loss.backward()
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), w0 - lr * (g_w + 2 * c * w0))
+    torch.testing.assert_close(model.bias.detach(), b0 - lr * g_b)  # no penalty on biases
