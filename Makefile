@@ -13,7 +13,7 @@ export CNNLAB_DATA := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean mutate
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+
+# Mutation testing of the numerical core with mutmut (about 20-40 minutes on 2 cores; not part of `make test`).
+# The modules and the tests that judge them are in pyproject.toml [tool.mutmut]; docs/testing.md keeps the scores.
+mutate: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python scripts/mutation_report.py --survivors
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py

@@ -189,3 +189,17 @@ def test_404_falls_through_to_the_next_mirror(file_server, tmp_path):
     assert dest.read_bytes() == b"ok"
     with pytest.raises(CnnlabError, match="HTTP 404"):
         download_file([url + "/missing/a.bin"], tmp_path / "b.bin", sha256=sha(b"ok"), progress=False)
+
+
+def test_paths_expand_home_and_mistakes_are_one_line_errors(tmp_path, monkeypatch):
+    from cnnlab.errors import CnnlabError
+    from cnnlab.io import write_atomic
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert write_atomic("~/out/a.txt", "hi") == tmp_path / "out" / "a.txt"
+    assert (tmp_path / "out" / "a.txt").read_text() == "hi" and not (tmp_path / "~").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CnnlabError, match="a file of that name is in the way"):
+        write_atomic(tmp_path / "file" / "b.png", "x")  # a figure folder named like an existing file
+    with pytest.raises(CnnlabError, match="is a folder; give the name of a file to write"):
+        write_atomic(tmp_path / "out", "x")  # a CSV named like an existing folder

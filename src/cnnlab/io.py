@@ -64,8 +64,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     given the umask's permissions before the rename; on an exception it is removed and ``path`` is left
     as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CnnlabError(f"{path} is a folder; give the name of a file to write")
+    make_folder(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
@@ -92,10 +94,20 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def make_folder(path: str | os.PathLike) -> Path:
-    """``mkdir -p`` that returns the path (folders get ``0o777 & ~umask`` like any mkdir)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(exist_ok=True)
+    """``mkdir -p`` that returns the path (folders get ``0o777 & ~umask`` like any mkdir).
+
+    Raises:
+        CnnlabError: a file stands where a folder is needed, or the folder cannot be created.
+    """
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CnnlabError(f"cannot create the folder {path}: a file of that name is in the way") from None
+    except NotADirectoryError:
+        raise CnnlabError(f"cannot create the folder {path}: part of its path is a file") from None
+    except PermissionError:
+        raise CnnlabError(f"cannot create the folder {path}: permission denied") from None
     return path
 
 

@@ -321,7 +321,7 @@ def show(run_dir: str | Path, what: str, options: ShowOptions = ShowOptions(), *
     if what != "all" and what not in VIEWS:
         raise one_of("view", what, [*VIEWS.names(), "all"])
     ctx = ViewContext(run_dir, data_dir)
-    folder = Path(out) if out else ctx.loaded.run.figures
+    folder = Path(out).expanduser() if out else ctx.loaded.run.figures
     paths = [save_figure(fig, folder / f"{stem}.png") for stem, fig in render(ctx, what, options).items()]
     for note in ctx.notes:
         log(f"note: {note}")

@@ -61,3 +61,18 @@ def test_facts_of_a_run_that_is_still_running(run, tmp_path):
     r = cnnlab.Run(copy)
     assert r.status == "running" and r.results is None
     assert "test accuracy" not in r._repr_html_() and "running" in repr(r)
+
+
+def test_show_options_are_checked_like_the_command_lines(run):
+    with pytest.raises(CnnlabError, match="unknown option `bogus` of show; valid: images, layers, filter, n, seed"):
+        run.show("feature-maps", bogus=1)
+    assert run.figures("feature-maps", images="0,7").keys() == run.figures("feature-maps", images=[0, 7]).keys()
+    with pytest.raises(CnnlabError, match=r"`images` 'a,b': expected test-set indices like \[0, 7, 26\]"):
+        run.show("feature-maps", images="a,b")
+    with pytest.raises(CnnlabError, match="`n` expects a whole number, got '4'"):
+        run.show("predictions", n="4")
+
+
+def test_predicting_no_images_gives_no_rows(run):
+    probs = run.predict(np.zeros((0, 1, 28, 28), np.uint8))
+    assert probs.shape == (0, 10)

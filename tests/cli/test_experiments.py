@@ -132,3 +132,11 @@ def test_demo_falls_back_to_the_bundled_sample_and_says_where_everything_is(tmp_
     (out / "run.json").write_text("{}")
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     assert calls["train"][2]  # an earlier demo run is replaced
+
+
+def test_demo_never_replaces_a_folder_that_is_not_its_run(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    assert main(["demo", "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
+    assert "holds something that is not a cnnlab run; the demo will not replace it" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"

@@ -131,3 +131,11 @@ def test_a_failed_run_exits_1_and_says_what_was_kept(tmp_path, capsys, monkeypat
     assert main(["train", "--dataset", "fashion-mnist-sample"]) == 1
     assert capsys.readouterr().out == (f"Run: {run.path} (failed; the last good checkpoint is in "
                                        f"{run.checkpoints / 'last'})\n")
+
+
+def test_a_zero_flag_reaches_the_config_and_is_refused_by_its_flag(capsys, tmp_path):
+    assert main(["train", "--dataset", "fashion-mnist-sample", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == "error: --epochs must be ≥ 1, got 0\n"
+    assert main(["train", "--dataset", "fashion-mnist-sample", "--set", "train.epochs=0"]) == 2
+    assert capsys.readouterr().err == "error: train.epochs must be ≥ 1, got 0\n"  # typed by --set: its key
+    assert not (tmp_path / "r").exists()

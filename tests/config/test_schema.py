@@ -1,6 +1,7 @@
 """The schema: defaults, frozen sections, checked choices and augmentation ranges."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -63,3 +64,32 @@ def test_augment_ranges_name_the_key_and_enabled_ignores_the_padding_mode():
     with pytest.raises(CnnlabError, match="data.augment.padding_mode: 'wrap' is not one of zeros, reflect"):
         load_config(None, [("data.augment.padding_mode", "wrap")])
     assert not AugmentConfig(padding_mode="reflect").enabled and AugmentConfig(vflip=True).enabled
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.epochs", 0, "`train.epochs` must be ≥ 1, got 0"),
+    ("train.batch_size", -5, "`train.batch_size` must be ≥ 1, got -5"),
+    ("train.lr", 0, "`train.lr` must be > 0, got 0.0"),
+    ("train.lr", float("nan"), "train.lr expects a finite number, got nan"),
+    ("train.momentum", -5, "`train.momentum` must be ≥ 0 and < 1, got -5.0"),
+    ("train.label_smoothing", 2, "`train.label_smoothing` must be ≥ 0 and < 1, got 2.0"),
+    ("train.eval_batch_size", 0, "`train.eval_batch_size` must be ≥ 1, got 0"),
+    ("train.threads", -1, "`train.threads` must be ≥ 0, got -1"),
+    ("train.warmup_epochs", -1, "`train.warmup_epochs` must be ≥ 0, got -1.0"),
+    ("callbacks.early_stopping", -1, "`callbacks.early_stopping` must be ≥ 0, got -1"),
+    ("data.image_size", 5000, "`data.image_size` must be ≥ 1 and ≤ 4096, got 5000"),
+])
+def test_values_out_of_range_are_one_line_errors(key, value, message):
+    from cnnlab.config import load_config
+
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        load_config(None, [(key, value)])
+
+
+def test_text_that_yaml_read_as_something_else_gets_a_quoting_hint():
+    from cnnlab.config import load_config, parse_override
+
+    with pytest.raises(CnnlabError, match=r"name expects a string, got False; write it in quotes to keep it text"):
+        load_config(None, [parse_override("name=no")])
+    assert load_config(None, [parse_override("name='no'")]).name == "no"
+    assert load_config(None, [("data.data_dir", __import__("pathlib").Path("/x/y"))]).data.data_dir == "/x/y"

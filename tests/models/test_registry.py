@@ -99,3 +99,19 @@ def test_builder_checks():
     reject_options("m", {}, ["a"])
     with pytest.raises(CnnlabError, match=r"m: unknown option\(s\) x, y; valid: none"):
         reject_options("m", {"y": 1, "x": 2}, [])
+
+
+def test_create_model_checks_its_arguments_in_one_line():
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models.registry import create_model as create
+
+    with pytest.raises(CnnlabError, match=r"cnn_64x2: unknown option \(got an unexpected keyword argument 'bogus'\)"):
+        create("cnn_64x2", num_classes=10, input_shape=(1, 28, 28), bogus=1)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(CnnlabError, match=r"`num_classes` must be a whole number ≥ 1"):
+            create("cnn_64x2", num_classes=bad, input_shape=(1, 28, 28))
+    with pytest.raises(CnnlabError, match=r"`input_shape` is \(C, H, W\), channels first; \(32, 32, 3\) looks like "
+                                          r"Keras's \(H, W, C\): use \(3, 32, 32\)"):
+        create("resnet18", num_classes=10, input_shape=(32, 32, 3))
+    with pytest.raises(CnnlabError, match=r"`input_shape` must be \(channels, height, width\) of positive sizes"):
+        create("resnet18", num_classes=10, input_shape=(3, 0, 32))

@@ -236,3 +236,40 @@ def test_restore_best_leaves_exactly_the_best_epochs_weights(tmp_path):
 
     assert load_checkpoint(run / "checkpoints" / "best")["epoch"] == best["epoch"]
     assert result.test.acc == pytest.approx(best["val_acc"], abs=1e-12)  # the test set validates each epoch
+
+
+def test_a_resume_that_fails_leaves_the_run_as_it_was(dnn_run, tmp_path):
+    import shutil as sh
+
+    from cnnlab.runs.options import resume_config
+
+    run = tmp_path / "run"
+    sh.copytree(dnn_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    mismatched = resume_config(run, epochs=3, overrides=[("model.name", "cnn_32x1")])
+    with pytest.raises(CnnlabError, match="does not fit this model"):
+        quiet(mismatched, resume=run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    with pytest.raises(CnnlabError, match=r"has already trained 2 epoch\(s\); to train on, set `epochs` above 2"):
+        quiet(resume_config(run, epochs=2), resume=run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_log_receives_every_line_and_extra_callbacks_run(tmp_path):
+    from cnnlab.training.callbacks import Callback
+
+    class Count(Callback):
+        def __init__(self):
+            self.epochs = 0
+
+        def on_train_epoch_end(self, trainer, logs):
+            self.epochs += 1
+
+    lines: list[str] = []
+    count = Count()
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=512)
+    train(cfg, out=tmp_path / "run", progress=False, log=lines.append, callbacks=[count])
+    assert count.epochs == 2
+    assert [line.split(" - ")[0] for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["command"].startswith("Python") and meta["min_delta"] == 0.0

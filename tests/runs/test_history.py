@@ -66,3 +66,12 @@ def test_the_best_checkpoint_holds_the_best_epoch_of_the_written_history(toy, tm
     assert written == trainer.history  # the writer runs after the last epoch too
     saved = load_checkpoint(run.checkpoints / "best")
     assert saved["epoch"] == best_epoch(written, monitor, mode)["epoch"]
+
+
+def test_a_runs_best_epoch_uses_the_min_delta_it_recorded():
+    from cnnlab.runs.history import run_best_epoch
+
+    rows = [{"epoch": 1, "val_loss": 0.70}, {"epoch": 2, "val_loss": 0.58}, {"epoch": 3, "val_loss": 0.52},
+            {"epoch": 4, "val_loss": 0.505}]
+    assert run_best_epoch({"monitor": "val_loss", "mode": "min", "min_delta": 0.05}, rows)["epoch"] == 3
+    assert run_best_epoch({"monitor": "val_loss", "mode": "min"}, rows)["epoch"] == 4

@@ -91,3 +91,22 @@ def test_a_resume_applies_what_it_can_and_refuses_the_rest(tmp_path):
     assert set(RESUME_OPTIONS) < set(BY_NAME)
     with pytest.raises(CnnlabError, match=r"so `model`, `weights`, `out` cannot apply; drop them \(`epochs` extends"):
         resume_config(tmp_path, model="resnet18", weights="missing.pth", refused=["out"])
+
+
+def test_a_resume_keeps_the_monitor_its_best_checkpoint_was_chosen_by(tmp_path):
+    from cnnlab.runs.options import resume_config
+
+    (tmp_path / "config.yaml").write_text("callbacks:\n  monitor: val_loss\n")
+    with pytest.raises(CnnlabError, match=r"`callbacks.monitor` cannot change on a resume: checkpoints/best was "
+                                          r"chosen by val_loss"):
+        resume_config(tmp_path, overrides=[("callbacks.monitor", "val_acc")])
+    with pytest.raises(CnnlabError, match=r"`callbacks.min_delta` cannot change"):
+        resume_config(tmp_path, overrides=[("callbacks.min_delta", 0.01)])
+
+
+def test_zero_and_false_are_values_not_absence():
+    assert option_overrides({"epochs": 0, "pretrained": False, "lr": 0.0}) == [
+        ("train.epochs", 0), ("model.pretrained", False), ("train.lr", 0.0)]
+    with pytest.raises(CnnlabError, match="`train.epochs` must be ≥ 1, got 0"):
+        experiment_config(epochs=0)
+    assert parsed("--epochs", "0") == {"epochs": 0}

@@ -196,7 +196,8 @@ def test_stop_training_ends_at_once_and_failure_drops_the_epoch(toy, tmp_path, m
     t = make_trainer(toy, tmp_path / "a", [Halt(False), Recorder("after", log, order=10)], epochs=5)
     t.fit()
     assert (t.epoch, len(t.history), t.stop_reason, t.failure) == (2, 2, "halt", None)
-    assert log.count(("after", "epoch_end")) == 1 and log[-1] == ("after", "fit_end")  # skipped epoch 2's hook
+    # a plain stop is a request: the callbacks after it still record epoch 2, and nothing runs after it
+    assert log.count(("after", "epoch_end")) == 2 and log[-1] == ("after", "fit_end")
     t = make_trainer(toy, tmp_path / "b", [Halt(True), ModelCheckpoint("val_loss", "min")], epochs=5)
     t.fit()
     assert (t.epoch, len(t.history), t.failure) == (1, 1, "halt")
@@ -212,15 +213,17 @@ def test_state_keys_are_per_instance_and_must_be_unique(toy, tmp_path, make_trai
     saved = load_checkpoint(tmp_path / "last")["callbacks"]
     assert saved["EarlyStopping:val_loss"]["best"] == a.best and saved["EarlyStopping:val_acc"]["best"] == b.best
     assert a.best != b.best  # two instances of one class kept their own state
-    with pytest.raises(ValueError, match="two callbacks share the state_key 'EarlyStopping:val_loss'"):
+    with pytest.raises(CnnlabError, match="two callbacks share the state_key 'EarlyStopping:val_loss'"):
         make_trainer(toy, callbacks=[EarlyStopping("val_loss", "min", 2), EarlyStopping("loss", "min", 2,
                                                                                        state_key="x"),
                                      EarlyStopping("val_loss", "min", 5)])
 
 
-def test_monitor_callbacks_need_an_explicit_mode():
-    with pytest.raises(CnnlabError, match="callbacks.mode: 'auto' is not one of min, max"):
-        EarlyStopping("val_loss", "auto", patience=2)
+def test_monitor_callbacks_resolve_their_mode_once():
+    assert EarlyStopping("val_loss", "auto", patience=2).mode == "min"
+    assert ModelCheckpoint("acc", "auto").mode == "max"
+    with pytest.raises(CnnlabError, match="`mode` 'up' is not one of min, max, auto"):
+        EarlyStopping("val_loss", "up", patience=2)
     best = ModelCheckpoint("val_acc", "max", min_delta=0.01)
     best.best = 0.90
     assert not best.improved(0.905) and best.improved(0.911)

@@ -35,13 +35,15 @@ from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.runs.experiment import train as _train
 from cnnlab.runs.options import experiment_config, resume_config
+from cnnlab.training.callbacks import Callback
 
 __all__ = ["Run", "create_model", "list_models", "load_run", "summary", "train"]
 
 
 def train(config: str | Path | Config | None = None, *, recipe: str | None = None, out: str | Path | None = None,
           overwrite: bool = False, resume: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-          progress: bool | None = None, log: Callable[[str], None] = print, **options: Any) -> Run:
+          progress: bool | None = None, log: Callable[[str], None] = print, callbacks: Sequence[Callback] = (),
+          **options: Any) -> Run:
     """Trains an experiment into a run directory and returns the run.
 
     Args:
@@ -53,7 +55,8 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         resume: continue this run directory from its last checkpoint (``epochs=N`` extends it).
         overrides: config values by dotted key, like the CLI's ``--set`` (``{"train.lr": 0.01}``).
         progress: live progress bars (None: in a terminal or a notebook).
-        log: receives one line per event.
+        log: receives one line per event (data, model, each epoch, stops).
+        callbacks: your own :class:`~cnnlab.training.callbacks.Callback` objects, run beside the config's.
         **options: the CLI's training flags as keywords: ``model``, ``dataset``, ``epochs``, ``batch_size``,
             ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``stop_at``,
             ``data_dir``.
@@ -68,9 +71,9 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
     if resume is not None:
         refused = [n for n, v in (("config", config), ("recipe", recipe), ("out", out), ("overwrite", overwrite)) if v]
         cfg = resume_config(Run(resume).path, overrides=pairs, refused=refused, **options)
-        return Run(_train(cfg, resume=resume, progress=progress, log=log).run.path)
+        return Run(_train(cfg, resume=resume, progress=progress, log=log, callbacks=callbacks).run.path)
     cfg = experiment_config(config, recipe=recipe, overrides=pairs, **options)
-    return Run(_train(cfg, out=out, overwrite=overwrite, progress=progress, log=log).run.path)
+    return Run(_train(cfg, out=out, overwrite=overwrite, progress=progress, log=log, callbacks=callbacks).run.path)
 
 
 def load_run(path: str | Path) -> Run:
@@ -103,7 +106,7 @@ def create_model(name: str, *, input_shape: Sequence[int] | None = None, num_cla
     """
 
     meta = model_meta(name)
-    return _create(name, num_classes=num_classes or meta.num_classes,
+    return _create(name, num_classes=meta.num_classes if num_classes is None else num_classes,
                    input_shape=tuple(input_shape) if input_shape else meta.input_shape, **options)
 
 
@@ -126,7 +129,7 @@ def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int
     if isinstance(model, nn.Module):
         if input_shape is None:
             raise CnnlabError("`input_shape` (C, H, W) is needed to summarise a model object")
-        return summary_text(model, tuple(input_shape))
+        return summary_text(model, tuple(input_shape), title=type(model).__name__)
     built, shape, title = _model_to_summarise(model, input_shape, num_classes)
     return summary_text(built, shape, title=title)
 
@@ -145,20 +148,16 @@ def _model_to_summarise(source: str | Path | Config, input_shape: Sequence[int] 
 
 
 def _config_or_layers(source: str | Path) -> Config:
-    import yaml
-
-
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.is_file() and path.suffix not in (".yaml", ".yml"):
         try:
             path = config_path(source)
         except CnnlabError:
-
             raise one_of("model", source, model_names()) from None
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    raw = read_yaml(path, allow_list=True)
     if isinstance(raw, list):  # a bare layer list
         return from_dict(Config, {"model": {"layers": raw}}, "")
-    return from_dict(Config, read_yaml(path), "")
+    return from_dict(Config, raw, "")
 
 
 def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: int | None) -> tuple[tuple, int]:
@@ -167,15 +166,15 @@ def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: i
     ds = cfg.data.dataset
     if ds in DATASETS:
         info = DATASETS.get(ds)
-        return tuple(input_shape or info.shape), num_classes or len(info.classes)
+        return tuple(input_shape or info.shape), len(info.classes) if num_classes is None else num_classes
     if ds.startswith("folder:") and (input_shape or cfg.data.image_size):
         shape = tuple(input_shape) if input_shape else (1 if cfg.data.grayscale else 3, cfg.data.image_size,
                                                         cfg.data.image_size)
-        return shape, num_classes or _folder_class_count(cfg)
+        return shape, _folder_class_count(cfg) if num_classes is None else num_classes
     if input_shape is None:
         raise CnnlabError(f"cannot infer the input shape of dataset {ds!r}; give `input_shape` (or "
                           "data.image_size for a folder)")
-    return tuple(input_shape), num_classes or 10
+    return tuple(input_shape), 10 if num_classes is None else num_classes
 
 
 def _folder_class_count(cfg: Config) -> int:

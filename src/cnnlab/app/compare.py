@@ -48,7 +48,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
 from cnnlab.plots.common import finish_figure, new_figure, save_figure
 from cnnlab.runs.experiment import train
-from cnnlab.runs.history import best_epoch
+from cnnlab.runs.history import run_best_epoch
 from cnnlab.runs.options import layer_lists
 from cnnlab.runs.run_dir import RunDir, numbered, prepare_folder
 
@@ -250,7 +250,7 @@ def plan(base: str | Path | None, *, vary: Sequence[str] = (), configs: Sequence
             variants.append(_resolve(name, changed, raw, [*overrides, *zip(spec, combo, strict=True)]))
     if all(v.error for v in variants):
         raise CnnlabError(variants[0].error)
-    folder = Path(out) if out else numbered(Path("runs") / f"compare-{_safe(paths[0].stem)}")
+    folder = Path(out).expanduser() if out else numbered(Path("runs") / f"compare-{_safe(paths[0].stem)}")
     return variants, folder
 
 
@@ -287,7 +287,7 @@ def _collect(res: VariantResult, run_dir: Path) -> None:
     if hist:
         res.sec_per_epoch = sum(h["seconds"] for h in hist) / len(hist)
         res.train_acc = hist[-1].get("train_acc")
-        best = best_epoch(hist, meta.get("monitor", "val_loss"), meta.get("mode", "auto"))
+        best = run_best_epoch(meta, hist)
         if best is not None:
             res.best_epoch, res.best_val_acc = best["epoch"], best.get("val_acc")
     res.stop_reason = meta.get("stop_reason")
@@ -300,7 +300,7 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
     Raises:
         CnnlabError: ``out`` exists (without ``overwrite``) or is not a compare folder.
     """
-    out = Path(out)
+    out = Path(out).expanduser()
     prepare_folder(out, overwrite=overwrite, marker=MARKER, what="compare folder")
     results: list[VariantResult] = []
     for i, v in enumerate(variants, 1):

@@ -21,7 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
 from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
-from cnnlab.runs.history import best_epoch
+from cnnlab.runs.history import run_best_epoch
 from cnnlab.runs.run_dir import RESULTS
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
@@ -163,7 +163,7 @@ def _metrics(ctx: ViewContext) -> str:
         cards.append(("final training accuracy", f"{last['train_acc']:.4f}"))
         meta = run.meta
         monitor = meta.get("monitor", "val_loss")
-        best = best_epoch(hist, monitor, meta.get("mode", "auto"), ctx.loaded.cfg.callbacks.min_delta)
+        best = run_best_epoch(meta, hist)
         if best is not None:  # the epoch checkpoints/best holds: one definition for report, compare and training
             cards.append((f"best epoch (by {monitor})", str(best["epoch"])))
             if best.get("val_acc") is not None:
@@ -242,7 +242,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     run, cfg = ctx.loaded.run, ctx.loaded.cfg
     if not ctx.history:
         raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); train it before reporting")
-    path = Path(out) if out else run.file(REPORT)
+    path = Path(out).expanduser() if out else run.file(REPORT)
     if path.suffix.lower() not in (".html", ".htm"):
         raise CnnlabError(f"`out` {path}: the report is one HTML file; give a name ending in .html")
     shown = set(applicable(ctx))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import sys
 from collections.abc import Sequence
@@ -14,9 +15,10 @@ from matplotlib.figure import Figure
 
 from cnnlab.app.report import build_report
 from cnnlab.config import Config
+from cnnlab.errors import CnnlabError
 from cnnlab.plots.common import figure_data_uri
 from cnnlab.plots.results import plot_curves
-from cnnlab.runs.history import best_epoch
+from cnnlab.runs.history import run_best_epoch
 from cnnlab.runs.loaded import evaluate_run
 from cnnlab.runs.run_dir import RESULTS, RunDir
 from cnnlab.serve.onnx import export_onnx
@@ -69,9 +71,7 @@ class Run:
     @property
     def best_epoch(self) -> dict[str, Any] | None:
         """The metrics of the epoch ``checkpoints/best`` holds (by the run's monitor and mode)."""
-        meta = self.meta
-        return best_epoch(self.history, meta.get("monitor", "val_loss"), meta.get("mode", "auto"),
-                          self.config.callbacks.min_delta)
+        return run_best_epoch(self.meta, self.history)
 
     # -------------------------------------------------------------------------------------- commands
 
@@ -112,13 +112,15 @@ class Run:
         return cache[engine]
 
     def figures(self, what: str, **options: Any) -> dict[str, Figure]:
-        """Every figure of view ``what`` (``cnnlab show``), by name; ``options`` as :class:`~cnnlab.views.ShowOptions`."""
+        """Every figure of view ``what`` (``cnnlab show``), by name.
 
-        if "images" in options and options["images"] is not None:
-            options["images"] = tuple(options["images"])
-        if "layers" in options and options["layers"] is not None:
-            options["layers"] = tuple([options["layers"]] if isinstance(options["layers"], str) else options["layers"])
-        return render(self._views, what, ShowOptions(**options))
+        Options: ``images`` (test indices: a list, or text like ``"0,7,26"``), ``layers`` (a name or a list),
+        ``filter``, ``n``, ``seed``.
+
+        Raises:
+            CnnlabError: an unknown view or option, or options that do not fit the run.
+        """
+        return render(self._views, what, _show_options(options))
 
     def show(self, what: str, **options: Any) -> Figure:
         """The main figure of view ``what`` (drawn inline in Jupyter), e.g. ``run.show("feature-maps", images=[0, 7])``.
@@ -147,7 +149,8 @@ class Run:
         shape = meta.get("input_shape")
         best = self.best_epoch
         results = self.results
-        rows = [("status", self.status), ("data", f"{meta.get('dataset', cfg.data.dataset)}"
+        status = self.status + (f" ({meta['failure']})" if self.status == "failed" and meta.get("failure") else "")
+        rows = [("status", status), ("data", f"{meta.get('dataset', cfg.data.dataset)}"
                                                   + (f" {shape[1]}x{shape[2]}x{shape[0]}" if shape else "")),
                 ("model", (cfg.model.name if not cfg.model.layers else "layers from config")
                           + (f", {meta['params']:,} params" if "params" in meta else "")),
@@ -172,6 +175,29 @@ class Run:
             curves = f"<img src='{uri}' alt='learning curves' style='max-width:560px'>"
         return (f"<div><b>cnnlab run</b> <code>{html.escape(str(self.path))}</code><table>{rows}</table>"
                 f"{curves}</div>")
+
+
+def _show_options(options: dict[str, Any]) -> ShowOptions:
+    """:class:`ShowOptions` from keyword arguments, with one-line errors for unknown names and bad values."""
+    valid = [f.name for f in dataclasses.fields(ShowOptions)]
+    if unknown := [k for k in options if k not in valid]:
+        raise CnnlabError(f"unknown option `{unknown[0]}` of show; valid: {', '.join(valid)}")
+    opts = dict(options)
+    if isinstance(opts.get("images"), str):
+        opts["images"] = opts["images"].split(",")
+    if opts.get("images") is not None:
+        try:
+            opts["images"] = tuple(int(i) for i in opts["images"])
+        except (TypeError, ValueError):
+            raise CnnlabError(f"`images` {options['images']!r}: expected test-set indices like [0, 7, 26]") from None
+    if isinstance(opts.get("layers"), str):
+        opts["layers"] = (opts["layers"],)
+    elif opts.get("layers") is not None:
+        opts["layers"] = tuple(opts["layers"])
+    for key in ("filter", "n", "seed"):
+        if key in opts and (not isinstance(opts[key], int) or isinstance(opts[key], bool)):
+            raise CnnlabError(f"`{key}` expects a whole number, got {opts[key]!r}")
+    return ShowOptions(**opts)
 
 
 def _inline_figures() -> None:

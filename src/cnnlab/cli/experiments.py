@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab.app.compare import plan, run_compare
 from cnnlab.app.report import build_report
-from cnnlab.cli.main import set_overrides, training_options
+from cnnlab.cli.main import set_overrides, training_options, translate
 from cnnlab.cli.train import finish, progress
 from cnnlab.data.datasets import locate
 from cnnlab.errors import CnnlabError
@@ -20,11 +20,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         locate(cfg.data.dataset, cfg.data.data_dir)
     except CnnlabError as exc:
-        print(f"note: {exc}")
+        print(f"note: {translate(str(exc), args)}")
         print("note: training on the bundled real sample fashion-mnist-sample (6,000 train / 1,000 test images) instead")
         cfg = experiment_config(cfg, dataset="fashion-mnist-sample")
-    out = Path(args.out)
-    overwrite = out.exists() and (out / "run.json").is_file()
+    out = Path(args.out).expanduser()
+    overwrite = out.exists() and (out / "run.json").is_file()  # the demo replaces its own earlier run
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise CnnlabError(f"--out {out} holds something that is not a cnnlab run; the demo will not replace it "
+                          "— choose another --out")
     result = train(cfg, out=out, overwrite=overwrite, progress=progress(args))
     if result.failed:
         return finish(result)

@@ -53,9 +53,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     """The training flags every subcommand that trains takes, from the one definition in ``runs.options``."""
     for opt in OPTIONS:
         if opt.kind == "flag":
-            p.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
+            p.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=opt.help)
         elif opt.kind == "list":
-            p.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar, help=opt.help)
+            p.add_argument(opt.flag, dest=opt.name, action="append", default=None, metavar=opt.metavar, help=opt.help)
         else:
             p.add_argument(opt.flag, dest=opt.name, type={"int": int, "float": float, "str": str}[opt.kind],
                            choices=opt.choices, metavar=opt.metavar, help=opt.help)
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def training_options(args: argparse.Namespace) -> dict:
     """The training options (``runs.options.OPTIONS``) the user gave, typed as argparse parsed them."""
-    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) not in (None, False, [])}
+    return {name: getattr(args, name) for name in BY_NAME if getattr(args, name, None) is not None}
 
 
 def set_overrides(args: argparse.Namespace) -> list[Override]:

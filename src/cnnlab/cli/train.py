@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cnnlab.cli.main import set_overrides, training_options
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.runs.run_dir import RunDir
+
+
+def command_line() -> str:
+    """The command as typed, for run.json."""
+    return " ".join(["cnnlab", *sys.argv[1:]])
 
 
 def progress(args: argparse.Namespace) -> bool | None:
@@ -34,6 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         refused = [name for name in ("config", "recipe", "out", "overwrite") if getattr(args, name)]
         cfg = resume_config(RunDir.open(args.resume).path, overrides=set_overrides(args), refused=refused, **options)
-        return finish(train(cfg, resume=args.resume, progress=progress(args)))
+        return finish(train(cfg, resume=args.resume, progress=progress(args), command=command_line()))
     cfg = experiment_config(args.config, recipe=args.recipe, overrides=set_overrides(args), **options)
-    return finish(train(cfg, out=args.out, overwrite=args.overwrite, progress=progress(args)))
+    return finish(train(cfg, out=args.out, overwrite=args.overwrite, progress=progress(args), command=command_line()))

@@ -7,7 +7,10 @@ YAML). Errors name config keys, never command-line flags; the CLI translates the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
@@ -50,18 +53,28 @@ def load_config(path: str | Path | None = None, overrides: Iterable[Override] = 
     return from_dict(Config, raw, "")
 
 
-def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping from ``path``, with one-line errors for missing or malformed files."""
-    p = Path(path)
+def read_yaml(path: str | Path, *, allow_list: bool = False) -> dict | list:
+    """A YAML mapping (or, with ``allow_list``, a list) from ``path``, with one-line errors for missing or
+    malformed files.
+
+    YAML's own safe loader reads it: no tags that build objects, and aliases cannot blow up (a "billion
+    laughs" file stops at PyYAML's alias limit).
+
+    Raises:
+        CnnlabError: the file is missing, unreadable, not YAML, or holds something else.
+    """
+    p = Path(path).expanduser()
     if not p.is_file():
         raise CnnlabError(f"config file {p} not found; pass an existing YAML file (see configs/)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise CnnlabError(f"config file {p}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CnnlabError(f"config file {p} cannot be read ({exc}); save it as UTF-8 text") from None
+    if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
         raise CnnlabError(f"config file {p} must hold a mapping (data:, model:, train:, ...), got {type(data).__name__}")
     return data
 
@@ -202,7 +215,19 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
         if choices is not None and kwargs[name] not in choices:
             shown = ", ".join("null" if c is None else str(c) for c in choices)
             raise CnnlabError(f"{prefix}{name}: {value!r} is not one of {shown}")
+        if "range" in f.metadata and kwargs[name] is not None:
+            _check_range(kwargs[name], f.metadata["range"], f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _check_range(value: float, bounds: tuple, key: str) -> None:
+    ge, gt, le, lt = bounds
+    wrong = ((ge is not None and not value >= ge) or (gt is not None and not value > gt)
+             or (le is not None and not value <= le) or (lt is not None and not value < lt))
+    if wrong:
+        parts = [f"≥ {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+                 f"≤ {le}" if le is not None else "", f"< {lt}" if lt is not None else ""]
+        raise CnnlabError(f"`{key}` must be {' and '.join(p for p in parts if p)}, got {value}")
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -232,18 +257,25 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise CnnlabError(f"{key} expects an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise CnnlabError(f"{key} expects a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise CnnlabError(f"{key} expects a number, got {value!r}")
+        if not math.isfinite(number):
+            raise CnnlabError(f"{key} expects a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise CnnlabError(f"{key} expects a string, got {value!r}")
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        hint = ("; write it in quotes to keep it text (YAML reads yes/no/on/off as true/false, 2024 as a number "
+                "and a: b as a mapping), e.g. KEY='\"no\"'") if isinstance(value, (bool, int, float, dict)) else ""
+        raise CnnlabError(f"{key} expects a string, got {value!r}{hint}")
     if origin is tuple:
         items = [value] if isinstance(value, (str, dict)) else value
         if not isinstance(items, (list, tuple)):

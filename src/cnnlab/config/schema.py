@@ -67,6 +67,11 @@ class AugmentConfig:
         return any(getattr(self, f.name) for f in fields(self) if f.name != "padding_mode")
 
 
+def _in(default, *, ge=None, gt=None, le=None, lt=None):
+    """A numeric field with its valid range (checked when a config is built, with a one-line error)."""
+    return field(default=default, metadata={"range": (ge, gt, le, lt)})
+
+
 def _choice(default: str, *choices: str):
     return field(default=default, metadata={"choices": (default, *choices)})
 
@@ -99,10 +104,10 @@ class DataConfig:
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    val_split: float = 0.0
+    val_split: float = _in(0.0, ge=0)
     split_seed: int = 0
     normalize: str = _choice("auto", "unit", "standard", "imagenet")
-    image_size: int | None = None
+    image_size: int | None = _in(None, ge=1, le=4096)
     grayscale: bool = False
     labels: str = _choice("auto", "subfolders", "filename", "csv")
     pattern: str | None = None
@@ -138,8 +143,8 @@ class ModelConfig:
     pretrained: bool = False
     weights: str | None = None
     freeze: str | None = field(default=None, metadata={"choices": (None, "backbone")})
-    freeze_epochs: int = 0
-    backbone_lr: float = 1.0
+    freeze_epochs: int = _in(0, ge=0)
+    backbone_lr: float = _in(1.0, ge=0)
     train_bn: bool = False
 
 
@@ -169,23 +174,23 @@ class TrainConfig:
             plain, as Keras's): ``hflip`` averages the flipped prediction.
     """
 
-    epochs: int = 5
-    batch_size: int = 32
+    epochs: int = _in(5, ge=1)
+    batch_size: int = _in(32, ge=1)
     optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
-    lr: float = 1e-3
-    momentum: float = 0.9
+    lr: float = _in(1e-3, gt=0)
+    momentum: float = _in(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 0.0
-    l2: float = 0.0
-    label_smoothing: float = 0.0
+    weight_decay: float = _in(0.0, ge=0)
+    l2: float = _in(0.0, ge=0)
+    label_smoothing: float = _in(0.0, ge=0, lt=1)
     schedule: str = _choice("constant", "onecycle", "cosine")
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = _in(0.0, ge=0)
     seed: int = 0
     precision: str = _choice("auto", "bf16", "fp32")
     channels_last: bool = True
-    eval_batch_size: int = 1000
+    eval_batch_size: int = _in(1000, ge=1)
     device: str = _choice("auto", "cpu", "cuda")
-    threads: int = 0
+    threads: int = _in(0, ge=0)
     tta: str | None = field(default=None, metadata={"choices": (None, "hflip")})
 
 
@@ -205,10 +210,10 @@ class CallbacksConfig:
     """
 
     stop_at: tuple[str, ...] = ()
-    early_stopping: int = 0
+    early_stopping: int = _in(0, ge=0)
     monitor: str = _choice("val_loss", "val_acc", "train_loss", "train_acc")
     mode: str = _choice("auto", "min", "max")
-    min_delta: float = 0.0
+    min_delta: float = _in(0.0, ge=0)
     restore_best: bool = False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cnnlab.errors import CnnlabError
 from cnnlab.io import cache_dir
 
 
@@ -16,7 +17,10 @@ def data_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Candidate data roots in resolution order (the cache last; it is also where downloads go)."""
     roots = []
     if data_dir:
-        roots.append(Path(data_dir).expanduser())
+        given = Path(data_dir).expanduser()
+        if not given.is_dir():  # a typo must not fall back to another copy of the data without a word
+            raise CnnlabError(f"`data_dir` {given} is not a folder; give the folder that holds <dataset>/")
+        roots.append(given)
     if env := os.environ.get("CNNLAB_DATA"):
         roots.append(Path(env).expanduser())
     roots.append(cache_dir() / "datasets")

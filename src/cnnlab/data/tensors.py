@@ -235,20 +235,51 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    order: torch.Tensor | None = None,
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yields (uint8 images, labels) slices of ``data``; casting is the caller's (device-side) job.
 
-    Shuffling draws one permutation per call from ``generator`` (so a seeded generator makes the order
-    repeatable and resumable).
+    Args:
+        data: the images.
+        batch_size: images per batch.
+        shuffle: draw one permutation per call from ``generator`` (a seeded generator makes it repeatable).
+        generator: the source of that permutation.
+        drop_last: leave out a last, smaller batch.
+        order: the positions to visit, in order (e.g. :func:`epoch_order` or a rank's :func:`shard` of it);
+            overrides ``shuffle``.
+        start: the first batch to yield (resuming part-way through an epoch).
     """
-    n = len(data)
-    if shuffle:
-        order = torch.randperm(n, generator=generator)
+    if order is None and shuffle:
+        order = torch.randperm(len(data), generator=generator)
+    n = len(data) if order is None else len(order)
+    if order is not None:
         order = order.to(data.images.device)
     stop = n - n % batch_size if drop_last else n
-    for i in range(0, stop, batch_size):
-        if shuffle:
+    for i in range(start * batch_size, stop, batch_size):
+        if order is not None:
             idx = order[i:i + batch_size]
             yield data.images[idx], data.labels[idx]
         else:
             yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
+
+
+def seed_of(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy's SeedSequence): (seed, epoch) and (seed, epoch, rank) streams
+    that do not overlap, as PyTorch's ``DistributedSampler`` derives its order from seed + epoch."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of an epoch's samples: a permutation of ``range(n)`` fixed by (seed, epoch) alone.
+
+    Stateless, so every process of a distributed run computes the same order, and a run resumed part-way
+    through an epoch finds it again.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed_of(seed, epoch)))
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s share of an epoch order: ``order[:N - N % W][rank::W]`` (equal sizes, nothing padded)."""
+    n = len(order) - len(order) % world_size
+    return order[:n][rank::world_size]

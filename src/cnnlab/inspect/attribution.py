@@ -291,8 +291,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Targets, *, layer: str |
     if layer is None:
         x, t, probe = _prepare(model, x, targets)
         if not probe.convs:
-            raise CnnlabError("the model has no Conv2d layers; pass gradcam(layer=...) naming a module "
-                              "with an (N, C, H, W) output")
+            raise CnnlabError("the model has no Conv2d layers; name one of its `layers` with an (N, C, H, W) "
+                              "output for Grad-CAM")
         layer = probe.convs[-1]
         module = resolve_layer(model, layer)  # a Conv2d: its output is 4-D
     else:

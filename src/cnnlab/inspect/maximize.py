@@ -88,7 +88,7 @@ def default_layers(model: nn.Module, input_shape: tuple[int, int, int] | None = 
         x = torch.zeros((1, *input_shape), device=model_device(model))
     convs = conv_layer_names(model, x)
     if not convs:
-        raise CnnlabError("the model has no Conv2d layers to visualise; name layers explicitly")
+        raise CnnlabError("the model has no Conv2d layers to visualise; name the `layers` to use")
     picked = convs[0:7:2]
     if len(convs) < 7 and convs[-1] not in picked:
         picked.append(convs[-1])

@@ -160,8 +160,28 @@ def model_meta(name: str) -> ModelMeta:
 
 
 def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], **kwargs) -> nn.Module:
-    """Builds the registered model ``name``; unknown names raise a one-line error listing valid ones."""
-    return model_entry(name).builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    """Builds the registered model ``name``.
+
+    Raises:
+        CnnlabError: an unknown name (listing the valid ones), a class count below 1, an input that is not three
+            positive sizes (C, H, W), or options the builder does not take.
+    """
+    entry = model_entry(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise CnnlabError(f"{name}: `num_classes` must be a whole number ≥ 1, got {num_classes!r}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise CnnlabError(f"{name}: `input_shape` must be (channels, height, width) of positive sizes, got {shape}")
+    if shape[0] > 4 and shape[2] in (1, 3):  # (H, W, C) given, as Keras writes it
+        raise CnnlabError(f"{name}: `input_shape` is (C, H, W), channels first; {shape} looks like Keras's (H, W, C): "
+                          f"use {(shape[2], shape[0], shape[1])}")
+    try:
+        return entry.builder(num_classes=num_classes, input_shape=shape, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise CnnlabError(f"{name}: unknown option ({str(exc).split(')', 1)[-1].strip()}); the tutorial models take "
+                          "none, see the builder's docstring for the others") from None
 
 
 def model_names() -> list[str]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,8 @@ def train(
     resume: str | Path | None = None,
     progress: bool | None = None,
     log: Log = _print,
+    callbacks: Sequence[Callback] = (),
+    command: str | None = None,
 ) -> TrainResult:
     """Trains ``cfg`` into a run directory (new, or ``resume``d) and evaluates it on the test set.
 
@@ -85,7 +86,10 @@ def train(
         overwrite: replace an existing run directory at ``out``.
         resume: continue this run directory from its last checkpoint instead.
         progress: live progress bars (None: on a terminal or in Jupyter).
-        log: receives one line per event (data, model, stops).
+        log: receives one line per event (data, model, each epoch, stops).
+        command: how the run was started, for run.json (the CLI passes its command line).
+        callbacks: more callbacks (:class:`~cnnlab.training.callbacks.Callback`), run with the config's own in
+            the order their ``order`` attributes give; their state is checkpointed under their ``state_key``.
 
     Raises:
         CnnlabError: anything wrong with the config, the data or the run directory (one line, naming the
@@ -98,16 +102,19 @@ def train(
     run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
     seed_everything(cfg.train.seed)
     data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
-    trainer = _trainer(cfg, data, run, progress, log)
+    trainer = _trainer(cfg, data, run, progress, log, callbacks)
     if resume is not None:
         trainer.resume("last")
+        if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
+            raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
+                              f"above {trainer.epoch}")
         _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
         run.write_history(trainer.history)
         log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}")
     else:  # every check passed: only now does the run folder appear
         run = RunDir.create(run.path, overwrite=overwrite)
     run.write_config(cfg)
-    _record_start(run, cfg, data, trainer, log)
+    _record_start(run, cfg, data, trainer, log, command)
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -160,7 +167,7 @@ def _check_run(cfg: Config, out: str | Path | None, overwrite: bool, resume: str
         if not (run.checkpoints / "last").exists() and not (run.checkpoints / ".last.old").exists():
             raise CnnlabError(f"{run.path} has no checkpoint to resume from (it stopped before the first epoch ended)")
         return run
-    path = Path(out) if out else default_run_dir(cfg)
+    path = Path(out).expanduser() if out else default_run_dir(cfg)
     check_folder(path, overwrite=overwrite, marker=META, what="run directory", resumable=True)
     return RunDir(path)
 
@@ -180,11 +187,12 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
             f"epoch {epoch + 1} continues on the new plan")
 
 
-def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log) -> Trainer:
+def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log,
+             extra: Sequence[Callback] = ()) -> Trainer:
     """The model with its initial weights, the callbacks and the trainer for ``cfg``."""
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
-    callbacks = build_callbacks(cfg, progress)
+    callbacks = [*build_callbacks(cfg, progress, log), *extra]
     groups = None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
@@ -198,14 +206,14 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
                    checkpoint_dir=run.checkpoints, param_groups=groups)
 
 
-def build_callbacks(cfg: Config, progress: bool | None = None) -> list[Callback]:
+def build_callbacks(cfg: Config, progress: bool | None = None, log: Log | None = None) -> list[Callback]:
     """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
-    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress)]
+    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log)]
     return callbacks
 
 
@@ -217,7 +225,7 @@ def _augmenter(cfg: Config, shape: tuple[int, int, int]) -> Augmenter | None:
     return aug
 
 
-def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log) -> None:
+def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, command: str | None) -> None:
     engine, params = trainer.engine, count_params(trainer.model)
     run.update_meta(
         cnnlab=__version__, torch=torch.__version__, status="running", dataset=cfg.data.dataset,
@@ -225,7 +233,8 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
         engine={"device": str(engine.device), "precision": engine.precision, "channels_last": engine.channels_last,
                 "threads": torch.get_num_threads()},
         params=params, epochs_planned=trainer.epochs, monitor=cfg.callbacks.monitor,
-        mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), command=" ".join(sys.argv))
+        mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), min_delta=cfg.callbacks.min_delta,
+        command=command or "Python: cnnlab.train / cnnlab.runs.experiment.train")
     if data.report is not None:
         run.write_json("data_report.json", data.report.to_dict())
     log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")

@@ -46,3 +46,9 @@ def best_epoch(history: Sequence[dict[str, Any]], monitor: str = "val_loss", mod
         if value is not None and is_improvement(value, best, direction, min_delta):
             best, row = value, h
     return row
+
+
+def run_best_epoch(meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`best_epoch` of a run, by the monitor, mode and min_delta its run.json records (what its
+    ``checkpoints/best`` was chosen by)."""
+    return best_epoch(history, meta.get("monitor", "val_loss"), meta.get("mode", "auto"), meta.get("min_delta", 0.0))

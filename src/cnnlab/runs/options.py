@@ -68,7 +68,7 @@ OPTIONS: tuple[Option, ...] = (
            choices=("backbone",)),
     Option("fine_tune", "flag", "fastai-style: 1 epoch with the backbone frozen, then all layers, backbone at "
            "lr x 0.1", lambda v: [("model.freeze", "backbone"), ("model.freeze_epochs", 1),
-                                  ("model.backbone_lr", 0.1)]),
+                                  ("model.backbone_lr", 0.1)] if v else []),
     Option("stop_at", "list", "stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)",
            lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
     Option("data_dir", "str", "folder holding <dataset>/<official files> (with --resume of a folder dataset: "
@@ -78,7 +78,7 @@ BY_NAME = {o.name: o for o in OPTIONS}
 
 
 def option_overrides(options: Mapping[str, Any]) -> list[Override]:
-    """Typed overrides for the options given (None, False and empty lists mean "not given").
+    """Typed overrides for the options given; None means "not given" (0 and False are values).
 
     Raises:
         CnnlabError: an unknown option name.
@@ -87,7 +87,7 @@ def option_overrides(options: Mapping[str, Any]) -> list[Override]:
     for name, value in options.items():
         if name not in BY_NAME:
             raise CnnlabError(f"unknown training option {name!r}; valid: {', '.join(BY_NAME)}")
-        if value is None or value is False or (BY_NAME[name].kind == "list" and not value):
+        if value is None:
             continue
         if BY_NAME[name].kind == "list" and isinstance(value, str):
             value = [value]
@@ -151,11 +151,18 @@ def resume_config(run_dir: str | Path, *, overrides: Iterable[Override] = (), re
     Raises:
         CnnlabError: an option or argument a resume cannot apply, naming each.
     """
-    given = [n for n, v in options.items() if n not in RESUME_OPTIONS and v not in (None, False, [])]
+    given = [n for n, v in options.items() if n not in RESUME_OPTIONS and v is not None]
     bad = [*given, *refused]
     if bad:
         names = ", ".join(f"`{n}`" for n in bad)
         raise CnnlabError(f"`resume` continues a run with its own model, data and starting weights, so {names} "
                           f"cannot apply; drop {'it' if len(bad) == 1 else 'them'} (`epochs` extends the run; "
                           f"{', '.join(f'`{n}`' for n in RESUME_OPTIONS[1:])} change how it goes on)")
-    return experiment_config(Path(run_dir) / "config.yaml", overrides=overrides, **options)
+    old = experiment_config(Path(run_dir) / "config.yaml")
+    cfg = experiment_config(Path(run_dir) / "config.yaml", overrides=overrides, **options)
+    moved = [k for k in ("monitor", "mode", "min_delta") if getattr(old.callbacks, k) != getattr(cfg.callbacks, k)]
+    if moved:  # checkpoints/best and the run's best epoch were chosen by these: they cannot change mid-run
+        raise CnnlabError(f"`callbacks.{moved[0]}` cannot change on a resume: checkpoints/best was chosen by "
+                          f"{old.callbacks.monitor} ({old.callbacks.mode}, min_delta {old.callbacks.min_delta}); "
+                          "train a new run to use another")
+    return cfg

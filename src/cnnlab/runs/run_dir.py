@@ -40,7 +40,7 @@ class RunDir:
     """A run directory on disk."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
 
     # ------------------------------------------------------------------------------ create / open
 
@@ -56,7 +56,7 @@ class RunDir:
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
         """An existing run directory, or a one-line error saying what is missing."""
-        p = Path(path)
+        p = Path(path).expanduser()
         if not p.is_dir():
             raise CnnlabError(f"{p} is not a directory; pass a run directory written by cnnlab train")
         if not (p / CONFIG).is_file() or not (p / META).is_file():
@@ -137,6 +137,10 @@ class RunDir:
         last = self.checkpoints / "last" / "model.safetensors"
         if last.is_file():
             return last
+        meta = self.meta if self.file(META).is_file() else {}
+        if meta.get("status") == "failed":
+            raise CnnlabError(f"{self.path} failed before its first epoch ended ({meta.get('failure', 'no reason')}); "
+                              "it has no weights: fix the cause and train it again")
         raise CnnlabError(f"{self.path} has no weights yet (no {WEIGHTS} or checkpoints/last); train it first")
 
 
@@ -148,7 +152,7 @@ def check_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what:
     Raises:
         CnnlabError: the folder holds files and ``overwrite`` is off, or it is not a cnnlab folder.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         if not overwrite:
             more = f", `resume` {p} to continue it," if resumable else ""
@@ -165,7 +169,7 @@ def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, wha
     Raises:
         CnnlabError: as :func:`check_folder`.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     check_folder(p, overwrite=overwrite, marker=marker, what=what, resumable=resumable)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         shutil.rmtree(p)

@@ -93,13 +93,13 @@ def ort_session(path: str | Path, *, threads: int | None = None, spin: bool = Tr
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers of folded BatchNorms
     if not Path(path).is_file():
-        raise CnnlabError(f"{path} not found; run cnnlab export RUN_DIR --format onnx first")
+        raise CnnlabError(f"{path} not found; export the run to ONNX first (cnnlab export RUN_DIR)")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         reason = str(exc).splitlines()[0][:160]
         raise CnnlabError(f"{path} is not a usable ONNX model ({reason}); delete it and run "
-                          "cnnlab export RUN_DIR --format onnx again") from None
+                          "export it again (cnnlab export RUN_DIR)") from None
 
 
 def median_latency(engine, shape: tuple[int, int, int], budget: float = 0.25, reps: int = 25) -> float:

@@ -227,7 +227,7 @@ def export_onnx(
     if images < 1:
         raise CnnlabError("the parity check needs at least 1 image")
     lr = load_run(run_dir)
-    path = Path(out) if out else lr.run.file(ONNX_FILE)
+    path = Path(out).expanduser() if out else lr.run.file(ONNX_FILE)
     if path.is_dir():
         raise CnnlabError(f"`out` {path} is a folder; give a file name like {path / ONNX_FILE}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ def read_metadata(path: str | Path) -> OnnxInfo:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
-        raise CnnlabError(f"{path} not found; run cnnlab export RUN_DIR --format onnx first") from None
+        raise CnnlabError(f"{path} not found; export the run to ONNX first (cnnlab export RUN_DIR)") from None
     except Exception as exc:  # protobuf DecodeError and friends
         raise CnnlabError(f"{path} is not an ONNX file ({str(exc)[:120]}); export it again") from None
     return _info({p.key: p.value for p in proto.metadata_props}, path)
@@ -367,7 +367,7 @@ def _info(props: dict[str, str], path: str | Path) -> OnnxInfo:
         )
     except (KeyError, ValueError, TypeError):
         raise CnnlabError(f"{path} has no cnnlab metadata (not written by cnnlab export); export the run "
-                          "again with cnnlab export RUN_DIR --format onnx") from None
+                          "again (cnnlab export RUN_DIR)") from None
 
 
 def export(run_dir: str | Path, fmt: str = "onnx", **kwargs) -> ExportResult:

@@ -144,6 +144,8 @@ class Predictor:
             raise CnnlabError(f"images must be uint8 (N, {', '.join(map(str, self.input_shape))}) or one "
                               f"{self.input_shape}, got {x.dtype} {tuple(x.shape)}; decode with "
                               "cnnlab.data.decode.decode_image(path, (H, W), grayscale=C == 1)")
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
         if len(x) <= self.batch_size:
             return self._engine(np.ascontiguousarray(x))
         return np.concatenate([self._engine(np.ascontiguousarray(x[i:i + self.batch_size]))
@@ -172,7 +174,7 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
         info = session_info(session, path)
     if info.classes != lr.classes or info.input_shape != lr.input_shape:
         raise CnnlabError(f"{path} does not match its run (classes or input shape differ); delete it and run "
-                          f"cnnlab export {lr.run.path} --format onnx")
+                          f"export it again (cnnlab export {lr.run.path})")
     return session
 
 

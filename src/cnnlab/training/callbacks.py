@@ -7,8 +7,10 @@ given order) and calls each hook the same way. A callback ends training in one o
 
 * :meth:`Trainer.request_stop(reason) <cnnlab.training.trainer.Trainer.request_stop>`: training stops
   after the current epoch, once every callback has seen it (requests only accumulate: OR, never undone);
-* raising :class:`StopTraining`: training stops at once; the epoch in progress is neither recorded nor
-  checkpointed (``failed=True`` marks the run as failed, as :class:`NanGuard` does).
+* raising :class:`StopTraining`: with ``failed=True`` (as :class:`NanGuard` does) training stops at once and
+  the epoch in progress is neither recorded nor checkpointed; without it, from ``on_train_epoch_end`` it is a
+  stop request (the epoch is recorded and checkpointed by the callbacks after it), and from a batch hook
+  training stops after that step, with a checkpoint of the position reached.
 
 Stateful callbacks implement ``state_dict``/``load_state_dict``; checkpoints keep that state under each
 instance's ``state_key``, so two instances of one class keep theirs apart.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,7 +69,7 @@ def is_improvement(value: float, best: float | None, mode: str, min_delta: float
 
 
 class StopTraining(Exception):  # noqa: N818 - Keras-style name for a control-flow signal
-    """Raised by a callback to end training at once (the epoch in progress is not recorded).
+    """Raised by a callback to end training (see the module's notes for what happens to the epoch in progress).
 
     Attributes:
         reason: one line for the user.
@@ -150,15 +153,15 @@ class MonitorCallback(Callback):
 
     Args:
         monitor: a metric name (``val_loss``, ``val_acc``, ``loss``, ``acc``).
-        mode: ``min`` or ``max``.
+        mode: ``min`` or ``max``; ``auto`` (Keras's default) is resolved here, once, from the metric.
         min_delta: smallest change that counts as an improvement.
         state_key: key of this instance's checkpoint state (default ``ClassName:monitor``).
     """
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0, *, state_key: str | None = None) -> None:
-        if mode not in MODES:
-            raise CnnlabError(f"callbacks.mode: {mode!r} is not one of min, max")
-        self.monitor, self.mode, self.min_delta = metric_name(monitor), mode, min_delta
+        if mode not in (*MODES, "auto"):
+            raise CnnlabError(f"`mode` {mode!r} is not one of min, max, auto")
+        self.monitor, self.mode, self.min_delta = metric_name(monitor), resolve_mode(monitor, mode), min_delta
         self._state_key = state_key
         self.best: float | None = None
 
@@ -194,8 +197,10 @@ class StopAtTarget(MonitorCallback):
             metric, target = metric_name(name), float(value)
         except ValueError:
             sep = ""
+        except CnnlabError as exc:
+            raise CnnlabError(f"`callbacks.stop_at` {item!r}: {exc}") from None
         if not sep:
-            raise CnnlabError(f"callbacks.stop_at {item!r}: expected METRIC=VALUE like val_acc=0.91 or loss=0.3")
+            raise CnnlabError(f"`callbacks.stop_at` {item!r}: expected METRIC=VALUE like val_acc=0.91 or loss=0.3")
         return cls(metric, METRIC_MODES[metric], target)
 
     def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
@@ -269,14 +274,16 @@ class ProgressBar(Callback):
     """Keras-style output: a live bar per epoch on a terminal or in Jupyter, and one line per epoch.
 
     ``live`` None decides by the stream: a terminal, or a Jupyter kernel's stdout (rich draws its bar as a
-    notebook widget there); otherwise only the epoch lines are printed.
+    notebook widget there); otherwise only the epoch lines are written. The epoch lines go to ``log``
+    (default: printed on the stream).
     """
 
     order = 100
 
-    def __init__(self, stream=None, live: bool | None = None) -> None:
+    def __init__(self, stream=None, live: bool | None = None, log: Callable[[str], None] | None = None) -> None:
         self.stream = stream or sys.stdout
         self.live = _interactive(self.stream) if live is None else live
+        self.log = log or (lambda line: print(line, file=self.stream, flush=True))
         self._bar = None
         self._last = 0.0
 
@@ -302,7 +309,7 @@ class ProgressBar(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         self._close()
-        print(format_epoch(trainer.epoch, trainer.epochs, logs), file=self.stream, flush=True)
+        self.log(format_epoch(trainer.epoch, trainer.epochs, logs))
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._close()

@@ -1,7 +1,11 @@
-"""The fit loop: ``train_one_epoch`` / ``evaluate`` (torchvision's shape) and a :class:`Trainer` around them.
+"""The :class:`Trainer`: epochs of :func:`~cnnlab.training.epoch.train_one_epoch` and
+:func:`~cnnlab.training.epoch.evaluate` with callbacks, checkpoints (at epoch ends and part-way through),
+resume, and a clean stop on SIGTERM/SIGINT.
 
-The hot path is a tight loop over slices of a resident uint8 tensor: each batch is cast, normalised and
-(optionally) augmented on the training device; metrics accumulate in tensors and are read once per epoch.
+Each epoch visits the training images in an order fixed by (seed, epoch) alone (:func:`epoch_order`, like
+PyTorch's ``DistributedSampler``), and augmentation draws from its own generator seeded from
+(seed, epoch, rank); so a run resumed part-way through an epoch, or one process of a distributed run, finds
+the same order, and augmentation never disturbs it.
 """
 
 from __future__ import annotations
@@ -15,116 +19,32 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.config import TrainConfig
-from cnnlab.data.tensors import ImageData, Normalizer, batches
+from cnnlab.data.tensors import ImageData, Normalizer, epoch_order, seed_of, shard
 from cnnlab.errors import CnnlabError
 from cnnlab.training.callbacks import HOOKS, Callback, StopTraining, overrides
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.engine import Engine
-from cnnlab.training.metrics import Evaluation, confusion_matrix
-from cnnlab.training.optim import l2_penalty, l2_targets, lr_factor, make_optimizer, make_param_groups, set_lr
+from cnnlab.training.epoch import EpochProgress, evaluate, train_one_epoch
+from cnnlab.training.metrics import Evaluation
+from cnnlab.training.optim import lr_factor, make_optimizer, make_param_groups, set_lr
+
+__all__ = ["EpochProgress", "Trainer", "TrainingInterrupted", "evaluate", "train_one_epoch"]
 
 
-def _prepare(x: torch.Tensor, normalizer: Normalizer, engine: Engine, augment: Callable | None,
-             gen: torch.Generator | None) -> torch.Tensor:
-    x = x.to(engine.device, non_blocking=True)
-    if augment is None:
-        return normalizer(x, engine.channels_last)
-    x = augment(x.float().div_(255), gen)  # augmentation works on [0, 1] images
-    return normalizer.from_unit(x, engine.channels_last)
+class TrainingInterrupted(Exception):  # noqa: N818 - like KeyboardInterrupt: a signal, not a bug
+    """Training stopped on a signal (SIGTERM, SIGINT) after saving a checkpoint of the step it had reached.
 
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: ImageData,
-    *,
-    batch_size: int,
-    normalizer: Normalizer,
-    engine: Engine,
-    generator: torch.Generator,
-    label_smoothing: float = 0.0,
-    l2: float = 0.0,
-    augment: Callable | None = None,
-    on_batch_start: Callable[[int], None] | None = None,
-    on_batch_end: Callable[[int, torch.Tensor], None] | None = None,
-    set_train_mode: bool = True,
-) -> tuple[float, float]:
-    """One pass over ``data`` in a seeded random order; returns (mean loss, accuracy) as Keras reports them.
-
-    ``on_batch_start(batch_index)`` runs before and ``on_batch_end(batch_index, loss)`` after each
-    optimiser step (schedules, progress). ``set_train_mode`` False leaves the modules' train/eval modes as the
-    caller set them (the trainer does, so that a callback can keep frozen BatchNorm layers in eval mode).
+    Attributes:
+        signum: the signal.
+        checkpoint: the folder written, or None (no checkpoint folder).
     """
-    if set_train_mode:
-        model.train()
-    kernels = l2_targets(model) if l2 else []
-    loss_sum = torch.zeros((), device=engine.device)
-    correct = torch.zeros((), dtype=torch.long, device=engine.device)
-    seen = 0
-    # A last batch of one image would break BatchNorm; drop it (at most one image per epoch).
-    drop_last = len(data) % batch_size == 1
-    for i, (xb, yb) in enumerate(batches(data, batch_size, shuffle=True, generator=generator, drop_last=drop_last)):
-        if on_batch_start is not None:
-            on_batch_start(i)
-        x = _prepare(xb, normalizer, engine, augment, generator)
-        y = yb.to(engine.device, non_blocking=True)
-        with engine.autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        if kernels:
-            loss = loss + l2 * l2_penalty(kernels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = y.shape[0]
-        loss_sum += loss.detach() * n
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += n
-        if on_batch_end is not None:
-            on_batch_end(i, loss.detach())
-    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    data: ImageData,
-    *,
-    normalizer: Normalizer,
-    engine: Engine,
-    batch_size: int = 1000,
-    tta: str | None = None,
-    keep_probs: bool = False,
-) -> Evaluation:
-    """Loss, accuracy and confusion matrix of ``model`` on ``data`` (eval mode, no dropout)."""
-    was = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=engine.device)
-    preds, probs = [], []
-    try:
-        for xb, yb in batches(data, batch_size):
-            x = normalizer(xb.to(engine.device, non_blocking=True), engine.channels_last)
-            y = yb.to(engine.device, non_blocking=True)
-            with engine.autocast():
-                logits = model(x).float()
-                if tta == "hflip":  # average the probabilities of the image and its mirror
-                    p = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-                    logits = p.log()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            preds.append(logits.argmax(1).cpu())
-            if keep_probs:
-                probs.append(logits.softmax(1).cpu())
-    finally:
-        model.train(was)
-    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    n = max(len(data), 1)
-    conf = confusion_matrix(data.labels, pred, data.num_classes)
-    return Evaluation(float(loss_sum) / n, float(conf.diag().sum()) / n, conf, data.classes,
-                      torch.cat(probs) if keep_probs and probs else None)
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum, self.checkpoint = signum, checkpoint
 
 
 class Trainer:
@@ -142,6 +62,8 @@ class Trainer:
         checkpoint_dir: where ``last``/``best`` checkpoints go (None: no checkpoints).
         param_groups: the optimiser's parameter groups (default: every trainable parameter at
             ``cfg.lr``); transfer learning passes head and backbone groups with their ``lr_scale``.
+        rank: this process's rank in a distributed run (0 alone).
+        world_size: the number of processes sharing each epoch (1 alone).
 
     Attributes:
         epoch: completed epochs.
@@ -149,6 +71,9 @@ class Trainer:
         stop_reasons: why training was asked to stop (callbacks add to it through :meth:`request_stop`).
         failure: why training failed (a :class:`StopTraining` with ``failed``), or None.
         last_eval: validation of the weights as they are after the last epoch.
+        progress: where the running epoch is (None between epochs).
+        interrupt: set (e.g. by a signal handler) to a signal number: the trainer saves ``checkpoints/last``
+            after the current step and raises :class:`TrainingInterrupted`.
     """
 
     def __init__(
@@ -164,6 +89,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: Path | None = None,
         param_groups: list[dict] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.cfg, self.engine, self.normalizer, self.augment = cfg, engine, normalizer, augment
         self.model = model.to(engine.device)
@@ -174,18 +101,22 @@ class Trainer:
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         keys = [cb.state_key for cb in self.callbacks]
         if dup := next((k for i, k in enumerate(keys) if k in keys[:i]), None):
-            raise ValueError(f"two callbacks share the state_key {dup!r}; give one of them another state_key")
+            raise CnnlabError(f"two callbacks share the state_key {dup!r} (their checkpoint state would collide); "
+                              "give one of them another `state_key`")
         self._hooks = {h: [cb for cb in self.callbacks if overrides(cb, h)] for h in HOOKS}
         self.checkpoint_dir = checkpoint_dir
         groups = param_groups or make_param_groups(self.model, cfg)
         self.optimizer = make_optimizer(groups, cfg, engine.device)
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # data order (and augmentation)
+        self.rank, self.world_size = rank, world_size
+        self.aug_generator = torch.Generator()  # reseeded from (seed, epoch, rank) at each epoch's start
         self.epochs = cfg.epochs
-        n = len(train_data)
+        n = len(train_data) // world_size  # each rank's share: perm[:N - N % W][rank::W]
         self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size > 1)
         if self.steps_per_epoch == 0:  # a last batch of one image is dropped (BatchNorm): no step would run
             raise CnnlabError(f"the training set has {n} image{'s' if n != 1 else ''}: no optimiser step can run; "
                               "give it at least 2 images (a smaller `data.val_split`, more data)")
+        self.progress: EpochProgress | None = None  # set while an epoch runs (and in a mid-epoch checkpoint)
+        self.interrupt: int | None = None  # a signal to stop on, after the current step
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.stop_reasons: list[str] = []
@@ -223,8 +154,10 @@ class Trainer:
             while self.epoch < self.epochs and not self.should_stop:
                 self._epoch()
         except StopTraining as stop:
-            if not stop.failed:
+            if not stop.failed:  # from a batch hook: keep the position reached, as a signal would
                 self.stop_reasons.append(stop.reason)
+                if self.progress is not None:
+                    self.save_checkpoint("last")
             else:
                 self.failure = stop.reason
         finally:
@@ -233,13 +166,17 @@ class Trainer:
 
     def _epoch(self) -> None:
         self.model.train()
+        if self.progress is None:  # a fresh epoch (a resumed one has its progress and augmentation stream)
+            self.progress = EpochProgress.start(self.engine.device)
+            self.aug_generator.manual_seed(seed_of(self.cfg.seed, self.epoch, self.rank, 1))
         self.dispatch("on_train_epoch_start")
         start = time.perf_counter()
         total = self.epochs * self.steps_per_epoch
         base = self.epoch * self.steps_per_epoch
         scheduled = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
-        if scheduled:  # the rate of this epoch's first step (after a resume, on the possibly re-planned schedule)
-            self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, base, total, self.steps_per_epoch))
+        if scheduled:  # the rate of the next step (after a resume, on the possibly re-planned schedule)
+            self.lr = set_lr(self.optimizer, self.cfg.lr,
+                             lr_factor(self.cfg, base + self.progress.step, total, self.steps_per_epoch))
         lr_used = self.lr
 
         def batch_end(i: int, loss: torch.Tensor) -> None:
@@ -247,13 +184,18 @@ class Trainer:
                 step = base + i + 1
                 self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
             self.dispatch("on_train_batch_end", i, loss)
+            if self.interrupt is not None:
+                raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))
 
+        order = shard(epoch_order(len(self.train_data), self.cfg.seed, self.epoch), self.rank, self.world_size)
         starts = self._hooks["on_train_batch_start"]
         loss, acc = train_one_epoch(
             self.model, self.optimizer, self.train_data, batch_size=self.cfg.batch_size, normalizer=self.normalizer,
-            engine=self.engine, generator=self.generator, label_smoothing=self.cfg.label_smoothing, l2=self.cfg.l2,
-            augment=self.augment, on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
+            engine=self.engine, generator=self.aug_generator, label_smoothing=self.cfg.label_smoothing,
+            l2=self.cfg.l2, augment=self.augment, order=order, progress=self.progress,
+            on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
             on_batch_end=batch_end, set_train_mode=False)
+        self.progress = None
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
@@ -264,24 +206,29 @@ class Trainer:
         logs.update(seconds=time.perf_counter() - start, lr=lr_used)
         self.epoch += 1
         self.history.append(logs)
-        try:
-            self.dispatch("on_train_epoch_end", logs)
-        except StopTraining as stop:
-            if stop.failed:  # the failed epoch is not part of the run's record
-                self.history.pop()
-                self.epoch -= 1
-            raise
+        for cb in self._hooks["on_train_epoch_end"]:
+            try:
+                cb.on_train_epoch_end(self, logs)
+            except StopTraining as stop:
+                if stop.failed:  # the failed epoch is not part of the run's record
+                    self.history.pop()
+                    self.epoch -= 1
+                    raise
+                self.request_stop(stop.reason)  # a plain stop: the later callbacks still record this epoch
 
     # ------------------------------------------------------------------------------ state and resume
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights needed to continue exactly: optimiser, epoch, RNGs, callbacks, history."""
+        """Everything but the weights needed to continue exactly: optimiser, epoch and the position in it, RNGs,
+        callbacks, history."""
         return {
             "epoch": self.epoch,
             "history": self.history,
             "lr": self.lr,
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "progress": self.progress.state_dict() if self.progress is not None else None,
+            "aug_generator": self.aug_generator.get_state(),
+            "world_size": self.world_size,
             "torch_rng": torch.get_rng_state(),
             "python_rng": _py_state(),
             "numpy_rng": _np_state(),
@@ -295,7 +242,13 @@ class Trainer:
         self.lr = float(state["lr"])
         self.optimizer.load_state_dict(state["optimizer"])
         _restore_layouts(self.optimizer)
-        self.generator.set_state(state["generator"])
+        progress = state.get("progress")
+        self.progress = EpochProgress.from_state(progress, self.engine.device) if progress else None
+        self.aug_generator.set_state(state["aug_generator"])
+        saved_world = int(state.get("world_size", 1))
+        if progress and saved_world != self.world_size:
+            raise CnnlabError(f"this checkpoint was taken part-way through an epoch by {saved_world} process(es); "
+                              f"resume it with {saved_world} (an epoch's share of images depends on the number)")
         torch.set_rng_state(state["torch_rng"])
         random.setstate(_py_restore(state["python_rng"]))
         np.random.set_state(_np_restore(state["numpy_rng"]))
