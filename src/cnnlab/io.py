@@ -10,6 +10,7 @@ change as a whole (checkpoints) are swapped with :func:`replace_folder`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -77,6 +78,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise CnnlabError(f"no space left on the disk of {path.parent} while writing {path.name}; {kept}; "
+                          "free some space and run the command again") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -85,7 +92,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`); returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    return Path(path)
+    return Path(path).expanduser()
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

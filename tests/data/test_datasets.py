@@ -70,6 +70,7 @@ def test_offline_without_files_says_what_to_put_where(fake_dataset, tmp_path, mo
     name, _, h = fake_dataset
     h.files.clear()
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    (tmp_path / "mine").mkdir()
     with pytest.raises(CnnlabError) as err:
         ds.locate(name, tmp_path / "mine")
     msg = str(err.value)
@@ -87,8 +88,14 @@ def test_a_given_data_dir_is_used_without_downloading(fake_dataset, tmp_path, mo
     assert ds.locate(name, tmp_path, download=False) == tmp_path / name
     assert ds.where_is(name, tmp_path) == str(tmp_path / name)
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CnnlabError, match="downloads are off"):
         ds.locate(name, tmp_path / "empty", download=False)
+    # a data dir that does not exist is a typo: even with the files downloadable it is refused, saying what goes where
+    h.files.update({f"/{n}": b for n, b in blobs.items()})
+    with pytest.raises(CnnlabError, match=rf"put train-images-idx3-ubyte.gz, .* into {tmp_path / 'typo' / name} .*"
+                                          rf"`data_dir` {tmp_path / 'typo'} is not a folder$"):
+        ds.locate(name, tmp_path / "typo")
 
 
 def test_unknown_dataset_lists_the_valid_names():

@@ -58,5 +58,5 @@ def test_too_small_input_names_model_and_minimum(arch, min_side, build_meta):
 
 
 def test_user_mistakes_are_one_line_errors(build_meta):
-    with pytest.raises(CnnlabError, match=r"sizes must be ≥ 1"):
+    with pytest.raises(CnnlabError, match=r"`input_shape` must be \(channels, height, width\) of positive sizes, got \(0, 224, 224\)"):
         build_meta("alexnet", input_shape=(0, 224, 224))

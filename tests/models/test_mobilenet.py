@@ -49,7 +49,7 @@ def test_small_inputs_give_logits(arch, shape):
 
 
 def test_user_mistakes_are_one_line_errors(build_meta):
-    with pytest.raises(CnnlabError, match=r"input_shape must be \(channels, height, width\)"):
+    with pytest.raises(CnnlabError, match=r"`input_shape` must be \(channels, height, width\) of positive sizes"):
         build_meta("mobilenet_v2", input_shape=(224, 224))
 
 

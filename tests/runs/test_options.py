@@ -46,7 +46,9 @@ def test_the_cli_flags_and_the_python_keywords_give_the_same_config():
 
 
 def test_options_not_given_leave_the_config_alone():
-    assert option_overrides({"epochs": None, "pretrained": False, "stop_at": []}) == []
+    assert option_overrides({"epochs": None, "pretrained": None, "stop_at": None}) == []
+    # None is "not given"; False and [] are values the user gave (an explicit --no-pretrained, an empty list)
+    assert option_overrides({"pretrained": False, "stop_at": []}) == [("model.pretrained", False), ("callbacks.stop_at", [])]
     assert experiment_config("fashion_mnist_cnn") == experiment_config("fashion_mnist_cnn", epochs=None)
 
 

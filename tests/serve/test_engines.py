@@ -48,7 +48,7 @@ def test_ort_engine_matches_torch_with_dynamic_and_fixed_batches(tiny, tmp_path,
 
 
 def test_ort_session_of_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(CnnlabError, match="nope.onnx not found; run cnnlab export RUN_DIR --format onnx first"):
+    with pytest.raises(CnnlabError, match=r"nope.onnx not found; export the run to ONNX first \(cnnlab export RUN_DIR\)"):
         ort_session(tmp_path / "nope.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(CnnlabError, match="junk.onnx is not a usable ONNX model .*; delete it and run") as err:

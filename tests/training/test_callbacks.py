@@ -74,12 +74,13 @@ def test_stop_at_parses_targets_and_rejects_malformed_items():
     assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.91)
     assert (StopAtTarget.parse("loss=0.3").monitor, StopAtTarget.parse("loss=0.3").mode) == ("train_loss", "min")
     for bad in ("val_acc", "val_acc=high"):
-        with pytest.raises(CnnlabError, match=rf"callbacks.stop_at '{bad}': expected METRIC=VALUE"):
+        with pytest.raises(CnnlabError, match=rf"`callbacks.stop_at` '{bad}': expected METRIC=VALUE"):
             StopAtTarget.parse(bad)
     with pytest.raises(CnnlabError, match="unknown metric 'val_f1'"):
         StopAtTarget.parse("val_f1=0.9")
-    with pytest.raises(CnnlabError, match="callbacks.mode: 'auto' is not one of min, max"):
-        EarlyStopping("val_loss", "auto", patience=2)
+    assert EarlyStopping("val_loss", "auto", patience=2).mode == "min"  # Keras's auto, resolved once here
+    with pytest.raises(CnnlabError, match="`mode` 'up' is not one of min, max, auto"):
+        EarlyStopping("val_loss", "up", patience=2)
 
 
 def test_monitors_keep_their_state_under_their_own_key():

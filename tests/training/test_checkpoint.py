@@ -33,8 +33,10 @@ def test_interrupted_swap_recovers_the_old_checkpoint(tmp_path, make_model):
 
 def test_files_hold_json_and_tensors_only(tmp_path, make_model):
     save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 2, "by_index": {0: torch.ones(2)}, "t": (1, "x")})
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.safetensors", "state.json",
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["digest.json", "model.safetensors", "state.json",
                                                                   "state.safetensors"]
+    digest = json.loads((tmp_path / "ck" / "digest.json").read_text())  # written last: the files' SHA-256s
+    assert sorted(digest["sha256"]) == ["model.safetensors", "state.json", "state.safetensors"]
     meta = json.loads((tmp_path / "ck" / "state.json").read_text())
     assert meta == {"__dict__": [["epoch", 2], ["by_index", {"__dict__": [[0, {"__tensor__": "state.by_index.0"}]]}],
                                  ["t", [1, "x"]]]}
@@ -59,7 +61,7 @@ def test_state_that_json_cannot_hold_is_refused_and_leaves_nothing(tmp_path, mak
 
 
 def test_missing_and_damaged_checkpoints_are_named(tmp_path, make_model):
-    with pytest.raises(CnnlabError, match="holds no checkpoint .no state.json.; nothing to resume from"):
+    with pytest.raises(CnnlabError, match="holds no usable checkpoint .no state.json.; nothing to resume from"):
         load_checkpoint(tmp_path / "none")
     save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
     (tmp_path / "ck" / "state.json").write_text("{not json")

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -233,9 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnnlabError as exc:
         print(f"error: {translate(str(exc), args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def entry() -> None:

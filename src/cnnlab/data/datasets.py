@@ -154,6 +154,9 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bo
         for f in info.files:
             verify(folder / f.name, f)
         return folder
+    if data_dir and not Path(data_dir).expanduser().is_dir():  # a typo must not fall back to another copy
+        given = Path(data_dir).expanduser()
+        raise _missing(info, [given], f"`data_dir` {given} is not a folder")
     roots = data_roots(data_dir)
     for root in roots:
         folder = root / name

@@ -29,8 +29,11 @@ def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_clas
         options = {**published_weights(cfg.name).builder_options, **options}
     try:
         return create_model(cfg.name, num_classes=num_classes, input_shape=input_shape, **options)
-    except TypeError as exc:
-        raise CnnlabError(f"model.options {cfg.options} do not fit model {cfg.name!r} ({exc})") from None
+    except CnnlabError as exc:
+        if not cfg.options or "option" not in str(exc):
+            raise
+        # the builder names the option; the config key is what a config's author has to change
+        raise CnnlabError(f"model.options {cfg.options} do not fit model {cfg.name!r}: {exc}") from None
 
 
 def count_params(model: nn.Module) -> int:

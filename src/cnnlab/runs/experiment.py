@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,16 @@ from cnnlab.models.registry import model_meta
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
-from cnnlab.runs.run_dir import META, RESULTS, SUMMARY, WEIGHTS, RunDir, check_folder, default_run_dir
+from cnnlab.runs.run_dir import (
+    META,
+    RESULTS,
+    SUMMARY,
+    WEIGHTS,
+    RunDir,
+    RunLock,
+    check_folder,
+    default_run_dir,
+)
 from cnnlab.training.callbacks import (
     Callback,
     EarlyStopping,
@@ -38,7 +50,7 @@ from cnnlab.training.callbacks import (
 from cnnlab.training.engine import make_engine, seed_everything
 from cnnlab.training.metrics import Evaluation, format_accuracy
 from cnnlab.training.optim import make_param_groups
-from cnnlab.training.trainer import Trainer, evaluate
+from cnnlab.training.trainer import Trainer, TrainingInterrupted, evaluate
 from cnnlab.training.transfer import BackboneFreeze
 
 Log = Callable[[str], None]
@@ -100,39 +112,86 @@ def train(
         cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
     cfg = resolve_config(cfg)
     run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
-    seed_everything(cfg.train.seed)
-    data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
-    trainer = _trainer(cfg, data, run, progress, log, callbacks)
-    if resume is not None:
-        trainer.resume("last")
-        if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
-            raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
-                              f"above {trainer.epoch}")
-        _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
-        run.write_history(trainer.history)
-        log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}")
-    else:  # every check passed: only now does the run folder appear
-        run = RunDir.create(run.path, overwrite=overwrite)
-    run.write_config(cfg)
-    _record_start(run, cfg, data, trainer, log, command)
+    lock = RunLock(run.path).acquire() if resume is not None else None  # one writer per run
+    try:
+        seed_everything(cfg.train.seed)
+        data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
+        trainer = _trainer(cfg, data, run, progress, log, callbacks)
+        if resume is not None:
+            _resume(run, cfg, trainer, log)
+        else:  # every check passed: only now does the run folder appear
+            run = RunDir.create(run.path, overwrite=overwrite)
+            lock = RunLock(run.path).acquire()
+        run.write_config(cfg)
+        _record_start(run, cfg, data, trainer, log, command)
+        with _stop_on_signals(trainer):
+            _fit(run, trainer, log)
+        if trainer.failure:
+            run.update_meta(status="failed", failure=trainer.failure)
+            log(f"Stopped: {trainer.failure}")
+            return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure)
+        test = _finish(run, cfg, data, trainer, log)
+        run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
+                        wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc, test_loss=test.loss)
+        if trainer.stop_reason:
+            log(f"Stopped early: {trainer.stop_reason}")
+        return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log) -> None:
+    trainer.resume("last", log=log)
+    if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
+        raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
+                          f"above {trainer.epoch}")
+    _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
+    run.write_history(trainer.history)
+    where = f", batch {trainer.progress.step} of epoch {trainer.epoch + 1}" if trainer.progress else ""
+    log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}{where}")
+
+
+def _fit(run: RunDir, trainer: Trainer, log: Log) -> None:
+    """``trainer.fit()``, keeping run.json's status true whatever ends it."""
     try:
         trainer.fit()
+    except TrainingInterrupted as stop:
+        name = signal.Signals(stop.signum).name
+        where = f"epoch {trainer.epoch + 1}, batch {trainer.progress.step}" if trainer.progress else "an epoch's end"
+        run.update_meta(status="interrupted", interrupted_by=name)
+        log(f"Stopped by {name} in {where}; saved {stop.checkpoint or 'nothing (no checkpoint folder)'}; "
+            f"continue with: cnnlab train --resume {run.path}")
+        raise
     except KeyboardInterrupt:
         run.update_meta(status="interrupted")
         raise
     except BaseException as exc:
         run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
-    if trainer.failure:
-        run.update_meta(status="failed", failure=trainer.failure)
-        log(f"Stopped: {trainer.failure}")
-        return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure)
-    test = _finish(run, cfg, data, trainer, log)
-    run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
-                    wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc, test_loss=test.loss)
-    if trainer.stop_reason:
-        log(f"Stopped early: {trainer.stop_reason}")
-    return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGTERM and SIGINT (a scheduler's pre-emption, Ctrl-C) finish the current step, save
+    ``checkpoints/last`` and stop (:class:`TrainingInterrupted`); a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        trainer.interrupt = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C is a plain KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -164,7 +223,7 @@ def _check_run(cfg: Config, out: str | Path | None, overwrite: bool, resume: str
     """The run directory to train into, checked but not created (see :meth:`RunDir.create`)."""
     if resume is not None:
         run = RunDir.open(resume)
-        if not (run.checkpoints / "last").exists() and not (run.checkpoints / ".last.old").exists():
+        if not any((run.checkpoints / name).exists() for name in ("last", ".last.old", "previous")):
             raise CnnlabError(f"{run.path} has no checkpoint to resume from (it stopped before the first epoch ended)")
         return run
     path = Path(out).expanduser() if out else default_run_dir(cfg)

@@ -17,19 +17,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from cnnlab.config import Config, dump_yaml, from_dict, read_yaml
 from cnnlab.errors import CnnlabError
-from cnnlab.io import write_atomic
+from cnnlab.io import file_mode, write_atomic
 
 CONFIG, META, METRICS, HISTORY = "config.yaml", "run.json", "metrics.jsonl", "history.csv"
 SUMMARY, RESULTS, WEIGHTS, CHECKPOINTS, FIGURES = "summary.txt", "results.json", "model.safetensors", "checkpoints", "figures"
@@ -46,12 +49,18 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> RunDir:
-        """A new, empty run directory; an existing one is replaced only with ``overwrite`` and only if it is a run.
+        """A new, empty run directory; an existing one is replaced only with ``overwrite``, only if it is a run,
+        and never while a process trains it (its lock is held).
 
         Raises:
-            CnnlabError: ``path`` holds something and ``overwrite`` is off, or it is not a run directory.
+            CnnlabError: ``path`` holds something and ``overwrite`` is off, it is not a run directory, or it is
+                being trained.
         """
-        return cls(prepare_folder(path, overwrite=overwrite, marker=META, what="run directory", resumable=True))
+        p = Path(path).expanduser()
+        if overwrite and (p / META).is_file():
+            with RunLock(p):  # refuses a run that is training; free, it may be replaced
+                pass
+        return cls(prepare_folder(p, overwrite=overwrite, marker=META, what="run directory", resumable=True))
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -173,8 +182,66 @@ def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, wha
     check_folder(p, overwrite=overwrite, marker=marker, what=what, resumable=resumable)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         shutil.rmtree(p)
-    p.mkdir(parents=True, exist_ok=True)
+    if p.is_dir():
+        return p
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir()  # exclusive: of two processes creating the same folder, one is told it exists
+    except FileExistsError:
+        raise CnnlabError(f"{p} was just created by another process; choose another `out`") from None
     return p
+
+
+class RunLock:
+    """One writer per run directory: an exclusive lock on ``RUN/.lock`` holding the owner's pid and host.
+
+    It is an ``fcntl.flock``: the kernel releases it when its process ends, however it ends, so a lock left
+    by a killed process is simply taken over. Readers (evaluate, show, report, predict) take no lock: every
+    file of a run is replaced atomically, so they always see a whole file.
+
+    Use as a context manager, or :meth:`acquire` / :meth:`release`.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Takes the lock.
+
+        Raises:
+            CnnlabError: another process holds it (the message names its pid and host).
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            pid, _, host = owner.partition(" ")
+            raise CnnlabError(f"{self.path.parent} is being trained by process {pid}"
+                              f"{' on ' + host if host else ''}; wait for it to end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Gives the lock up (the file stays, empty of an owner)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def numbered(base: str | os.PathLike) -> Path:

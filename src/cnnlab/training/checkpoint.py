@@ -7,14 +7,23 @@ A checkpoint is a folder (``checkpoints/last``, ``checkpoints/best``) holding:
 * ``state.json`` — the rest (epoch, history, optimiser hyper-parameters, callback state), with tensors
   replaced by ``{"__tensor__": key}`` references into ``state.safetensors``.
 
+* ``digest.json`` — the SHA-256 of each file above, written last: a checkpoint without it, or whose files
+  do not match it (torn by a crash, flipped on disk), is refused by name.
+
 Nothing is pickled, so loading a checkpoint never executes code. A folder is written beside its final
-name and swapped in with renames, so a crash leaves either the old or the new checkpoint, never half.
+name and swapped in with renames, so a crash leaves either the old or the new checkpoint, never half; with
+``keep_previous`` the one it replaces stays as ``previous`` (``checkpoints/last`` → ``checkpoints/previous``),
+and :func:`load_checkpoint` falls back to it when the newer one is damaged. A full disk stops with a one-line
+error that names the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +32,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.io import recover_folder, replace_folder, temp_folder_beside
+from cnnlab.io import file_digest, recover_folder, replace_folder, temp_folder_beside
 from cnnlab.models.weights import load_into, load_weights_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
+DIGEST_FILE = "digest.json"
 
 
 def _split(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
@@ -60,8 +70,19 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any]) -> Path:
-    """Writes ``model`` and the training ``state`` to ``folder`` atomically (temp folder + renames)."""
+def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any], *,
+                    keep_previous: Path | None = None) -> Path:
+    """Writes ``model`` and the training ``state`` to ``folder`` atomically (temp folder + renames).
+
+    Args:
+        folder: the checkpoint folder (``checkpoints/last``).
+        model: its state dict is saved.
+        state: plain data and tensors (see the module's notes).
+        keep_previous: move the checkpoint ``folder`` held to this path (the older one is dropped).
+
+    Raises:
+        CnnlabError: the disk is full (nothing of the new checkpoint is left; the old one is intact).
+    """
     folder = Path(folder)
     tmp = temp_folder_beside(folder)
     try:
@@ -71,16 +92,63 @@ def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any]) -> Pa
         meta = _split(state, tensors, "state")
         save_file(tensors, str(tmp / STATE_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta))
+        digests = {name: file_digest(tmp / name) for name in (MODEL_FILE, STATE_FILE, META_FILE)}
+        (tmp / DIGEST_FILE).write_text(json.dumps({"sha256": digests}))  # last: its presence means "complete"
+        if keep_previous is not None and folder.exists():
+            shutil.rmtree(keep_previous, ignore_errors=True)
+            os.replace(folder, keep_previous)
         return replace_folder(tmp, folder)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        good = folder if folder.exists() else keep_previous if keep_previous and keep_previous.exists() else None
+        raise CnnlabError(f"no space left on {folder.parent} while writing {folder.name}; freed nothing; the last "
+                          f"good checkpoint is {good or 'none yet'}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model: nn.Module | None = None) -> dict[str, Any]:
-    """Loads the weights into ``model`` (if given) and returns the training state."""
-    folder = recover_folder(Path(folder))
+def check_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete, intact checkpoint, or None when its files match their digests."""
+    digest = folder / DIGEST_FILE
     if not (folder / META_FILE).is_file():
-        raise CnnlabError(f"{folder} holds no checkpoint (no {META_FILE}); nothing to resume from")
+        return f"no {META_FILE}"
+    if not digest.is_file():
+        return f"no {DIGEST_FILE} (written last: the checkpoint was torn while being written)"
+    try:
+        want = json.loads(digest.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return f"{DIGEST_FILE} is damaged"
+    for name, sha in want.items():
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+        if file_digest(folder / name) != sha:
+            return f"{name} does not match its digest (damaged on disk)"
+    return None
+
+
+def load_checkpoint(folder: Path, model: nn.Module | None = None, *, fallback: Path | None = None,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Loads the weights into ``model`` (if given) and returns the training state.
+
+    Args:
+        folder: the checkpoint folder.
+        model: receives the weights (strict: keys and shapes must match).
+        fallback: an older checkpoint to use, with a note to ``log``, when ``folder`` is damaged.
+        log: receives that note.
+
+    Raises:
+        CnnlabError: neither ``folder`` nor ``fallback`` holds an intact checkpoint (the message says why), or
+            the weights do not fit ``model``.
+    """
+    folder = recover_folder(Path(folder))
+    problem = check_checkpoint(folder)
+    if problem is not None and fallback is not None and check_checkpoint(fallback) is None:
+        if folder.exists() and log is not None:
+            log(f"note: {folder} is not usable ({problem}); resuming from {fallback} instead")
+        folder, problem = fallback, None
+    if problem is not None:
+        raise CnnlabError(f"{folder} holds no usable checkpoint ({problem}); nothing to resume from")
     if model is not None:
         load_into(model, load_weights_file(folder / MODEL_FILE), str(folder / MODEL_FILE))
     tensors = load_weights_file(folder / STATE_FILE)

@@ -34,7 +34,7 @@ from cnnlab.training.optim import lr_factor, make_optimizer, make_param_groups, 
 __all__ = ["EpochProgress", "Trainer", "TrainingInterrupted", "evaluate", "train_one_epoch"]
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 - like KeyboardInterrupt: a signal, not a bug
+class TrainingInterrupted(KeyboardInterrupt):  # noqa: N818 - a KeyboardInterrupt, with what was saved
     """Training stopped on a signal (SIGTERM, SIGINT) after saving a checkpoint of the step it had reached.
 
     Attributes:
@@ -258,16 +258,20 @@ class Trainer:
                 cb.load_state_dict(saved[cb.state_key])
 
     def save_checkpoint(self, kind: str) -> Path | None:
-        """Writes ``checkpoints/<kind>`` (last / best) when the trainer has a checkpoint folder."""
+        """Writes ``checkpoints/<kind>`` (last / best) when the trainer has a checkpoint folder; the ``last`` it
+        replaces is kept as ``checkpoints/previous``."""
         if self.checkpoint_dir is None:
             return None
-        return save_checkpoint(self.checkpoint_dir / kind, self.model, self.state_dict())
+        keep = self.checkpoint_dir / "previous" if kind == "last" else None
+        return save_checkpoint(self.checkpoint_dir / kind, self.model, self.state_dict(), keep_previous=keep)
 
-    def resume(self, kind: str = "last") -> None:
-        """Restores model and training state from ``checkpoints/<kind>``."""
+    def resume(self, kind: str = "last", log: Callable[[str], None] | None = None) -> None:
+        """Restores model and training state from ``checkpoints/<kind>`` (or ``previous``, with a note to ``log``,
+        when ``last`` is damaged)."""
         if self.checkpoint_dir is None:
             raise CnnlabError("this trainer has no checkpoint folder to resume from")
-        self.load_state_dict(load_checkpoint(self.checkpoint_dir / kind, self.model))
+        fallback = self.checkpoint_dir / "previous" if kind == "last" else None
+        self.load_state_dict(load_checkpoint(self.checkpoint_dir / kind, self.model, fallback=fallback, log=log))
 
 
 def _restore_layouts(optimizer: torch.optim.Optimizer) -> None:
