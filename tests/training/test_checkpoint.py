@@ -64,8 +64,8 @@ def test_missing_and_damaged_checkpoints_are_named(tmp_path, make_model):
     with pytest.raises(CnnlabError, match="holds no usable checkpoint .no state.json.; nothing to resume from"):
         load_checkpoint(tmp_path / "none")
     save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
-    (tmp_path / "ck" / "state.json").write_text("{not json")
-    with pytest.raises(CnnlabError, match="state.json is corrupt"):
-        load_checkpoint(tmp_path / "ck")
     with pytest.raises(CnnlabError, match="does not fit this model"):
         load_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2))
+    (tmp_path / "ck" / "state.json").write_text("{not json")  # a torn or edited file: caught by its digest
+    with pytest.raises(CnnlabError, match=r"ck holds no usable checkpoint \(state.json does not match its digest"):
+        load_checkpoint(tmp_path / "ck")
