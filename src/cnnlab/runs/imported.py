@@ -28,7 +28,7 @@ from cnnlab.io import file_digest, replace_folder, temp_folder_beside, write_ato
 from cnnlab.models.keras import KerasModel, build_keras, read_keras
 from cnnlab.models.summary import param_counts, summary_text
 from cnnlab.runs.experiment import save_weights
-from cnnlab.runs.run_dir import META, RESULTS, SUMMARY, WEIGHTS, RunDir, numbered, safe_name
+from cnnlab.runs.run_dir import META, RESULTS, SUMMARY, WEIGHTS, RunDir, check_folder, numbered, safe_name
 from cnnlab.training.engine import Engine
 from cnnlab.training.metrics import Evaluation
 from cnnlab.training.trainer import evaluate
@@ -74,7 +74,7 @@ def import_keras(model_file: str | Path, *, out: str | Path | None = None, datas
     """
     path = Path(model_file).expanduser()
     target = Path(out) if out else numbered(Path("runs") / safe_name(path.stem))
-    _refuse_taken(target, overwrite)
+    check_folder(target, overwrite=overwrite, marker=META, what="run directory")  # refused before any work
     km = read_keras(path)
     model = build_keras(km)
     dropped = f" (left out: {', '.join(km.dropped)})" if km.dropped else ""
@@ -102,16 +102,6 @@ def import_keras(model_file: str | Path, *, out: str | Path | None = None, datas
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ImportResult(RunDir(target), km, ev)
-
-
-def _refuse_taken(target: Path, overwrite: bool) -> None:
-    """The checks of :meth:`RunDir.create`, before any work: a taken folder needs ``overwrite`` and a run in it."""
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not overwrite:
-            raise CnnlabError(f"{target} already exists; pass `overwrite` to replace it or choose another `out`")
-        if not (target / META).is_file():
-            raise CnnlabError(f"{target} exists and is not a cnnlab run directory (no {META}); refusing to "
-                              "overwrite it — choose another `out`")
 
 
 def _config(path: Path, km: KerasModel, dataset: str | None, data_dir: str | None) -> Config:
