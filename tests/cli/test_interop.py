@@ -92,3 +92,16 @@ def test_evaluate_without_a_dataset_says_how_to_get_one(tmp_path, capsys) -> Non
     assert "import again with --dataset" in capsys.readouterr().out
     assert main(["evaluate", str(out)]) == 2
     assert "import it again with --dataset" in capsys.readouterr().err
+
+
+def test_export_metrics(dnn_run, small_cnn_run, tmp_path, capsys) -> None:
+    out = tmp_path / "m.csv"
+    assert main(["export-metrics", str(dnn_run), str(small_cnn_run), "--format", "csv", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{out}\n" and len(out.read_text().splitlines()) == 1 + 2 + 1
+    assert main(["export-metrics", str(dnn_run), "--format", "csv", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {out} already exists; pass --overwrite")
+    assert main(["export-metrics", str(dnn_run), str(small_cnn_run), "--format", "tensorboard",
+                 "--out", str(tmp_path / "tb")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [str(tmp_path / "tb" / dnn_run.name), str(tmp_path / "tb" / small_cnn_run.name),
+                     f"Open: tensorboard --logdir {tmp_path / 'tb'}"]

@@ -131,3 +131,14 @@ def test_a_failed_run_exits_1_and_says_what_was_kept(tmp_path, capsys, monkeypat
     assert main(["train", "--dataset", "fashion-mnist-sample"]) == 1
     assert capsys.readouterr().out == (f"Run: {run.path} (failed; the last good checkpoint is in "
                                        f"{run.checkpoints / 'last'})\n")
+
+
+def test_log_tensorboard_and_a_missing_package(tmp_path, capsys, monkeypatch):
+    assert main(["train", *QUICK, "--epochs", "1", "--log", "tensorboard", "--out", str(tmp_path / "r")]) == 0
+    assert len(list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    capsys.readouterr()
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # as if cnnlab[tensorboard] were not installed
+    assert main(["train", *QUICK, "--log", "tensorboard", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --log needs the tensorboard package; install it with pip install 'cnnlab[tensorboard]'\n"
+    assert not (tmp_path / "s").exists()  # refused before the run folder appears

@@ -63,3 +63,17 @@ def test_augment_ranges_name_the_key_and_enabled_ignores_the_padding_mode():
     with pytest.raises(CnnlabError, match="data.augment.padding_mode: 'wrap' is not one of zeros, reflect"):
         load_config(None, [("data.augment.padding_mode", "wrap")])
     assert not AugmentConfig(padding_mode="reflect").enabled and AugmentConfig(vflip=True).enabled
+
+
+def test_logger_keys():
+    cb = CallbacksConfig()
+    assert (cb.tensorboard, cb.mlflow, cb.log_every_n_steps) == (False, None, 50)
+    cfg = load_config(None, [("callbacks.tensorboard", True), ("callbacks.mlflow", "sqlite:///m.db"),
+                             ("callbacks.log_every_n_steps", 0)])
+    assert (cfg.callbacks.tensorboard, cfg.callbacks.mlflow, cfg.callbacks.log_every_n_steps) == (True, "sqlite:///m.db", 0)
+    with pytest.raises(CnnlabError, match="callbacks.log_every_n_steps is -1"):
+        CallbacksConfig(log_every_n_steps=-1)
+    with pytest.raises(CnnlabError, match="callbacks.mlflow is empty"):
+        load_config(None, [("callbacks.mlflow", " ")])
+    with pytest.raises(CnnlabError, match="callbacks.tensorboard expects true or false"):
+        load_config(None, [("callbacks.tensorboard", "yes")])

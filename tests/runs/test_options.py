@@ -91,3 +91,17 @@ def test_a_resume_applies_what_it_can_and_refuses_the_rest(tmp_path):
     assert set(RESUME_OPTIONS) < set(BY_NAME)
     with pytest.raises(CnnlabError, match=r"so `model`, `weights`, `out` cannot apply; drop them \(`epochs` extends"):
         resume_config(tmp_path, model="resnet18", weights="missing.pth", refused=["out"])
+
+
+def test_log_flag_and_loggers_keyword(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = experiment_config(**parsed("--log", "tensorboard", "--log", "mlflow"))
+    assert cfg.callbacks.tensorboard and cfg.callbacks.mlflow == "mlflow.db"  # MLflow's own local default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/team.db")
+    assert experiment_config(loggers="mlflow").callbacks.mlflow == "sqlite:////tmp/team.db"
+    assert not experiment_config(loggers="mlflow").callbacks.tensorboard
+    assert BY_NAME["loggers"].flag == "--log" and BY_NAME["loggers"].keys == ("callbacks.tensorboard", "callbacks.mlflow")
+    with pytest.raises(CnnlabError, match=r"`loggers`: unknown logger 'wandb'; valid: tensorboard, mlflow"):
+        experiment_config(loggers=["wandb"])
+    with pytest.raises(SystemExit):
+        parsed("--log", "wandb")  # argparse lists the choices

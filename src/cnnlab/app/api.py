@@ -58,7 +58,7 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         log: receives one line per event.
         **options: the CLI's training flags as keywords: ``model``, ``dataset``, ``epochs``, ``batch_size``,
             ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``stop_at``,
-            ``data_dir``.
+            ``loggers`` (``"tensorboard"``, ``"mlflow"`` or both; the CLI's ``--log``), ``data_dir``.
 
     Returns:
         The trained :class:`Run` (also when training failed: ``run.status`` says so).

@@ -22,6 +22,7 @@ from cnnlab.io import write_atomic
 from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
 from cnnlab.runs.history import best_epoch
+from cnnlab.runs.loggers import publish
 from cnnlab.runs.run_dir import RESULTS
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
@@ -313,6 +314,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
              "Activation maximisation: cnnlab report --maximize." if "maximize" in shown and not maximize else ""]
     page = _page(title, cfg.description, sections, " ".join(n for n in notes if n), time.perf_counter() - t0)
     write_atomic(path, page)
+    publish(run, [path], log=log)  # the run's MLflow run, when it logs to one, gets report.html too
     for view in extra_views:
         for stem, fig in VIEWS.get(view)(ctx, ShowOptions(n=6)).items():
             save_figure(fig, Path(figures_dir or run.figures) / f"{stem}.png")

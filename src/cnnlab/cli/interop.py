@@ -1,10 +1,13 @@
-"""Commands that meet other tools: import-keras."""
+"""Commands that meet other tools: import-keras, export-metrics."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from cnnlab.runs.imported import import_keras
+from cnnlab.runs.metrics_export import export_metrics
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
@@ -18,4 +21,13 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
               "to evaluate, show and report)")
     else:
         print(f"Next: cnnlab evaluate {run.path}   cnnlab show {run.path} feature-maps   cnnlab report {run.path}")
+    return 0
+
+
+def cmd_export_metrics(args: argparse.Namespace) -> int:
+    for path in export_metrics(args.run_dirs, args.format, out=args.out, overwrite=args.overwrite):
+        print(path)
+    if args.format == "tensorboard":
+        parents = [str(Path(r).resolve().parent) for r in args.run_dirs]
+        print(f"Open: tensorboard --logdir {args.out or os.path.commonpath(parents)}")
     return 0

@@ -30,6 +30,8 @@ EPILOG = """examples:
   cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
   cnnlab import-keras model.h5 --out runs/keras --dataset fashion-mnist   a Keras model as a cnnlab run
+  cnnlab train --config fashion_mnist_cnn --log tensorboard --log mlflow   log to TensorBoard / MLflow too
+  cnnlab export-metrics runs/* --format tensorboard   older runs' metrics as TensorBoard event files
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -47,7 +49,8 @@ RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <da
 # Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
-            "datasets": "catalog", "models": "catalog", "summary": "catalog", "import-keras": "interop"}
+            "datasets": "catalog", "models": "catalog", "summary": "catalog", "import-keras": "interop",
+            "export-metrics": "interop"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -56,7 +59,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         if opt.kind == "flag":
             p.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
         elif opt.kind == "list":
-            p.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar, help=opt.help)
+            p.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar, help=opt.help,
+                           choices=opt.choices)
         else:
             p.add_argument(opt.flag, dest=opt.name, type={"int": int, "float": float, "str": str}[opt.kind],
                            choices=opt.choices, metavar=opt.metavar, help=opt.help)
@@ -181,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--classes", metavar="A,B,...", help="class names in output order, when no --dataset names them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")
+
+    p = sub.add_parser("export-metrics", help="write finished runs' epoch metrics as TensorBoard event files or a CSV",
+                       description="tensorboard: event files with the live logger's tags (loss/train, loss/val, "
+                                   "accuracy/train, accuracy/val, lr; step = epoch) into each RUN_DIR/tensorboard/ "
+                                   "(or --out DIR/<run name>/), so tensorboard --logdir runs/ shows older runs "
+                                   "next to new ones. csv: one file, a row per run and epoch.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=("tensorboard", "csv"))
+    p.add_argument("--out", metavar="PATH", help="tensorboard: a folder for one sub-folder per run; csv: the file "
+                                                 "(default metrics.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing event folders or CSV")
 
     p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMPARE_EPILOG)
