@@ -188,6 +188,13 @@ def test_unsupported_settings_are_errors(tmp_path) -> None:
             read_keras(path)
 
 
+def test_a_sigmoid_binary_head_is_refused(tmp_path) -> None:
+    path = _keras_file(tmp_path, [INPUT, _layer("Flatten", "f"), _layer("Dense", "out", units=1, activation="sigmoid")],
+                       {})
+    with pytest.raises(CnnlabError, match=r"layer 'out' \(Dense\) ends the model in sigmoid / one output; .*Dense\(2"):
+        read_keras(path)
+
+
 def test_branching_functional_model_is_refused(tmp_path) -> None:
     def node(*names):
         return [[[n, 0, 0, {}] for n in names]]

@@ -205,3 +205,15 @@ def test_a_configured_run_logs_its_files_to_mlflow(tmp_path, store) -> None:
     metrics = client.get_run(run_id).data.metrics
     assert metrics["test_acc"] == result.test.acc and metrics["train_loss"] == result.history[0]["train_loss"]
     assert events(result.run.path / TENSORBOARD).Tags()["graph"]  # the spec model's graph traced
+
+
+def test_a_run_deleted_from_the_store_is_replaced(tmp_path, store, capsys) -> None:
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.update_meta(status="running")
+    logger = MLflowLogger(store, run, Config())
+    logger.load_state_dict({"run_id": "0" * 32, "tracking_uri": store})  # as a checkpoint would restore it
+    logger.on_fit_start(SimpleNamespace(epoch=1, steps_per_epoch=10))
+    assert logger.run_id != "0" * 32 and run.meta["mlflow"]["run_id"] == logger.run_id
+    assert f"note: MLflow run {'0' * 32} cannot be continued" in capsys.readouterr().err
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 1

@@ -282,6 +282,11 @@ def _map_layers(chain: Sequence[_Layer], batch_shape: list | None, path: Path):
                               f"{', '.join(sorted(set(TYPES.values())))} (and random augmentation layers)")
     if not specs:
         raise CnnlabError(f"{path}: the model has no layers cnnlab can import")
+    last_spec, last_layer = specs[-1]
+    if last_spec.get("activation") == "sigmoid" or (last_spec["type"] == "Dense" and last_spec["units"] == 1):
+        raise CnnlabError(f"{path}: layer {last_layer.name!r} ({last_layer.kind}) ends the model in sigmoid / one "
+                          "output; cnnlab classifiers end in one softmax score per class, e.g. Dense(2, "
+                          "activation='softmax') for two classes")
     return _input_shape(batch_shape, path), specs, mean, std, tuple(dropped)
 
 

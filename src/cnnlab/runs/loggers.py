@@ -266,8 +266,13 @@ class MLflowLogger(Callback):
         if self.run_id is None and recorded.get("tracking_uri") == self.uri:
             self.run_id = recorded.get("run_id")
         if self.run_id is not None:
-            client.update_run(self.run_id, status="RUNNING")  # resumed: the same MLflow run goes on
-        else:
+            try:
+                client.update_run(self.run_id, status="RUNNING")  # resumed: the same MLflow run goes on
+            except Exception as exc:  # deleted from the store since: log into a new MLflow run
+                print(f"note: MLflow run {self.run_id} cannot be continued ({str(exc).splitlines()[0][:100]}); "
+                      "logging to a new one", file=sys.stderr)
+                self.run_id = None
+        if self.run_id is None:
             self.run_id = self._create(client)
         experiment = client.get_run(self.run_id).info.experiment_id
         self.run.update_meta(mlflow={"tracking_uri": self.uri, "experiment_id": experiment, "run_id": self.run_id})
