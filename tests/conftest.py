@@ -18,6 +18,10 @@ from torch import nn
 
 from cnnlab.data.tensors import ImageData, Normalizer
 
+# MLflow would otherwise send usage telemetry over the network; the tests never leave 127.0.0.1.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 if "CNNLAB_DATA" not in os.environ and SHARED.is_dir():
     os.environ["CNNLAB_DATA"] = str(SHARED)

@@ -281,10 +281,13 @@ def _maximize(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
 
 
 def applicable(ctx: ViewContext) -> list[str]:
-    """The views that make sense for this model (no filters without convolutions, templates only for FC nets)."""
+    """The views that make sense for this run (no filters without convolutions, templates only for FC nets, no
+    curves without epochs)."""
 
     has_conv = bool(conv_layers(ctx.model))
     skip = {"templates"} if has_conv else {"feature-maps", "filters", "occlusion", "gradcam", "maximize"}
+    if not ctx.history:  # a run imported from Keras has no training record to draw
+        skip.add("curves")
     return [v for v in VIEWS.names() if v not in skip]
 
 

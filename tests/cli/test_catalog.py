@@ -28,7 +28,9 @@ def test_summary_of_a_yaml_layer_list(tmp_path, capsys):
 def test_summary_options(capsys):
     assert main(["summary", "resnet18", "--input-shape", "32x32x3", "--num-classes", "5"]) == 0
     out = capsys.readouterr().out
-    assert "(None, 5)" in out and "Total params: 11,179,077" in out  # 512 * 5 + 5 in the head
+    assert "(None, 5)" in out and "Trainable params: 11,179,077" in out  # 512 * 5 + 5 in the head
+    # + BatchNorm's moving mean and variance (2 x 4,800 values), non-trainable parameters as Keras counts them
+    assert "Total params: 11,188,677" in out and "Non-trainable params: 9,600" in out
 
 
 def test_datasets_and_models_lists(capsys):

@@ -139,3 +139,14 @@ def test_a_zero_flag_reaches_the_config_and_is_refused_by_its_flag(capsys, tmp_p
     assert main(["train", "--dataset", "fashion-mnist-sample", "--set", "train.epochs=0"]) == 2
     assert capsys.readouterr().err == "error: train.epochs must be ≥ 1, got 0\n"  # typed by --set: its key
     assert not (tmp_path / "r").exists()
+
+
+def test_log_tensorboard_and_a_missing_package(tmp_path, capsys, monkeypatch):
+    assert main(["train", *QUICK, "--epochs", "1", "--log", "tensorboard", "--out", str(tmp_path / "r")]) == 0
+    assert len(list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    capsys.readouterr()
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # as if cnnlab[tensorboard] were not installed
+    assert main(["train", *QUICK, "--log", "tensorboard", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --log needs the tensorboard package; install it with pip install 'cnnlab[tensorboard]'\n"
+    assert not (tmp_path / "s").exists()  # refused before the run folder appears

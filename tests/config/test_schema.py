@@ -93,3 +93,17 @@ def test_text_that_yaml_read_as_something_else_gets_a_quoting_hint():
         load_config(None, [parse_override("name=no")])
     assert load_config(None, [parse_override("name='no'")]).name == "no"
     assert load_config(None, [("data.data_dir", __import__("pathlib").Path("/x/y"))]).data.data_dir == "/x/y"
+
+
+def test_logger_keys():
+    cb = CallbacksConfig()
+    assert (cb.tensorboard, cb.mlflow, cb.log_every_n_steps) == (False, None, 50)
+    cfg = load_config(None, [("callbacks.tensorboard", True), ("callbacks.mlflow", "sqlite:///m.db"),
+                             ("callbacks.log_every_n_steps", 0)])
+    assert (cfg.callbacks.tensorboard, cfg.callbacks.mlflow, cfg.callbacks.log_every_n_steps) == (True, "sqlite:///m.db", 0)
+    with pytest.raises(CnnlabError, match="callbacks.log_every_n_steps is -1"):
+        CallbacksConfig(log_every_n_steps=-1)
+    with pytest.raises(CnnlabError, match="callbacks.mlflow is empty"):
+        load_config(None, [("callbacks.mlflow", " ")])
+    with pytest.raises(CnnlabError, match="callbacks.tensorboard expects true or false"):
+        load_config(None, [("callbacks.tensorboard", "yes")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.architecture import architecture_diagram, architecture_rows, layout
@@ -30,4 +31,6 @@ def test_layout_wraps_into_balanced_columns(keras_cnn_maps) -> None:
 
 def test_diagram_totals_are_exact(nested_cnn_maps) -> None:
     d = architecture_diagram(nested_cnn_maps, (3, 8, 8))
-    assert d.total_params == sum(p.numel() for p in nested_cnn_maps.parameters())
+    stats = sum(m.running_mean.numel() * 2 for m in nested_cnn_maps.modules() if isinstance(m, nn.BatchNorm2d))
+    # every parameter, and BatchNorm's moving mean and variance, which Keras counts as (non-trainable) parameters
+    assert d.total_params == sum(p.numel() for p in nested_cnn_maps.parameters()) + stats == 745 + 16

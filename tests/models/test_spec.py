@@ -91,6 +91,21 @@ def test_keras_batchnorm_momentum_translates():
     assert bn.momentum == pytest.approx(0.01) and bn.eps == pytest.approx(1e-3)
 
 
+def test_batchnorm_center_and_scale_off_leave_nothing_to_learn():
+    m = build_spec([{"type": "Conv2D", "filters": 3, "kernel_size": 3, "use_bias": False},
+                    {"type": "BatchNormalization", "center": False, "scale": False}, {"type": "Flatten"}],
+                   input_shape=(1, 5, 5))
+    bn = m.batch_normalization
+    assert [n for n, _ in m.named_parameters()] == ["conv2d.weight"]  # Keras: no beta, no gamma
+    assert set(m.state_dict()) == {"conv2d.weight", "batch_normalization.running_mean",
+                                   "batch_normalization.running_var", "batch_normalization.num_batches_tracked"}
+    assert torch.equal(bn.weight, torch.ones(3)) and torch.equal(bn.bias, torch.zeros(3))
+    x = torch.randn(4, 3, 3, 3)
+    assert torch.allclose(bn.eval()(x), x / torch.sqrt(torch.tensor(1 + 1e-3)))  # fresh statistics: 0 and 1
+    with pytest.raises(CnnlabError, match="center must be true or false"):
+        build_spec([{"type": "BatchNormalization", "center": "no"}, {"type": "Flatten"}], input_shape=(1, 5, 5))
+
+
 @pytest.mark.parametrize("shape, k, s, pad", [((1, 28, 28), 3, 1, "valid"), ((3, 32, 32), 3, 1, "same"),
                                               ((3, 33, 33), 3, 2, "same"), ((1, 28, 28), 5, 1, "valid")])
 def test_conv_padding_matches_tensorflow_and_marks_small_fan_in(shape, k, s, pad):

@@ -71,7 +71,8 @@ def test_nested_rows_use_dotted_names_depth_and_unused(nested_cnn_maps) -> None:
     assert rows[-1].output_shape == "unused" and rows[-1].params == 10
     assert all(name in dict(nested_cnn_maps.named_modules()) for name in names)
     shallow = layer_rows(nested_cnn_maps, (3, 8, 8), depth=2)
-    assert [(r.name, r.type, r.params) for r in shallow[1:3]] == [("layer1.0", "Block", 304), ("layer1.1", "Block", 304)]
+    # 2 convs 4→4 3x3 (2 x 148) + BatchNorm(4): gamma, beta and, as Keras counts them, moving mean/variance (16)
+    assert [(r.name, r.type, r.params) for r in shallow[1:3]] == [("layer1.0", "Block", 312), ("layer1.1", "Block", 312)]
     total, _ = param_counts(nested_cnn_maps)
     assert f"Total params: {total:,}" in keras_table(shallow, params=param_counts(nested_cnn_maps))
 
@@ -86,6 +87,15 @@ def test_non_trainable_counts_and_state_is_kept(keras_cnn_maps) -> None:
     assert keras_cnn_maps.training and keras_cnn_maps.conv2d.training and not keras_cnn_maps.dense.training
     assert torch.equal(torch.get_rng_state(), rng)  # the dummy input is zeros, no random draw
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in keras_cnn_maps.modules())
+
+
+def test_batchnorm_statistics_count_as_keras_non_trainable_params() -> None:
+    model = nn.Sequential(OrderedDict(conv2d=nn.Conv2d(1, 4, 3), batch_normalization=nn.BatchNorm2d(4),
+                                      flatten=nn.Flatten(), dense=nn.Linear(4 * 4 * 4, 2)))
+    # Keras: conv 40, BatchNormalization 16 (gamma, beta trainable; moving mean, variance not), dense 130
+    assert param_counts(model) == (186, 178)
+    assert [r.params for r in layer_rows(model, (1, 6, 6))] == [40, 16, 0, 130]
+    assert param_counts(nn.BatchNorm2d(4, track_running_stats=False)) == (8, 8)  # no statistics kept, none counted
 
 
 def test_keras_shape_text() -> None:

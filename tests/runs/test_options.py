@@ -112,3 +112,17 @@ def test_zero_and_false_are_values_not_absence():
     with pytest.raises(CnnlabError, match="`train.epochs` must be ≥ 1, got 0"):
         experiment_config(epochs=0)
     assert parsed("--epochs", "0") == {"epochs": 0}
+
+
+def test_log_flag_and_loggers_keyword(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = experiment_config(**parsed("--log", "tensorboard", "--log", "mlflow"))
+    assert cfg.callbacks.tensorboard and cfg.callbacks.mlflow == "mlflow.db"  # MLflow's own local default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/team.db")
+    assert experiment_config(loggers="mlflow").callbacks.mlflow == "sqlite:////tmp/team.db"
+    assert not experiment_config(loggers="mlflow").callbacks.tensorboard
+    assert BY_NAME["loggers"].flag == "--log" and BY_NAME["loggers"].keys == ("callbacks.tensorboard", "callbacks.mlflow")
+    with pytest.raises(CnnlabError, match=r"`loggers`: unknown logger 'wandb'; valid: tensorboard, mlflow"):
+        experiment_config(loggers=["wandb"])
+    with pytest.raises(SystemExit):
+        parsed("--log", "wandb")  # argparse lists the choices

@@ -30,10 +30,12 @@ from cnnlab.data.folder import folder_classes
 from cnnlab.data.prepare import folder_spec
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.build import build_model
+from cnnlab.models.keras import KERAS_SUFFIXES, build_keras, read_keras
 from cnnlab.models.registry import create_model as _create
 from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.runs.experiment import train as _train
+from cnnlab.runs.loaded import load_run as _load_run
 from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.training.callbacks import Callback
 
@@ -59,7 +61,7 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         callbacks: your own :class:`~cnnlab.training.callbacks.Callback` objects, run beside the config's.
         **options: the CLI's training flags as keywords: ``model``, ``dataset``, ``epochs``, ``batch_size``,
             ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``stop_at``,
-            ``data_dir``.
+            ``loggers`` (``"tensorboard"``, ``"mlflow"`` or both; the CLI's ``--log``), ``data_dir``.
 
     Returns:
         The trained :class:`Run` (also when training failed: ``run.status`` says so).
@@ -112,13 +114,15 @@ def create_model(name: str, *, input_shape: Sequence[int] | None = None, num_cla
 
 def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int] | None = None,
             num_classes: int | None = None) -> str:
-    """Keras's ``model.summary()`` table of a model, a registered name, a config (name, YAML or object).
+    """Keras's ``model.summary()`` table of a model, a registered name, a config (name, YAML or object), a run
+    directory or a Keras model file (``.h5`` / ``.keras``, converted as ``cnnlab import-keras`` does).
 
     A YAML file may also hold just a list of layers. A config's input comes from its data section
     (registered dataset, or ``data.image_size`` and ``data.grayscale`` for folders).
 
     Args:
-        model: an ``nn.Module``, a registered model name, a packaged config name, a YAML path or a Config.
+        model: an ``nn.Module``, a registered model name, a packaged config name, a YAML path, a Config, a run
+            directory or a Keras ``.h5`` / ``.keras`` file.
         input_shape: (C, H, W); needed for an ``nn.Module`` and for configs whose data cannot tell it.
         num_classes: outputs, when the name or config does not fix them.
 
@@ -141,6 +145,13 @@ def _model_to_summarise(source: str | Path | Config, input_shape: Sequence[int] 
         module = create_model(source, input_shape=input_shape, num_classes=num_classes)
 
         return module, tuple(input_shape) if input_shape else model_meta(source).input_shape, source
+    path = None if isinstance(source, Config) else Path(source)
+    if path is not None and path.suffix.lower() in KERAS_SUFFIXES and path.is_file():
+        km = read_keras(path)  # Keras's own model file: its converted layers, with Keras's parameter counts
+        return build_keras(km), km.input_shape, km.name
+    if path is not None and path.is_dir():  # a run directory: its model at the input it was trained on
+        loaded = _load_run(path)
+        return loaded.model, loaded.input_shape, loaded.cfg.name or path.name
     cfg = source if isinstance(source, Config) else _config_or_layers(source)
     shape, classes = _config_input(cfg, input_shape, num_classes)
     title = cfg.name or (Path(source).stem if not isinstance(source, Config) else "model")

@@ -22,6 +22,7 @@ from cnnlab.io import write_atomic
 from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
 from cnnlab.runs.history import run_best_epoch
+from cnnlab.runs.loggers import publish
 from cnnlab.runs.run_dir import RESULTS
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
@@ -135,7 +136,9 @@ def _run_facts(ctx: ViewContext) -> str:
         ("Model", model),
         ("Parameters", f"{meta['params']:,}" if "params" in meta else None),
         ("Training", f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, {epochs} of {t.epochs} epochs"
-                     + (f", L2 {t.l2:g}" if t.l2 else "") + (", augmentation" if cfg.data.augment.enabled else "")),
+                     + (f", L2 {t.l2:g}" if t.l2 else "") + (", augmentation" if cfg.data.augment.enabled else "")
+         if "imported_from" not in meta else None),
+        ("Imported", _imported(meta.get("imported_from"))),
         ("Stopped", meta.get("stop_reason")),
         ("Status", meta.get("status")),
         ("Wall time", _duration(meta.get("wall_seconds"))),
@@ -144,6 +147,12 @@ def _run_facts(ctx: ViewContext) -> str:
         ("Finished" if meta.get("status") == "done" else "Last updated", meta.get("updated")),
         ("Command", meta.get("command")),
     ])
+
+
+def _imported(source: dict | None) -> str | None:
+    if not source:
+        return None
+    return f"from Keras {source.get('keras_version', '?')}: {source.get('file')} (sha256 {source.get('sha256', '?')[:12]}…)"
 
 
 def _summary_table(ctx: ViewContext) -> str:
@@ -240,7 +249,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     t0 = time.perf_counter()
     ctx = ViewContext(run_dir, data_dir)
     run, cfg = ctx.loaded.run, ctx.loaded.cfg
-    if not ctx.history:
+    if not ctx.history and "imported_from" not in run.meta:  # an imported run has weights but no epochs
         raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); train it before reporting")
     path = Path(out).expanduser() if out else run.file(REPORT)
     if path.suffix.lower() not in (".html", ".htm"):
@@ -268,7 +277,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
                      "pass it to <code>cnnlab train --config</code> to repeat the run</summary>"
                      f"<pre>{_esc(run.file('config.yaml').read_text())}</pre></details>"))
     sections.append(("summary", "Model summary", _summary_table(ctx)))
-    curves = figures("curves", ShowOptions())
+    curves = figures("curves", ShowOptions()) if "curves" in shown else {}
     if curves:
         sections.append(("curves", "Learning curves", "<p class=hint>Loss and accuracy per epoch; validation "
                          "falling behind training is overfitting.</p>" + _img(curves["curves"], "learning curves")))
@@ -305,6 +314,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
              "Activation maximisation: cnnlab report --maximize." if "maximize" in shown and not maximize else ""]
     page = _page(title, cfg.description, sections, " ".join(n for n in notes if n), time.perf_counter() - t0)
     write_atomic(path, page)
+    publish(run, [path], log=log)  # the run's MLflow run, when it logs to one, gets report.html too
     for view in extra_views:
         for stem, fig in VIEWS.get(view)(ctx, ShowOptions(n=6)).items():
             save_figure(fig, Path(figures_dir or run.figures) / f"{stem}.png")

@@ -30,6 +30,9 @@ EPILOG = """examples:
   cnnlab predict runs/fashion_mnist_cnn photos/ --out preds.csv --grid preds.png --engine onnx
   cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
+  cnnlab import-keras model.h5 --out runs/keras --dataset fashion-mnist   a Keras model as a cnnlab run
+  cnnlab train --config fashion_mnist_cnn --log tensorboard --log mlflow   log to TensorBoard / MLflow too
+  cnnlab export-metrics runs/* --format tensorboard   older runs' metrics as TensorBoard event files
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -47,7 +50,8 @@ RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <da
 # Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
-            "datasets": "catalog", "models": "catalog", "summary": "catalog"}
+            "datasets": "catalog", "models": "catalog", "summary": "catalog", "import-keras": "interop",
+            "export-metrics": "interop"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -56,7 +60,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         if opt.kind == "flag":
             p.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=opt.help)
         elif opt.kind == "list":
-            p.add_argument(opt.flag, dest=opt.name, action="append", default=None, metavar=opt.metavar, help=opt.help)
+            p.add_argument(opt.flag, dest=opt.name, action="append", default=None, metavar=opt.metavar, help=opt.help,
+                           choices=opt.choices)
         else:
             p.add_argument(opt.flag, dest=opt.name, type={"int": int, "float": float, "str": str}[opt.kind],
                            choices=opt.choices, metavar=opt.metavar, help=opt.help)
@@ -154,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/figures)")
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
-    p = sub.add_parser("summary", help="Keras-style layer table of a registered model or a YAML config/layer list")
-    p.add_argument("model", metavar="MODEL_OR_YAML")
+    p = sub.add_parser("summary", help="Keras-style layer table of a registered model, a YAML config/layer list, a "
+                                       "run directory or a Keras .h5/.keras file")
+    p.add_argument("model", metavar="MODEL_OR_FILE")
     p.add_argument("--input-shape", metavar="H,W,C", help="input shape (default: the model's tutorial input)")
     p.add_argument("--num-classes", type=int, default=None)
 
@@ -167,6 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html)")
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
     p.add_argument("--maximize", action="store_true", help="also include activation maximisation (slower)")
+
+    p = sub.add_parser("import-keras", help="turn a trained Keras model (.h5 or .keras) into a cnnlab run directory",
+                       description="Reads a Keras 2 .h5 or Keras 3 .keras file without TensorFlow, maps its layers "
+                                   "onto cnnlab's Keras-named layers, converts the weights and writes a run "
+                                   "directory that evaluate, predict, show, report and export work on. Without a "
+                                   "Rescaling layer the model gets pixels / 255, as in the tutorials.")
+    p.add_argument("model_file", metavar="MODEL", help="a file written by Keras's model.save (.h5 or .keras)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/<file name>)")
+    p.add_argument("--dataset", help="the dataset the model was trained on (registered or folder:PATH): evaluates "
+                                     "its test set now, and evaluate/show/report use it later")
+    p.add_argument("--data-dir")
+    p.add_argument("--classes", metavar="A,B,...", help="class names in output order, when no --dataset names them")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")
+
+    p = sub.add_parser("export-metrics", help="write finished runs' epoch metrics as TensorBoard event files or a CSV",
+                       description="tensorboard: event files with the live logger's tags (loss/train, loss/val, "
+                                   "accuracy/train, accuracy/val, lr; step = epoch) into each RUN_DIR/tensorboard/ "
+                                   "(or --out DIR/<run name>/), so tensorboard --logdir runs/ shows older runs "
+                                   "next to new ones. csv: one file, a row per run and epoch.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=("tensorboard", "csv"))
+    p.add_argument("--out", metavar="PATH", help="tensorboard: a folder for one sub-folder per run; csv: the file "
+                                                 "(default metrics.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing event folders or CSV")
 
     p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMPARE_EPILOG)
@@ -202,7 +232,7 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
-             "config": "--config"}
+             "config": "--config", "classes": "--classes", "dataset": "--dataset"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 

@@ -207,6 +207,11 @@ class CallbacksConfig:
             takes it from the metric (losses ``min``, accuracies ``max``).
         min_delta: smallest change of ``monitor`` that counts as an improvement.
         restore_best: at the end, keep the weights of the best epoch (by ``monitor``).
+        tensorboard: write TensorBoard event files to ``RUN_DIR/tensorboard/`` (needs ``cnnlab[tensorboard]``).
+        mlflow: log to this MLflow tracking store: a URI (``sqlite:///mlflow.db``, ``http://host:5000``) or a
+            local ``.db`` file or folder (a SQLite store there); null = off (needs ``cnnlab[mlflow]``).
+        log_every_n_steps: the loggers also record the training loss and learning rate every this many
+            optimiser steps (0 = per epoch only).
     """
 
     stop_at: tuple[str, ...] = ()
@@ -215,6 +220,16 @@ class CallbacksConfig:
     mode: str = _choice("auto", "min", "max")
     min_delta: float = _in(0.0, ge=0)
     restore_best: bool = False
+    tensorboard: bool = False
+    mlflow: str | None = None
+    log_every_n_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.log_every_n_steps < 0:
+            raise CnnlabError(f"callbacks.log_every_n_steps is {self.log_every_n_steps}; use 0 (per epoch only) "
+                              "or a number of steps")
+        if self.mlflow is not None and not self.mlflow.strip():
+            raise CnnlabError("callbacks.mlflow is empty; give a tracking URI (e.g. sqlite:///mlflow.db) or null")
 
 
 @dataclass(frozen=True)

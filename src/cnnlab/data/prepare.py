@@ -91,6 +91,9 @@ def load_test_data(cfg: DataConfig) -> ImageData:
     Raises:
         CnnlabError: as :func:`prepare_data`.
     """
+    if not cfg.dataset:
+        raise CnnlabError("the run names no dataset (`data.dataset` is empty, as for a model imported without one), "
+                          "so it has no test images; import it again with `dataset`")
     if cfg.dataset.startswith("folder:"):
         return _folder_data(cfg, lambda s: None)[1]
     return load_dataset(cfg.dataset, cfg.data_dir)[1]

@@ -253,7 +253,7 @@ _KEYS = {
     "GlobalAveragePooling2D": set(), "GlobalMaxPooling2D": set(), "Flatten": set(),
     "Dense": {"units", "activation", "use_bias"},
     "Dropout": {"rate"},
-    "BatchNormalization": {"momentum", "epsilon"},
+    "BatchNormalization": {"momentum", "epsilon", "center", "scale"},
     "Activation": {"activation"},
 }
 _REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
@@ -345,6 +345,13 @@ def _check_int(layer: dict, key: str, where: str, minimum: int = 1) -> int:
     return v
 
 
+def _flag(layer: dict, key: str, where: str) -> bool:
+    value = layer.get(key, True)
+    if not isinstance(value, bool):
+        raise CnnlabError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def _padding(layer: dict, where: str) -> str:
     pad = str(layer.get("padding", "valid")).lower()
     if pad not in ("valid", "same"):
@@ -408,6 +415,12 @@ def _make(kind: str, layer: dict, shape: Shape, where: str, final: bool) -> tupl
         momentum = 1.0 - float(layer.get("momentum", 0.99))
         eps = float(layer.get("epsilon", 1e-3))
         bn = nn.BatchNorm2d(shape[0], eps, momentum) if len(shape) == 3 else nn.BatchNorm1d(shape[0], eps, momentum)
+        # Keras's center / scale off: no beta (bias) / gamma (weight) to learn. They stay as fixed zeros / ones
+        # (unsaved buffers), since ONNX's BatchNormalization needs both tensors.
+        for key, param, fill in (("center", "bias", 0.0), ("scale", "weight", 1.0)):
+            if not _flag(layer, key, where):
+                delattr(bn, param)
+                bn.register_buffer(param, torch.full((shape[0],), fill), persistent=False)
         return bn, shape
     act = _activation(layer["activation"], where)
     if act == "softmax" and not final:

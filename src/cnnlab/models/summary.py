@@ -3,7 +3,8 @@
 torchinfo runs one dummy image through the model with hooks and records every module call in execution
 order with its output size; this module picks the rows a Keras user expects from that trace, writes the
 shapes the Keras way (channels last, ``None`` batch) and prints Keras's table. Totals are counted from
-``model.parameters()`` so they are exact whatever rows are shown.
+``model.parameters()`` (plus BatchNorm's moving statistics, which Keras counts as non-trainable) so they
+are exact whatever rows are shown.
 """
 
 from __future__ import annotations
@@ -112,13 +113,16 @@ def keras_shape(size: Sequence[int] | None) -> str:
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameters of ``model``; shared parameters count once.
+    """(total, trainable) parameters of ``model`` as Keras counts them; shared parameters count once.
 
-    Buffers such as BatchNorm running statistics are not parameters in PyTorch, so unlike Keras they are
-    not counted as non-trainable parameters.
+    BatchNorm's running mean and variance are buffers in PyTorch but weights in Keras, where
+    ``model.summary()`` and ``count_params()`` count them as non-trainable parameters; so they count here
+    too (a model imported from Keras shows Keras's totals). Other buffers are not counted.
     """
     params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    stats = sum(m.running_mean.numel() + m.running_var.numel() for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
+    return sum(p.numel() for p in params) + stats, sum(p.numel() for p in params if p.requires_grad)
 
 
 @contextlib.contextmanager

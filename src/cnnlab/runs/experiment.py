@@ -28,6 +28,7 @@ from cnnlab.models.registry import model_meta
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
+from cnnlab.runs.loggers import MLflowLogger, TensorBoardLogger, publish
 from cnnlab.runs.run_dir import (
     META,
     RESULTS,
@@ -133,6 +134,7 @@ def train(
         test = _finish(run, cfg, data, trainer, log)
         run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
                         wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc, test_loss=test.loss)
+        publish(run, [run.file(SUMMARY), run.file(RESULTS)], {"test_acc": test.acc, "test_loss": test.loss}, log)
         if trainer.stop_reason:
             log(f"Stopped early: {trainer.stop_reason}")
         return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
@@ -251,7 +253,7 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
     """The model with its initial weights, the callbacks and the trainer for ``cfg``."""
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
-    callbacks = [*build_callbacks(cfg, progress, log), *extra]
+    callbacks = [*build_callbacks(cfg, progress, log, run), *extra]
     groups = None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
@@ -265,14 +267,20 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
                    checkpoint_dir=run.checkpoints, param_groups=groups)
 
 
-def build_callbacks(cfg: Config, progress: bool | None = None, log: Log | None = None) -> list[Callback]:
-    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress."""
+def build_callbacks(cfg: Config, progress: bool | None = None, log: Log | None = None,
+                    run: RunDir | None = None) -> list[Callback]:
+    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress, and
+    with a run directory the TensorBoard / MLflow loggers (:mod:`cnnlab.runs.loggers`)."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
     callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log)]
+    if run is not None and cb.tensorboard:
+        callbacks.append(TensorBoardLogger(run.path, cb.log_every_n_steps))
+    if run is not None and cb.mlflow:
+        callbacks.append(MLflowLogger(cb.mlflow, run, cfg, cb.log_every_n_steps))
     return callbacks
 
 

@@ -8,6 +8,7 @@ experiment from a config file or name, a recipe, typed overrides and these optio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class Option:
         set: turns the user's value into typed ``(config key, value)`` overrides.
         choices: the values allowed, when there is a fixed set.
         metavar: how ``--help`` names the value.
+        cli: the CLI flag when it is not ``--`` + the name (``loggers`` is ``--log``).
     """
 
     name: str
@@ -36,20 +38,36 @@ class Option:
     set: Callable[[Any], list[Override]]
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    cli: str | None = None
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.cli or "--" + self.name.replace("_", "-")
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The config keys this option sets (for translating library errors back into flags)."""
-        sample = {"int": 1, "float": 1.0, "str": "x", "flag": True, "list": ["x=1"]}[self.kind]
+        sample = {"int": 1, "float": 1.0, "str": "x", "flag": True, "list": list(self.choices or ["x=1"])}[self.kind]
         return tuple(k for k, _ in self.set(sample))
 
 
 def _to(key: str) -> Callable[[Any], list[Override]]:
     return lambda value: [(key, value)]
+
+
+LOGGERS = ("tensorboard", "mlflow")
+
+
+def _loggers(names: list[str]) -> list[Override]:
+    """``tensorboard`` → ``callbacks.tensorboard: true``; ``mlflow`` → ``callbacks.mlflow``: the store of
+    ``$MLFLOW_TRACKING_URI`` as MLflow itself would use it, else ``mlflow.db`` here (MLflow's own default)."""
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise CnnlabError(f"`loggers`: unknown logger {unknown[0]!r}; valid: {', '.join(LOGGERS)}")
+    out: list[Override] = [("callbacks.tensorboard", True)] if "tensorboard" in names else []
+    if "mlflow" in names:
+        out.append(("callbacks.mlflow", os.environ.get("MLFLOW_TRACKING_URI") or "mlflow.db"))
+    return out
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -71,6 +89,8 @@ OPTIONS: tuple[Option, ...] = (
                                   ("model.backbone_lr", 0.1)] if v else []),
     Option("stop_at", "list", "stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)",
            lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
+    Option("loggers", "list", "also log to TensorBoard (RUN_DIR/tensorboard) or MLflow ($MLFLOW_TRACKING_URI, else "
+           "./mlflow.db) (repeatable)", _loggers, choices=LOGGERS, metavar="tensorboard|mlflow", cli="--log"),
     Option("data_dir", "str", "folder holding <dataset>/<official files> (with --resume of a folder dataset: "
            "the images' new folder)", _to("data.data_dir"), metavar="DIR"),
 )

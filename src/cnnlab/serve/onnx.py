@@ -33,6 +33,7 @@ from cnnlab.data.prepare import load_test_data, relocate
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
+from cnnlab.runs.loggers import publish
 from cnnlab.serve.engines import ort_session
 
 FORMATS = ("onnx",)
@@ -250,6 +251,7 @@ def export_onnx(
         if not diff <= PARITY_LIMIT:  # also catches NaN
             raise ParityError(result)
     log(result.parity_line)
+    publish(lr.run, [path], log=log)  # the run's MLflow run, when it logs to one, gets model.onnx too
     return result
 
 

@@ -1,0 +1,99 @@
+"""``cnnlab export-metrics``: finished runs' epoch metrics as TensorBoard event files or one CSV.
+
+TensorBoard events use the tags and steps of the live logger (:func:`cnnlab.runs.loggers.epoch_scalars`,
+step = epoch), written into ``RUN_DIR/tensorboard/`` by default, so ``tensorboard --logdir runs/`` shows
+older runs next to runs logged live. The CSV holds one row per run and epoch (``run`` + history.csv's
+columns) for a spreadsheet or pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError, one_of
+from cnnlab.io import replace_folder, temp_folder_beside, write_atomic
+from cnnlab.runs.loggers import TENSORBOARD, epoch_scalars, require
+from cnnlab.runs.run_dir import HISTORY_COLUMNS, RunDir
+
+FORMATS = ("tensorboard", "csv")
+
+
+def export_metrics(runs: Sequence[str | Path], fmt: str, *, out: str | Path | None = None,
+                   overwrite: bool = False) -> list[Path]:
+    """Writes the epoch metrics of ``runs`` as TensorBoard event folders or one CSV file.
+
+    Args:
+        runs: run directories.
+        fmt: ``tensorboard`` or ``csv``.
+        out: ``tensorboard``: a folder that gets one sub-folder per run (default: each run's own
+            ``tensorboard/``); ``csv``: the file (default ``metrics.csv``).
+        overwrite: replace event folders / a CSV that exist.
+
+    Returns:
+        The event folders, or the CSV file.
+
+    Raises:
+        CnnlabError: an unknown format, a folder that is not a run, a run without a finished epoch, an existing
+            output without ``overwrite``, or tensorboard missing (``cnnlab[tensorboard]``); nothing is written.
+    """
+    if fmt not in FORMATS:
+        raise one_of("`format`", fmt, FORMATS)
+    if not runs:
+        raise CnnlabError("no run directories given; pass at least one")
+    histories = [(run, run.read_history()) for run in (RunDir.open(r) for r in runs)]
+    for run, history in histories:
+        if not history:
+            raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); nothing to export")
+    if fmt == "csv":
+        return [_write_csv(histories, Path(out) if out else Path("metrics.csv"), overwrite)]
+    return _write_events(histories, Path(out) if out else None, overwrite)
+
+
+def _write_csv(histories: list[tuple[RunDir, list[dict]]], path: Path, overwrite: bool) -> Path:
+    if path.exists() and not overwrite:
+        raise CnnlabError(f"{path} already exists; pass `overwrite` to replace it or choose another `out`")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=("run", *HISTORY_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for run, history in histories:
+        for m in history:
+            writer.writerow({"run": str(run.path), **{k: "" if m.get(k) is None else m[k] for k in HISTORY_COLUMNS}})
+    return write_atomic(path, buf.getvalue())
+
+
+def _targets(histories: list[tuple[RunDir, list[dict]]], out: Path | None, overwrite: bool) -> list[Path]:
+    """One event folder per run: ``RUN/tensorboard`` or ``OUT/<run name>`` (numbered when names repeat)."""
+    targets: list[Path] = []
+    for run, _ in histories:
+        target = run.path / TENSORBOARD if out is None else out / run.path.name
+        n = 2
+        while target in targets:
+            target, n = out / f"{run.path.name}-{n}", n + 1
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise CnnlabError(f"{target} already holds event files; pass `overwrite` to replace them")
+        targets.append(target)
+    return targets
+
+
+def _write_events(histories: list[tuple[RunDir, list[dict]]], out: Path | None, overwrite: bool) -> list[Path]:
+    require("tensorboard", "tensorboard", "format")
+    # start-up time: torch.utils.tensorboard only for this command
+    writer_cls = importlib.import_module("torch.utils.tensorboard").SummaryWriter
+    targets = _targets(histories, out, overwrite)
+    for (_, history), target in zip(histories, targets, strict=True):
+        tmp = temp_folder_beside(target)
+        try:  # written beside and swapped in whole: no half-written event folder
+            writer = writer_cls(str(tmp))
+            for m in history:
+                for tag, value in epoch_scalars(m).items():
+                    writer.add_scalar(tag, value, int(m["epoch"]))
+            writer.close()
+            replace_folder(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return targets
