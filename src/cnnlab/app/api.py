@@ -26,7 +26,7 @@ from torch import nn
 from cnnlab.app.run import Run
 from cnnlab.config import Config, config_path, from_dict, read_yaml
 from cnnlab.data.datasets import DATASETS
-from cnnlab.data.folder import folder_classes
+from cnnlab.data.listing import folder_classes
 from cnnlab.data.prepare import folder_spec
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.build import build_model

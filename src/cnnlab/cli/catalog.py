@@ -13,7 +13,7 @@ from cnnlab.models import describe, model_names
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "inspect":
-        from cnnlab.data.folder import inspect_folder
+        from cnnlab.data.inspection import inspect_folder
 
         found = inspect_folder(args.path, labels=args.labels, pattern=args.pattern, csv=args.csv,
                                file_column=args.file_column, label_column=args.label_column)

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: test_loss, test_acc, per_class, confusion")
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
-    p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) or folders of them with a trained run")
+    p = sub.add_parser("predict", help="classify image files (any format Pillow reads: PNG, JPEG, TIFF, WebP, "
+                                         "...) or folders of them with a trained run")
     p.add_argument("run_dir")
     p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=1)

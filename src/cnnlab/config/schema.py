@@ -94,6 +94,9 @@ class DataConfig:
         label_column: the CSV column holding the label, like Keras's ``y_col``; by default
             label/class/category..., or the second of two.
         resize: ``squash`` (plain resize) or ``crop`` (centre-crop to square first).
+        max_pixels: the most pixels one folder image may decode to; larger files are skipped as
+            decompression bombs (JPEGs are judged by their reduced decode). Default ``$CNNLAB_MAX_PIXELS``,
+            else 100 MP.
         augment: training-time augmentation (off by default).
     """
 
@@ -110,6 +113,7 @@ class DataConfig:
     file_column: str | None = None
     label_column: str | None = None
     resize: str = _choice("squash", "crop")
+    max_pixels: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

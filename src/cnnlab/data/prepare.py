@@ -10,7 +10,8 @@ from typing import Any
 
 from cnnlab.config import DataConfig
 from cnnlab.data.datasets import load_dataset
-from cnnlab.data.folder import FolderSpec, load_folder
+from cnnlab.data.folder import load_folder
+from cnnlab.data.listing import FolderSpec
 from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, constant_channels, split
 from cnnlab.errors import CnnlabError
 
@@ -122,7 +123,7 @@ def folder_spec(cfg: DataConfig) -> FolderSpec:
     """The folder dataset ``cfg.dataset`` (``folder:PATH``) describes."""
     return FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
                       image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize,
-                      file_column=cfg.file_column, label_column=cfg.label_column)
+                      file_column=cfg.file_column, label_column=cfg.label_column, max_pixels=cfg.max_pixels)
 
 
 def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None = None) -> Normalizer:
