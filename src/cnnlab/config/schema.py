@@ -83,7 +83,8 @@ class DataConfig:
         split_seed: seed of the validation split.
         normalize: ``auto`` is ``imagenet`` with pretrained weights and ``unit`` otherwise; ``unit``
             divides by 255 (the tutorials); ``standard`` uses the training set's per-channel mean/std;
-            ``imagenet`` the ImageNet statistics.
+            ``imagenet`` the ImageNet statistics; ``raw`` feeds the 0..255 pixel values unscaled (as code
+            that forgot to divide by 255 did: its learning rate and L2 strength mean what they meant there).
         image_size: resize folder images to this size (pixels, square); registered datasets keep theirs.
         grayscale: folder images as 1 channel (default: RGB).
         labels: folder labels from ``subfolders``, ``filename`` (with ``pattern``) or ``csv`` (default auto).
@@ -104,7 +105,7 @@ class DataConfig:
     data_dir: str | None = None
     val_split: float = 0.0
     split_seed: int = 0
-    normalize: str = _choice("auto", "unit", "standard", "imagenet")
+    normalize: str = _choice("auto", "unit", "standard", "imagenet", "raw")
     image_size: int | None = None
     grayscale: bool = False
     labels: str = _choice("auto", "subfolders", "filename", "csv")
