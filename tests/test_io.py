@@ -59,6 +59,19 @@ def test_atomic_path_on_an_exception_leaves_the_old_file_and_no_temp_file(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_path_on_an_exception_removes_the_folders_it_made(tmp_path, umask_027):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "kept" / "new" / "deeper" / "f.onnx") as tmp:
+        assert mode(tmp.parent) == 0o750 and mode(tmp.parent.parent) == 0o750  # made with the umask's mode
+        raise RuntimeError("parity check failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    # a folder someone else wrote into meanwhile stays, with what they wrote
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a" / "b" / "f.txt") as tmp:
+        (tmp_path / "a" / "theirs.txt").write_text("x")
+        raise RuntimeError
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["theirs.txt"]
+
+
 def test_atomic_path_replaces_the_file_when_the_block_succeeds(tmp_path):
     target = tmp_path / "sub" / "out.bin"  # missing folders are made
     with atomic_path(target, suffix=".part") as tmp:

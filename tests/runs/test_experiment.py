@@ -17,7 +17,14 @@ from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.experiment import build_callbacks, save_weights, train
 from cnnlab.runs.options import experiment_config
-from cnnlab.training.callbacks import EarlyStopping, ModelCheckpoint, NanGuard, ProgressBar, StopAtTarget
+from cnnlab.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    NanGuard,
+    ProgressBar,
+    StopAtTarget,
+)
 
 
 def quiet(cfg, **kwargs):
@@ -161,6 +168,42 @@ def test_a_mistake_found_before_training_leaves_no_run_folder(tmp_path, image_fo
     with pytest.raises(CnnlabError, match="data.augment.cutout=20 on 28x28"):
         quiet(cfg)  # the default runs/<name> folder
     assert not (Path.cwd() / "runs").exists()
+
+
+class _Boom(Callback):
+    """A callback that raises at a given optimiser step of a given epoch (as a crash or Ctrl-C would)."""
+
+    def __init__(self, epoch: int, error: BaseException) -> None:
+        self.epoch, self.error = epoch, error
+
+    def on_train_batch_start(self, trainer, batch):
+        if trainer.epoch + 1 == self.epoch and batch == 2:
+            raise self.error
+
+
+def test_a_crash_before_the_first_epoch_ends_leaves_nothing(tmp_path, monkeypatch):
+    import cnnlab.runs.experiment as experiment
+
+    def with_boom(epoch, error):
+        monkeypatch.setattr(experiment, "build_callbacks", lambda cfg, progress=None: [
+            *build_callbacks(cfg, progress), _Boom(epoch, error)])
+
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=256)
+    with_boom(1, RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        quiet(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # the corrected command can use the same --out
+    (tmp_path / "mine").mkdir()
+    with_boom(1, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg, out=tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())  # the user's folder stays
+    with_boom(2, RuntimeError("disk full"))  # after a finished epoch the run is kept, resumable, and says why
+    with pytest.raises(RuntimeError):
+        quiet(cfg, out=tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["failure"] == "RuntimeError: disk full"
+    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
 
 
 def test_relative_folders_are_recorded_absolute_and_get_the_models_input_size(tmp_path, image_folder, monkeypatch):

@@ -105,16 +105,19 @@ def train(
         run.write_history(trainer.history)
         log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}")
     else:  # every check passed: only now does the run folder appear
+        fresh = not run.path.is_dir()
         run = RunDir.create(run.path, overwrite=overwrite)
-    run.write_config(cfg)
-    _record_start(run, cfg, data, trainer, log)
     try:
+        run.write_config(cfg)
+        _record_start(run, cfg, data, trainer, log)
         trainer.fit()
-    except KeyboardInterrupt:
-        run.update_meta(status="interrupted")
-        raise
     except BaseException as exc:
-        run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        if resume is None and not trainer.history:  # nothing learned yet: leave nothing half-made behind
+            run.discard(keep_folder=not fresh)
+        elif isinstance(exc, KeyboardInterrupt):
+            run.update_meta(status="interrupted")
+        else:
+            run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
     if trainer.failure:
         run.update_meta(status="failed", failure=trainer.failure)
