@@ -260,3 +260,18 @@ def test_a_resumed_folder_run_takes_its_images_new_place(tmp_path, image_folder)
     assert evaluate_run(run, data_dir=tmp_path / "elsewhere")[1].acc > 0
     assert quiet(resume_config(run, epochs=2, data_dir=str(tmp_path / "elsewhere")), resume=run).failed is None
     assert load_config(run / "config.yaml").data.dataset == f"folder:{tmp_path / 'elsewhere'}"
+
+
+def test_every_file_of_a_run_gets_the_umasks_permissions(tmp_path):
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        quiet(experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1, batch_size=512),
+              out=tmp_path / "run")
+    finally:
+        os.umask(old)
+    found = list((tmp_path / "run").rglob("*"))
+    assert len(found) > 10
+    for p in [tmp_path / "run", *found]:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o750 if p.is_dir() else 0o640), p
