@@ -99,3 +99,15 @@ def test_builder_checks():
     reject_options("m", {}, ["a"])
     with pytest.raises(CnnlabError, match=r"m: unknown option\(s\) x, y; valid: none"):
         reject_options("m", {"y": 1, "x": 2}, [])
+
+
+def test_classic_models_declare_their_adam_rate():
+    from cnnlab.models.registry import LR_WITH_BN, LR_WITHOUT_BN, model_meta, model_names
+
+    classics = [n for n in model_names() if model_meta(n).weights is not None]
+    assert len(classics) == 17
+    for name in classics:
+        without_bn = name.startswith("vgg") and not name.endswith("_bn") or name == "alexnet"
+        assert model_meta(name).lr == (LR_WITHOUT_BN if without_bn else LR_WITH_BN), name
+    assert (LR_WITH_BN, LR_WITHOUT_BN) == (1e-3, 1e-4)
+    assert model_meta("cnn_64x2").lr is None  # the tutorials' models: train.lr's generic default

@@ -23,6 +23,7 @@ from cnnlab.training.callbacks import (
     ModelCheckpoint,
     NanGuard,
     ProgressBar,
+    StallWarning,
     StopAtTarget,
 )
 
@@ -88,14 +89,15 @@ def test_callbacks_follow_the_config():
     cfg = load_config(None, [("callbacks.stop_at", ["val_acc=0.9"]), ("callbacks.early_stopping", 3),
                              ("callbacks.monitor", "val_acc")])
     callbacks = build_callbacks(cfg, progress=False)
-    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar,
+                                              StallWarning]
     stop, early, checkpoint = callbacks[1:4]
     assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.9)
     assert (early.monitor, early.mode, early.patience) == ("val_acc", "max", 3)
     assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
-    assert not callbacks[-1].live
+    assert not callbacks[-2].live
     plain = build_callbacks(load_config())
-    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar, StallWarning]
     assert (plain[1].monitor, plain[1].mode) == ("val_loss", "min")
 
 
@@ -185,8 +187,8 @@ def test_a_crash_before_the_first_epoch_ends_leaves_nothing(tmp_path, monkeypatc
     import cnnlab.runs.experiment as experiment
 
     def with_boom(epoch, error):
-        monkeypatch.setattr(experiment, "build_callbacks", lambda cfg, progress=None: [
-            *build_callbacks(cfg, progress), _Boom(epoch, error)])
+        monkeypatch.setattr(experiment, "build_callbacks", lambda cfg, progress=None, log=print: [
+            *build_callbacks(cfg, progress, log), _Boom(epoch, error)])
 
     cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=256)
     with_boom(1, RuntimeError("out of memory"))
@@ -275,3 +277,28 @@ def test_every_file_of_a_run_gets_the_umasks_permissions(tmp_path):
     assert len(found) > 10
     for p in [tmp_path / "run", *found]:
         assert stat.S_IMODE(p.stat().st_mode) == (0o750 if p.is_dir() else 0o640), p
+
+
+def test_an_unset_learning_rate_follows_the_models_metadata():
+    from cnnlab.runs.experiment import default_lr, resolve_config
+
+    def lr(**options):
+        overrides = options.pop("overrides", [])
+        return resolve_config(experiment_config(dataset="fashion-mnist-sample", overrides=overrides, **options)).train.lr
+
+    assert experiment_config(model="vgg16").train.lr is None  # "not set" is None, never a number
+    assert lr(model="vgg16") == 1e-4 and lr(model="alexnet") == 1e-4  # no BatchNorm: ten times lower
+    assert lr(model="vgg16_bn") == 1e-3 and lr(model="resnet18") == 1e-3
+    assert lr(model="vgg16", lr=0.001) == 0.001  # a rate the user wrote is kept, even the generic one
+    assert lr(model="vgg16", overrides=[("train.lr", 0.001)]) == 0.001
+    assert lr(model="vgg16", overrides=[("train.optimizer", "sgd")]) == 1e-3  # the metadata rate is Adam's
+    assert lr(model="dnn_128") == 1e-3  # the tutorial models: Keras's Adam default
+    assert default_lr(experiment_config(model="vgg16")) == (1e-4, "vgg16's default for adam (its metadata)")
+
+
+def test_the_rate_used_is_recorded_and_said(tmp_path):
+    lines: list[str] = []
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1, batch_size=512)
+    train(cfg, out=tmp_path / "r", progress=False, log=lines.append)
+    assert "note: train.lr is not set: using 0.001, the default; set train.lr to choose another" in lines
+    assert "lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()  # a rerun from config.yaml uses the same

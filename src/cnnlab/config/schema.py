@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from cnnlab.errors import CnnlabError
 
 PADDING_MODES = ("zeros", "reflect")
+DEFAULT_LR = 1e-3  # Keras's Adam default: ``train.lr`` when neither the config nor the model's metadata sets one
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,9 @@ class TrainConfig:
         epochs: passes over the training set.
         batch_size: images per step.
         optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
-        lr: peak learning rate.
+        lr: peak learning rate. Unset (None, ``lr: null``) means "the model's default": a registered
+            model's metadata rate for Adam/AdamW (``ModelMeta.lr``, e.g. 1e-4 for VGG without BatchNorm),
+            else :data:`DEFAULT_LR`. A run records the rate it used in its config.yaml.
         momentum: SGD / RMSprop momentum.
         nesterov: Nesterov momentum for SGD.
         weight_decay: decay as the optimiser applies it (decoupled for adamw).
@@ -177,7 +180,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
     optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
-    lr: float = 1e-3
+    lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -192,6 +195,11 @@ class TrainConfig:
     device: str = _choice("auto", "cpu", "cuda")
     threads: int = 0
     tta: str | None = field(default=None, metadata={"choices": (None, "hflip")})
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or :data:`DEFAULT_LR` when unset (a run resolves an unset rate from its model first)."""
+        return DEFAULT_LR if self.lr is None else self.lr
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnlab._version import __version__
 from cnnlab.config import Config, flatten, to_dict
+from cnnlab.config.schema import DEFAULT_LR
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data, relocate
 from cnnlab.data.tensors import Normalizer
@@ -22,7 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
 from cnnlab.models.build import build_model, count_params, model_meta_for
 from cnnlab.models.pretrained import head_parameters, load_initial_weights
-from cnnlab.models.registry import model_meta
+from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
@@ -33,6 +34,7 @@ from cnnlab.training.callbacks import (
     ModelCheckpoint,
     NanGuard,
     ProgressBar,
+    StallWarning,
     StopAtTarget,
     resolve_mode,
 )
@@ -92,6 +94,9 @@ def train(
             config key); nothing is half-written.
     """
     t0 = time.perf_counter()
+    if cfg.train.lr is None:
+        rate, source = default_lr(cfg)
+        log(f"note: train.lr is not set: using {rate:g}, {source}; set train.lr to choose another")
     if resume is not None and cfg.data.dataset.startswith("folder:") and cfg.data.data_dir:
         cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
     cfg = resolve_config(cfg)
@@ -133,8 +138,10 @@ def train(
 
 def resolve_config(cfg: Config) -> Config:
     """The config as the run records it: a folder dataset's path (and ``data.data_dir``) made absolute, so the
-    run works from any folder, and a folder without ``data.image_size`` given the model's input size (its
-    metadata)."""
+    run works from any folder; a folder without ``data.image_size`` given the model's input size, and an unset
+    ``train.lr`` the model's rate (both from its metadata; see :func:`default_lr`)."""
+    if cfg.train.lr is None:
+        cfg = replace(cfg, train=replace(cfg.train, lr=default_lr(cfg)[0]))
     data = cfg.data
     if data.dataset.startswith("folder:"):
         folder = Path(data.dataset[len("folder:"):]).expanduser()
@@ -146,6 +153,21 @@ def resolve_config(cfg: Config) -> Config:
     if data.data_dir:
         data = replace(data, data_dir=str(Path(data.data_dir).expanduser().resolve()))
     return replace(cfg, data=data)
+
+
+def default_lr(cfg: Config) -> tuple[float, str]:
+    """The learning rate for a config that leaves ``train.lr`` unset, and where it comes from.
+
+    "Unset" is ``train.lr: None`` (the schema's default; YAML ``lr: null``): any value the user writes, even
+    0.001, is theirs and is kept. The rate then comes from the registered model's metadata (``ModelMeta.lr``,
+    an Adam rate, so for ``adam``/``adamw`` only), else it is :data:`~cnnlab.config.schema.DEFAULT_LR`.
+    """
+    name = cfg.model.name if not cfg.model.layers else None
+    if name and cfg.train.optimizer in ("adam", "adamw"):
+        rate = model_meta(name).lr
+        if rate is not None:
+            return rate, f"{name}'s default for {cfg.train.optimizer} (its metadata)"
+    return DEFAULT_LR, "the default"
 
 
 def _weights_normalizer(cfg: Config) -> Normalizer | None:
@@ -187,7 +209,7 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
     """The model with its initial weights, the callbacks and the trainer for ``cfg``."""
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
-    callbacks = build_callbacks(cfg, progress)
+    callbacks = build_callbacks(cfg, progress, log)
     groups = None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
@@ -201,15 +223,31 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
                    checkpoint_dir=run.checkpoints, param_groups=groups)
 
 
-def build_callbacks(cfg: Config, progress: bool | None = None) -> list[Callback]:
-    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress."""
+def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print) -> list[Callback]:
+    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress, and
+    the stall warning."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
-    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress)]
+    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress),
+                  StallWarning(log, stall_advice(cfg))]
     return callbacks
+
+
+def stall_advice(cfg: Config) -> str:
+    """What to change when this config's model collapses: a lower rate, a BatchNorm variant, pretrained weights."""
+    lr = cfg.train.peak_lr
+    fixes = [f"lower train.lr (e.g. {lr / 10:g}; an LR range test, cnnlab lr-find, shows where it learns)"]
+    name = cfg.model.name if not cfg.model.layers else None
+    if name and not name.endswith("_bn") and f"{name}_bn" in model_names():
+        fixes.append(f"use the BatchNorm variant {name}_bn")
+    if name and model_meta(name).weights is not None and not cfg.model.pretrained and not cfg.model.weights:
+        fixes.append("start from the ImageNet weights (model.pretrained)")
+    elif cfg.model.layers:
+        fixes.append("add BatchNormalization layers")
+    return ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
 
 
 def _augmenter(cfg: Config, shape: tuple[int, int, int]) -> Augmenter | None:
