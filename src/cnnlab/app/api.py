@@ -33,10 +33,14 @@ from cnnlab.models.build import build_model
 from cnnlab.models.registry import create_model as _create
 from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.training import plot_lr_find
 from cnnlab.runs.experiment import train as _train
+from cnnlab.runs.lr_find import LrFinding
+from cnnlab.runs.lr_find import lr_find as _lr_find
 from cnnlab.runs.options import experiment_config, resume_config
 
-__all__ = ["Run", "create_model", "list_models", "load_run", "summary", "train"]
+__all__ = ["Run", "create_model", "list_models", "load_run", "lr_find", "summary", "train"]
 
 
 def train(config: str | Path | Config | None = None, *, recipe: str | None = None, out: str | Path | None = None,
@@ -71,6 +75,46 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         return Run(_train(cfg, resume=resume, progress=progress, log=log).run.path)
     cfg = experiment_config(config, recipe=recipe, overrides=pairs, **options)
     return Run(_train(cfg, out=out, overwrite=overwrite, progress=progress, log=log).run.path)
+
+
+def lr_find(config: str | Path | Config | None = None, *, recipe: str | None = None,
+            overrides: Mapping[str, Any] | None = None, out: str | Path | None = "lr-find.png",
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, log: Callable[[str], None] = print,
+            **options: Any) -> tuple[LrFinding, Path | None]:
+    """The learning-rate range test (fastai's ``lr_find``) of an experiment: loss against rate, the
+    suggested rate marked, drawn into a PNG. See :mod:`cnnlab.runs.lr_find` for the method.
+
+    Args:
+        config: as in :func:`train`.
+        recipe: as in :func:`train`.
+        overrides: as in :func:`train`.
+        out: the PNG to write (None: no figure).
+        start_lr: the first step's rate.
+        end_lr: the last step's rate.
+        steps: optimiser steps of the test.
+        log: receives the preparation's lines.
+        **options: the training options of :func:`train`, but not ``epochs``, ``lr`` or ``stop_at``: the test
+            sets its own steps and rates.
+
+    Returns:
+        (what was measured, the PNG's path or None).
+
+    Raises:
+        CnnlabError: an option the test cannot use, or anything :func:`train` would refuse.
+    """
+    refused = [n for n in ("epochs", "lr", "stop_at") if options.get(n) not in (None, False, [])]
+    if refused:
+        raise CnnlabError(f"{', '.join(f'`{n}`' for n in refused)} cannot apply: the range test runs `steps` "
+                          "optimiser steps at rates from `start_lr` to `end_lr`; drop it")
+    path = Path(out) if out is not None else None
+    if path is not None and path.suffix.lower() != ".png":
+        raise CnnlabError(f"`out` {path}: the plot is a PNG; give a name ending in .png")
+    cfg = experiment_config(config, recipe=recipe, overrides=list((overrides or {}).items()), **options)
+    found = _lr_find(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log)
+    if path is not None:
+        title = f"Learning-rate range test: {found.name}, batch {cfg.train.batch_size}, {cfg.train.optimizer}"
+        save_figure(plot_lr_find(found.lrs, found.losses, found.smoothed, found.suggestion, title), path)
+    return found, path
 
 
 def load_run(path: str | Path) -> Run:

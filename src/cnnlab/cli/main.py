@@ -29,6 +29,7 @@ EPILOG = """examples:
   cnnlab predict runs/fashion_mnist_cnn photos/ --out preds.csv --grid preds.png --engine onnx
   cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
+  cnnlab lr-find configs/cifar10_basic.yaml           learning-rate range test: loss vs lr, suggested rate
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -46,7 +47,7 @@ RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <da
 # Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
-            "datasets": "catalog", "models": "catalog", "summary": "catalog"}
+            "datasets": "catalog", "models": "catalog", "summary": "catalog", "lr-find": "tuning"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -168,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
     p.add_argument("--maximize", action="store_true", help="also include activation maximisation (slower)")
 
+    p = sub.add_parser("lr-find", help="learning-rate range test of a config: loss against lr, suggested rate, PNG",
+                       description="fastai's and Lightning's LR range test (Smith 2017): a fresh model trains for "
+                                   "--steps steps while the rate grows exponentially from --start-lr to --end-lr; "
+                                   "the suggested rate is where the smoothed loss falls fastest. Prints the curve "
+                                   "and the suggestion and draws them into --out (PNG). Nothing else is written.")
+    p.add_argument("config", nargs="?", help="YAML experiment file or packaged config name (or give --model/--dataset)")
+    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast")
+    add_training_flags(p)
+    p.add_argument("--out", default="lr-find.png", metavar="PNG", help="the plot (default lr-find.png)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="rate of the first step (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="rate of the last step (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
+
     p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMPARE_EPILOG)
     p.add_argument("config", nargs="?", metavar="BASE.yaml",
@@ -202,7 +216,7 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
-             "config": "--config"}
+             "config": "--config", "start_lr": "--start-lr", "end_lr": "--end-lr", "steps": "--steps"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 

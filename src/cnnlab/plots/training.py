@@ -64,8 +64,10 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequen
                 label=f"suggested lr {suggestion:.2g}")
         ax.axvline(lrs_a[k], color="red", linewidth=0.8, linestyle="--")
     finite = smooth_a[np.isfinite(smooth_a)]
+    raw = np.asarray(losses, float)
     if finite.size:  # the diverging tail would squash the useful part of the curve
-        low, high = float(finite.min()), float(finite[: max(1, finite.size // 10)].max())
+        low = float(min(finite.min(), raw[np.isfinite(raw)].min(initial=np.inf)))
+        high = float(finite[: max(1, finite.size // 10)].max())
         ax.set_ylim(low - 0.05 * abs(low), max(high, low) + 0.25 * (max(high, low) - low + 1e-3))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")

@@ -102,7 +102,7 @@ def train(
     cfg = resolve_config(cfg)
     run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
+    data = prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg))
     trainer = _trainer(cfg, data, run, progress, log)
     if resume is not None:
         trainer.resume("last")
@@ -170,7 +170,7 @@ def default_lr(cfg: Config) -> tuple[float, str]:
     return DEFAULT_LR, "the default"
 
 
-def _weights_normalizer(cfg: Config) -> Normalizer | None:
+def weights_normalizer(cfg: Config) -> Normalizer | None:
     """The normalisation the published weights of ``model.pretrained`` expect (their metadata), else None."""
     if not cfg.model.pretrained or cfg.model.layers or not cfg.model.name:
         return None
@@ -206,10 +206,25 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
 
 
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log) -> Trainer:
-    """The model with its initial weights, the callbacks and the trainer for ``cfg``."""
+    """The trainer of a run: :func:`build_trainer` with the config's callbacks, writing into ``run``."""
+    return build_trainer(cfg, data, [*build_callbacks(cfg, progress, log), HistoryWriter(run)], run.checkpoints, log)
+
+
+def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint_dir: Path | None,
+                  log: Log = _print) -> Trainer:
+    """The model with its initial weights (``model.pretrained`` / ``model.weights``), its parameter groups and
+    backbone freezing (transfer learning), the augmentation and the engine: a :class:`Trainer` for ``cfg``.
+
+    Args:
+        cfg: the experiment (resolved: see :func:`resolve_config`).
+        data: its prepared data.
+        callbacks: the trainer's callbacks (a frozen backbone adds its own).
+        checkpoint_dir: where checkpoints go (None: none are written).
+        log: receives notes about the initial weights and freezing.
+    """
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
-    callbacks = build_callbacks(cfg, progress, log)
+    callbacks = list(callbacks)
     groups = None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
@@ -217,10 +232,9 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
         groups = make_param_groups(model, cfg.train, head=head, backbone_lr=cfg.model.backbone_lr)
         if cfg.model.freeze == "backbone":
             callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log, train_bn=cfg.model.train_bn))
-    callbacks.append(HistoryWriter(run))
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
                    engine=make_engine(cfg.train), augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
-                   checkpoint_dir=run.checkpoints, param_groups=groups)
+                   checkpoint_dir=checkpoint_dir, param_groups=groups)
 
 
 def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print) -> list[Callback]:
