@@ -9,8 +9,7 @@ from cnnlab.app.compare import plan, run_compare
 from cnnlab.app.report import build_report
 from cnnlab.cli.main import set_overrides, training_options
 from cnnlab.cli.train import finish, progress
-from cnnlab.data.datasets import locate
-from cnnlab.errors import CnnlabError
+from cnnlab.data.datasets import DatasetMissing, locate
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config, option_overrides
 
@@ -19,9 +18,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = experiment_config("fashion_mnist_cnn", data_dir=args.data_dir)
     try:
         locate(cfg.data.dataset, cfg.data.data_dir)
-    except CnnlabError as exc:
-        print(f"note: {exc}")
-        print("note: training on the bundled real sample fashion-mnist-sample (6,000 train / 1,000 test images) instead")
+    except DatasetMissing as exc:  # offline without the files: two short lines, not the download log
+        print(f"note: the full {exc.dataset} is not on this machine and could not be downloaded")
+        print(f"note: using the bundled sample instead; cnnlab datasets info {exc.dataset} says where the full files go")
         cfg = experiment_config(cfg, dataset="fashion-mnist-sample")
     out = Path(args.out)
     overwrite = out.exists() and (out / "run.json").is_file()
