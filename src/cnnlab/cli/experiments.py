@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab.app.compare import plan, run_compare
 from cnnlab.app.report import build_report
-from cnnlab.cli.main import set_overrides, training_options
+from cnnlab.cli.main import EXIT_FAILED, EXIT_OK, set_overrides, training_options
 from cnnlab.cli.train import finish, progress
 from cnnlab.data.datasets import DatasetMissing, locate
 from cnnlab.runs.experiment import train
@@ -33,7 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finish(result, what_next=False)
     print(f"Open: {report.resolve().as_uri()} (everything on one page), figures in {out / 'figures'}")
     print(f"Next: cnnlab show {out} feature-maps --layers conv2d_1   cnnlab predict {out} IMAGE.png")
-    return 0
+    return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -43,4 +43,4 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print()
     print(result.markdown)
     print(f"\nCompared in: {out} (compare.md, compare.csv, compare.png)")
-    return 1 if result.failed else 0
+    return EXIT_FAILED if result.failed else EXIT_OK

@@ -41,6 +41,16 @@ COMPARE_EPILOG = """examples:
 writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
 exit status 1 when a variant failed (its error is in the table)."""
 
+# The exit statuses of every command: the table "Exit codes" in README.md lists these, and a test holds the two
+# together. Commands return these names, never bare numbers.
+EXIT_OK, EXIT_FAILED, EXIT_MISTAKE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "the command ran, but part of its work failed, and it says which",
+    EXIT_MISTAKE: "a mistake in the command, config or data: one error line naming it and the fix; nothing written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
 RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <dataset>/<official files>, or "
                  "for a folder dataset the image folder itself")
 
@@ -235,22 +245,22 @@ def translate(message: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` and runs the subcommand; returns the exit status (see README: exit codes)."""
+    """Parses ``argv`` and runs the subcommand; returns the exit status (:data:`EXIT_CODES`; README: Exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
+        return EXIT_OK
     try:
         # start-up: a command imports the library it needs only once it runs (``--help`` stays fast)
         module = importlib.import_module(f"cnnlab.cli.{COMMANDS[args.command]}")
         return getattr(module, "cmd_" + args.command.replace("-", "_"))(args)
     except CnnlabError as exc:
         print(f"error: {translate(str(exc), args)}", file=sys.stderr)
-        return 2
+        return EXIT_MISTAKE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def entry() -> None:
@@ -262,10 +272,10 @@ def entry() -> None:
     """
     try:
         code = main()
-    except SystemExit as exc:  # argparse's --help / usage errors (always an int code)
-        code = exc.code or 0
+    except SystemExit as exc:  # argparse's --help (0) / usage errors (2, EXIT_MISTAKE)
+        code = exc.code or EXIT_OK
     except BrokenPipeError:  # `cnnlab models | head`: the reader left; not an error of ours
-        code = 0
+        code = EXIT_OK
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.app.api import lr_find
-from cnnlab.cli.main import set_overrides, training_options
+from cnnlab.cli.main import EXIT_OK, set_overrides, training_options
 
 ROWS = 12  # points of the curve printed (the PNG has them all)
 
@@ -26,4 +26,4 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         print(f"Train with it: --lr {found.suggestion:.2g} (or --set train.lr={found.suggestion:.2g})")
     if path is not None:
         print(f"Plot: {path}")
-    return 0
+    return EXIT_OK
