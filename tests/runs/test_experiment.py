@@ -302,3 +302,32 @@ def test_the_rate_used_is_recorded_and_said(tmp_path):
     train(cfg, out=tmp_path / "r", progress=False, log=lines.append)
     assert "note: train.lr is not set: using 0.001, the default; set train.lr to choose another" in lines
     assert "lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()  # a rerun from config.yaml uses the same
+
+
+def test_weights_in_a_published_layout_bring_their_preprocessing(tmp_path, image_folder):
+    from cnnlab.models.registry import IMAGENET_MEAN, create_model
+    from cnnlab.runs.experiment import resolve_config, weights_normalizer
+
+    torch.manual_seed(0)
+    torch.save(create_model("googlenet", num_classes=1000, input_shape=(3, 224, 224)).state_dict(),
+               tmp_path / "copy.pth")  # torchvision's layout, as a downloaded googlenet-1378be20.pth has
+    notes: list[str] = []
+    cfg = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "copy.pth"),
+                                           dataset=f"folder:{image_folder}"), notes.append)
+    assert cfg.model.pretrained and cfg.data.image_size == 224  # the weights' input size
+    assert weights_normalizer(cfg).mean == IMAGENET_MEAN
+    assert notes[-1].startswith(f"note: {tmp_path / 'copy.pth'} has googlenet's published ImageNet layout, so it "
+                                "gets their preprocessing as model.pretrained does: mean [0.485, 0.456, 0.406]")
+    assert "transform_input, 224 px input (data.normalize and data.image_size change them)" in notes[-1]
+    torch.save(create_model("googlenet", num_classes=3, input_shape=(3, 64, 64)).state_dict(), tmp_path / "mine.pth")
+    notes.clear()
+    mine = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"),
+                                            dataset=f"folder:{image_folder}"), notes.append)
+    assert not mine.model.pretrained and weights_normalizer(mine) is None
+    assert notes[-1] == (f"note: {tmp_path / 'mine.pth'} is not googlenet's published ImageNet weight file, so inputs "
+                         "are scaled as for training from scratch (x / 255); if these weights expect other "
+                         "statistics, set data.normalize (imagenet, standard)")
+    notes.clear()
+    resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"), dataset="mnist",
+                                     overrides=[("data.normalize", "standard")]), notes.append)
+    assert not any("published" in n for n in notes)  # the user chose the scaling: nothing to say

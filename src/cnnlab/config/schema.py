@@ -127,8 +127,11 @@ class ModelConfig:
         name: a registered model (``cnnlab models``); ignored when ``layers`` is given.
         layers: a Keras-style layer list (see ``cnnlab.models.spec``) — edit it to do the exercises.
         options: extra keyword arguments for the registered builder (e.g. ``{dropout: 0.3}``).
-        pretrained: start from the official ImageNet weights of ``name``.
-        weights: a local weight file (.pth / .safetensors) to start from.
+        pretrained: start from the official ImageNet weights of ``name`` (downloaded; or read from ``weights``
+            when that is set), with their preprocessing (mean/std, input size, builder options).
+        weights: a local weight file (.pth / .safetensors) to start from. A file laid out as ``name``'s
+            published ImageNet weights sets ``pretrained`` itself (it is those weights, so it gets their
+            preprocessing); any other is scaled as ``data.normalize`` says.
         freeze: ``backbone`` trains only the classifier head (transfer learning).
         freeze_epochs: with ``freeze: backbone``, unfreeze the backbone after this many epochs (fine-tuning;
             0 keeps it frozen for the whole run).

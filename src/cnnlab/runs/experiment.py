@@ -22,7 +22,7 @@ from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
 from cnnlab.models.build import build_model, count_params, model_meta_for
-from cnnlab.models.pretrained import head_parameters, load_initial_weights
+from cnnlab.models.pretrained import has_published_layout, head_parameters, load_initial_weights
 from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
@@ -94,12 +94,9 @@ def train(
             config key); nothing is half-written.
     """
     t0 = time.perf_counter()
-    if cfg.train.lr is None:
-        rate, source = default_lr(cfg)
-        log(f"note: train.lr is not set: using {rate:g}, {source}; set train.lr to choose another")
     if resume is not None and cfg.data.dataset.startswith("folder:") and cfg.data.data_dir:
         cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(cfg, log)
     run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
     seed_everything(cfg.train.seed)
     data = prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg))
@@ -136,12 +133,18 @@ def train(
     return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
 
 
-def resolve_config(cfg: Config) -> Config:
+def resolve_config(cfg: Config, log: Log | None = None) -> Config:
     """The config as the run records it: a folder dataset's path (and ``data.data_dir``) made absolute, so the
-    run works from any folder; a folder without ``data.image_size`` given the model's input size, and an unset
-    ``train.lr`` the model's rate (both from its metadata; see :func:`default_lr`)."""
+    run works from any folder; an unset ``train.lr`` given the model's rate (:func:`default_lr`); a
+    ``model.weights`` file in the model's published ImageNet layout treated as those weights
+    (``model.pretrained``: their preprocessing, :func:`weights_preprocessing`); a folder without
+    ``data.image_size`` given the model's (or the weights') input size. ``log`` receives a note on each."""
+    say = log or (lambda s: None)
     if cfg.train.lr is None:
-        cfg = replace(cfg, train=replace(cfg.train, lr=default_lr(cfg)[0]))
+        rate, source = default_lr(cfg)
+        say(f"note: train.lr is not set: using {rate:g}, {source}; set train.lr to choose another")
+        cfg = replace(cfg, train=replace(cfg.train, lr=rate))
+    cfg = weights_preprocessing(cfg, say)
     data = cfg.data
     if data.dataset.startswith("folder:"):
         folder = Path(data.dataset[len("folder:"):]).expanduser()
@@ -153,6 +156,34 @@ def resolve_config(cfg: Config) -> Config:
     if data.data_dir:
         data = replace(data, data_dir=str(Path(data.data_dir).expanduser().resolve()))
     return replace(cfg, data=data)
+
+
+def weights_preprocessing(cfg: Config, log: Log) -> Config:
+    """A ``model.weights`` file's preprocessing: the family's published one when the file has their layout, else
+    ``data.normalize`` as it is, said in a note (when it is ``auto``) with how to change it.
+
+    A file laid out as the registered model's published ImageNet weights (torchvision's file, renamed or
+    copied) sets ``model.pretrained``: ``pretrained`` with a ``weights`` file means "the published weights,
+    from this file", so the run gets what ``--pretrained`` gives: the weights' mean/std (``data.normalize``
+    auto), their builder options (``transform_input`` for GoogLeNet and Inception v3) and input size.
+    """
+    model = cfg.model
+    if not model.weights or model.pretrained:
+        return cfg
+    name = model.name if not model.layers else None
+    if name and model_meta(name).weights is not None and has_published_layout(name, model.weights):
+        w = model_meta(name).weights
+        extra = ", transform_input" if w.builder_options else ""
+        log(f"note: {model.weights} has {name}'s published ImageNet layout, so it gets their preprocessing as "
+            f"model.pretrained does: mean {list(w.mean)} / std {list(w.std)}{extra}, {w.input_size} px input "
+            "(data.normalize and data.image_size change them)")
+        return replace(cfg, model=replace(model, pretrained=True))
+    if cfg.data.normalize == "auto":
+        whose = f"{name}'s" if name else "a"
+        log(f"note: {model.weights} is not {whose} published ImageNet weight file, so inputs are scaled as for "
+            "training from scratch (x / 255); if these weights expect other statistics, set data.normalize "
+            "(imagenet, standard)")
+    return cfg
 
 
 def default_lr(cfg: Config) -> tuple[float, str]:

@@ -106,7 +106,7 @@ def lr_find(cfg: Config, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps:
         raise CnnlabError(f"`start_lr` {start_lr:g} and `end_lr` {end_lr:g}: need 0 < start_lr < end_lr")
     if steps < SKIP_BEGIN + SKIP_END + 3:
         raise CnnlabError(f"`steps` is {steps}; the test needs at least {SKIP_BEGIN + SKIP_END + 3} (100 is usual)")
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(cfg, log)
     seed_everything(cfg.train.seed)
     data = prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg))
     trainer = build_trainer(cfg, data, [], None, log)
