@@ -224,6 +224,10 @@ def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: i
 
 def _folder_class_count(cfg: Config) -> int:
     spec = folder_spec(cfg.data)
+    if not spec.path.exists():
+        raise CnnlabError(f"the config's classes come from its image folder {spec.path}, which does not exist here "
+                          "(a relative path starts from the current folder); give `num_classes` to summarise "
+                          "without it")
     try:
         classes = folder_classes(spec)
     except CnnlabError as exc:

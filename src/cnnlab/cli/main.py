@@ -226,7 +226,8 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
-             "config": "--config", "start_lr": "--start-lr", "end_lr": "--end-lr", "steps": "--steps"}
+             "config": "--config", "start_lr": "--start-lr", "end_lr": "--end-lr", "steps": "--steps",
+             "num_classes": "--num-classes"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 
