@@ -148,13 +148,12 @@ class NanGuard(Callback):
 class StallWarning(Callback):
     """Says, in one line and once, when training is stuck at chance early on, naming the likely cause and fix.
 
-    A network whose output no longer depends on its input (every ReLU dead after too large a first step,
-    as a VGG-16 trained from scratch with Adam at 1e-3 does) can only learn the class frequencies: its loss
-    sits at their entropy H (ln C for balanced classes) and its accuracy at the majority share, epoch after
-    epoch, without an error. Checked after ``check_step`` steps of a long first epoch (the batch loss is
-    within ``tol`` of H and the logits of a probe batch are identical for every image) and after the first
-    epoch (the validation, else training, loss within ``tol`` of H and accuracy within 2 points of chance:
-    a collapsed output, or a model that learned nothing yet). It only warns; training goes on.
+    A network whose output no longer depends on its input (every ReLU dead after too large a step) can only
+    learn the class frequencies: its loss sits at their entropy H (ln C for balanced classes) and its
+    accuracy at chance, epoch after epoch, without an error. Checked after ``check_step`` steps of a long
+    first epoch (batch loss within ``tol`` of H, identical logits for every image of a probe batch) and
+    after epoch 1 (loss within ``tol`` of H, accuracy within 2 points of chance: a collapse, or nothing
+    learned yet). It only warns; training goes on.
 
     Args:
         log: receives the warning line.
