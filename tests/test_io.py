@@ -72,6 +72,16 @@ def test_atomic_path_on_an_exception_removes_the_folders_it_made(tmp_path, umask
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["theirs.txt"]
 
 
+def test_a_folder_or_a_file_in_the_way_is_a_one_line_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(CnnlabError, match=r"cannot write .*out: it is a folder; give a file name, e.g. .*out/out$"):
+        write_atomic(tmp_path / "out", "data")
+    with pytest.raises(CnnlabError, match=r"cannot write .*plain.txt/sub/a.png: .*plain.txt is a file, not a folder"):
+        write_atomic(tmp_path / "plain.txt" / "sub" / "a.png", "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain.txt"] and not any((tmp_path / "out").iterdir())
+
+
 def test_atomic_path_replaces_the_file_when_the_block_succeeds(tmp_path):
     target = tmp_path / "sub" / "out.bin"  # missing folders are made
     with atomic_path(target, suffix=".part") as tmp:

@@ -89,8 +89,16 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     Use it for writers that take a file name (safetensors, ONNX, matplotlib). The file is fsynced and
     given the umask's permissions before the rename; on an exception it is removed, ``path`` is left as
     it was, and so are the folders above it: those this call created are removed again.
+
+    Raises:
+        CnnlabError: ``path`` is a folder, or a folder above it is a file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / path.name}")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise CnnlabError(f"cannot write {path}: {blocked} is a file, not a folder; give another path")
     made = make_parents(path.parent)
     tmp = None
     try:
