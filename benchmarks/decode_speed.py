@@ -60,8 +60,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         os.environ["CNNLAB_CACHE"] = str(tmp_path / "cache")  # a fresh cache: every first load decodes
-        from cnnlab.data.decode import cores
-        from cnnlab.data.folder import FolderSpec, load_folder
+        from cnnlab.data.cache import cores
+        from cnnlab.data.folder import load_folder
+        from cnnlab.data.listing import FolderSpec
 
         images = tmp_path / "images"
         images.mkdir()

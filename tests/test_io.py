@@ -59,6 +59,29 @@ def test_atomic_path_on_an_exception_leaves_the_old_file_and_no_temp_file(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_path_on_an_exception_removes_the_folders_it_made(tmp_path, umask_027):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "kept" / "new" / "deeper" / "f.onnx") as tmp:
+        assert mode(tmp.parent) == 0o750 and mode(tmp.parent.parent) == 0o750  # made with the umask's mode
+        raise RuntimeError("parity check failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    # a folder someone else wrote into meanwhile stays, with what they wrote
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a" / "b" / "f.txt") as tmp:
+        (tmp_path / "a" / "theirs.txt").write_text("x")
+        raise RuntimeError
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["theirs.txt"]
+
+
+def test_a_folder_or_a_file_in_the_way_is_a_one_line_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(CnnlabError, match=r"cannot write .*out: it is a folder; give a file name, e.g. .*out/out$"):
+        write_atomic(tmp_path / "out", "data")
+    with pytest.raises(CnnlabError, match=r"cannot write .*plain.txt/sub/a.png: .*plain.txt is a file, not a folder"):
+        write_atomic(tmp_path / "plain.txt" / "sub" / "a.png", "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain.txt"] and not any((tmp_path / "out").iterdir())
+
+
 def test_atomic_path_replaces_the_file_when_the_block_succeeds(tmp_path):
     target = tmp_path / "sub" / "out.bin"  # missing folders are made
     with atomic_path(target, suffix=".part") as tmp:
@@ -199,7 +222,7 @@ def test_paths_expand_home_and_mistakes_are_one_line_errors(tmp_path, monkeypatc
     assert write_atomic("~/out/a.txt", "hi") == tmp_path / "out" / "a.txt"
     assert (tmp_path / "out" / "a.txt").read_text() == "hi" and not (tmp_path / "~").exists()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CnnlabError, match="a file of that name is in the way"):
+    with pytest.raises(CnnlabError, match=r"cannot write .*/file/b.png: .*/file is a file, not a folder"):
         write_atomic(tmp_path / "file" / "b.png", "x")  # a figure folder named like an existing file
-    with pytest.raises(CnnlabError, match="is a folder; give the name of a file to write"):
+    with pytest.raises(CnnlabError, match="it is a folder; give a file name"):
         write_atomic(tmp_path / "out", "x")  # a CSV named like an existing folder

@@ -23,6 +23,7 @@ _PUBLIC = {
     "create_model": "cnnlab.app.api",
     "summary": "cnnlab.app.api",
     "list_models": "cnnlab.app.api",
+    "lr_find": "cnnlab.app.api",
     "Run": "cnnlab.app.run",
     "Config": "cnnlab.config",
     "load_config": "cnnlab.config",
@@ -30,10 +31,10 @@ _PUBLIC = {
 }
 
 __all__ = ["CnnlabError", "Config", "Run", "__version__", "create_model", "list_models", "load_config", "load_run",
-           "summary", "train"]
+           "lr_find", "summary", "train"]
 
 if TYPE_CHECKING:
-    from cnnlab.app.api import create_model, list_models, load_run, summary, train
+    from cnnlab.app.api import create_model, list_models, load_run, lr_find, summary, train
     from cnnlab.app.run import Run
     from cnnlab.config import Config, load_config
     from cnnlab.errors import CnnlabError

@@ -57,35 +57,72 @@ def folder_mode() -> int:
 # --------------------------------------------------------------------------------------- atomic writes
 
 
+def make_parents(folder: str | os.PathLike) -> list[Path]:
+    """``mkdir -p folder``, returning the folders it created, outermost first (for :func:`remove_if_empty`)."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for f in reversed(missing):
+        try:
+            f.mkdir()
+        except FileExistsError:  # another process made it meanwhile: not ours to remove
+            continue
+        made.append(f)
+    return made
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Removes ``folders`` (outermost first, as :func:`make_parents` returns them) that are still empty."""
+    for f in reversed(folders):
+        try:
+            f.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone: leave it and its parents
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yields a temporary path beside ``path``; when the block succeeds, it becomes ``path`` atomically.
 
     Use it for writers that take a file name (safetensors, ONNX, matplotlib). The file is fsynced and
-    given the umask's permissions before the rename; on an exception it is removed and ``path`` is left
-    as it was.
+    given the umask's permissions before the rename; on an exception it is removed, ``path`` is left as
+    it was, and so are the folders above it: those this call created are removed again.
+
+    Raises:
+        CnnlabError: ``path`` is a folder, or a folder above it is a file.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise CnnlabError(f"{path} is a folder; give the name of a file to write")
-    make_folder(path.parent)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(name)
+        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / path.name}")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise CnnlabError(f"cannot write {path}: {blocked} is a file, not a folder; give another path")
+    made = make_parents(path.parent)
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-        raise CnnlabError(f"no space left on the disk of {path.parent} while writing {path.name}; {kept}; "
-                          "free some space and run the command again") from None
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        remove_if_empty(made)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            raise CnnlabError(f"no space left on the disk of {path.parent} while writing {path.name}; {kept}; "
+                              "free some space and run the command again") from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -82,6 +82,15 @@ class ViewContext:
         return ImageData(data.images, data.labels, data.classes, data.name)  # positions 0..N-1: --images indices
 
     @cached_property
+    def data_problem(self) -> str | None:
+        """Why the run's test images cannot be loaded (moved, deleted), or None when they can."""
+        try:
+            _ = self.test
+        except CnnlabError as exc:
+            return str(exc)
+        return None
+
+    @cached_property
     def evaluation(self):
         """fp32 evaluation of the whole test set, keeping probabilities."""
 

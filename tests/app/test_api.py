@@ -53,3 +53,12 @@ def test_import_is_light_and_the_api_works_from_a_fresh_interpreter():
             "print(cnnlab.__version__, len(cnnlab.list_models()) > 20, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [cnnlab.__version__, "True", "True"]
+
+
+def test_lr_find_from_python_returns_the_finding_and_its_png(tmp_path):
+    found, path = cnnlab.lr_find(model="dnn_128", dataset="fashion-mnist-sample", batch_size=256, steps=20,
+                                 start_lr=1e-4, end_lr=1.0, out=tmp_path / "lr.png", log=lambda s: None)
+    assert path == tmp_path / "lr.png" and path.is_file()
+    assert len(found.lrs) <= 20 and found.lrs[0] == pytest.approx(1e-4)
+    assert cnnlab.lr_find(model="dnn_128", dataset="fashion-mnist-sample", steps=14, out=None,
+                          log=lambda s: None)[1] is None

@@ -160,6 +160,28 @@ def test_out_is_never_clobbered(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
 
 
+def test_variants_that_cannot_start_leave_nothing_behind(tmp_path):
+    """Every variant stops on a data mistake before training: no compare folder, no run folders, one error."""
+    base = _yaml(tmp_path / "f.yaml", {**TINY, "data": {"dataset": f"folder:{tmp_path / 'nowhere'}"}})
+    variants, out = plan(base, vary=["train.lr=0.1,0.2"], out=tmp_path / "cmp")
+    with pytest.raises(CnnlabError, match=r"^no variant could start training: lr-0.1: folder datasets need "
+                                          r"`data.image_size` .*; lr-0.2: folder datasets need"):
+        run_compare(variants, out, log=_quiet)
+    assert not out.exists()
+    (tmp_path / "empty").mkdir()  # an empty folder is accepted, and stays (empty) when nothing could run
+    variants, out = plan(base, vary=["train.lr=0.1,0.2"], out=tmp_path / "empty")
+    with pytest.raises(CnnlabError, match="no variant could start training"):
+        run_compare(variants, out, log=_quiet)
+    assert out.is_dir() and not any(out.iterdir())
+    # one variant trains: the compare folder stays, with the failed one's row
+    good = _yaml(tmp_path / "g.yaml", {**TINY, "compare": {"vary": {"data.dataset": [
+        f"folder:{tmp_path / 'nowhere'}", "fashion-mnist-sample"]}}})
+    result = run_compare(plan(good)[0], tmp_path / "mixed", progress=False, log=_quiet)
+    assert [r.status for r in result.results] == ["failed", "done"]
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == [
+        "compare.csv", "compare.json", "compare.md", "compare.png", result.results[1].variant]
+
+
 def test_table_csv_and_plot_of_hand_made_results():
     done = VariantResult("a", "train.lr=0.1", status="done", params=1234, sec_per_epoch=2.25, train_acc=0.5,
                          test_acc=0.61234, test_loss=1.5, best_epoch=2, best_val_acc=0.6, epochs=3)
@@ -199,7 +221,8 @@ def test_configs_times_vary_and_cli_flags_replace_the_section(tmp_path):
     variants, _ = plan(base, vary=["train.batch_size=32,64"], configs=[dnn], overrides=[("train.epochs", 3)])
     assert [v.name for v in variants] == ["tiny_batch_size-32", "tiny_batch_size-64", "dnn_batch_size-32",
                                           "dnn_batch_size-64"]
-    assert {v.cfg.train.lr for v in variants} == {0.001} and {v.cfg.train.epochs for v in variants} == {3}
+    assert {v.cfg.train.lr for v in variants} == {None}  # the section's rates are gone: unset, as in the YAML
+    assert {v.cfg.train.epochs for v in variants} == {3}
     assert [v.cfg.train.batch_size for v in variants] == [32, 64, 32, 64]
 
 

@@ -195,3 +195,29 @@ def test_the_timestamp_of_an_unfinished_run_is_not_called_finished(dnn_run, tmp_
     (run / "run.json").write_text(json.dumps({**meta, "status": "interrupted"}))
     facts = _run_facts(ViewContext(run))
     assert "<th>Finished</th>" not in facts and "<th>Last updated</th>" in facts
+
+
+def test_without_its_test_images_the_report_leaves_out_only_what_needs_them(tmp_path, image_folder):
+    import json
+
+    images = tmp_path / "clothes"
+    shutil.copytree(image_folder, images)
+    cfg = experiment_config(dataset=f"folder:{images}", epochs=1, batch_size=32,
+                            overrides=[("model.layers", TINY_CNN), ("data.image_size", 16)])
+    run = tmp_path / "run"
+    assert train(cfg, out=run, progress=False, log=lambda s: None).failed is None
+    images.rename(tmp_path / "moved")
+    notes: list[str] = []
+    page_path = build_report(run, log=notes.append)
+    page, text = _parse(page_path), page_path.read_text()
+    assert {"run", "config", "summary", "curves", "metrics", "per-class", "confusion", "filters", "architecture",
+            "not-shown"} <= page.ids
+    assert not {"predictions", "mistakes", "feature-maps", "occlusion", "gradcam"} & page.ids
+    saved = json.loads((run / "results.json").read_text())
+    assert f"<b>{saved['test_acc']:.4f}</b><span>test accuracy</span>" in text  # the numbers saved at the end
+    assert "From results.json, the evaluation at the end of training" in text and "not found here" in text
+    for view in ("predictions", "mistakes", "feature-maps", "occlusion", "gradcam"):
+        assert f"{view}: needs the test images, which are not here" in text
+    assert len(notes) == 1 and notes[0].startswith("note: report without the figures of test images: image folder ")
+    full = build_report(run, out=tmp_path / "full.html", data_dir=str(tmp_path / "moved"), log=_quiet)
+    assert {"predictions", "occlusion"} <= _parse(full).ids and "not-shown" not in _parse(full).ids

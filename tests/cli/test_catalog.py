@@ -87,3 +87,21 @@ def test_input_shapes_are_keras_order():
         parse_input_shape("28,0,1")
     with pytest.raises(CnnlabError, match="--input-shape 'big': expected H,W,C like 28,28,1 or 224,224,3"):
         parse_input_shape("big")
+
+
+def test_summary_of_the_cats_dogs_config_takes_its_classes_from_the_data(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["summary", "cats_dogs_vgg16"]) == 2  # the Kaggle files are not here
+    err = capsys.readouterr().err
+    assert err.startswith("error: the config's classes come from its image folder data/cats-vs-dogs/train, which "
+                          "does not exist here") and err.rstrip().endswith("give --num-classes to summarise without it")
+    assert main(["summary", "cats_dogs_vgg16", "--num-classes", "2"]) == 0
+    assert "Total params: 33,605,442" in capsys.readouterr().out  # Keras's VGG-16 at 50x50x3, 2 classes
+    folder = tmp_path / "data" / "cats-vs-dogs" / "train"
+    folder.mkdir(parents=True)
+    for name in ("cat.1.jpg", "dog.1.jpg"):
+        Image.new("RGB", (60, 40)).save(folder / name)
+    assert main(["summary", "cats_dogs_vgg16"]) == 0
+    assert "Total params: 33,605,442" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import yaml
 
 from cnnlab.app.compare import CompareResult
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.data.datasets import DatasetMissing
 from cnnlab.runs.experiment import TrainResult
 from cnnlab.runs.run_dir import RunDir
 from cnnlab.training.metrics import Evaluation
@@ -102,7 +102,9 @@ def test_demo_falls_back_to_the_bundled_sample_and_says_where_everything_is(tmp_
     calls = {}
 
     def not_found(dataset, data_dir):
-        raise CnnlabError(f"{dataset} is not available: put its files into {data_dir}")
+        raise DatasetMissing(f"{dataset} is not available: put its files into {data_dir}; could not download "
+                             "t10k-images-idx3-ubyte.gz (https://... unreachable ([Errno -3] Temporary failure in "
+                             "name resolution); https://... unreachable (...)) " + "x" * 400, dataset)
 
     def fake_train(cfg, *, out, overwrite, progress):
         calls["train"] = (cfg, out, overwrite, progress)
@@ -124,8 +126,9 @@ def test_demo_falls_back_to_the_bundled_sample_and_says_where_everything_is(tmp_
     assert calls["report"] == (out, {"data_dir": str(tmp_path / "data"), "maximize": True, "figures_dir": out / "figures",
                                      "extra_views": ("kernels", "saliency")})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"note: fashion-mnist is not available: put its files into {tmp_path / 'data'}"
-    assert printed[1].startswith("note: training on the bundled real sample fashion-mnist-sample")
+    assert printed[:2] == ["note: the full fashion-mnist is not on this machine and could not be downloaded",
+                           "note: using the bundled sample instead; cnnlab datasets info fashion-mnist says where the "
+                           "full files go"]
     assert "Test accuracy: 0.8125 (loss 0.5000)" in printed and f"Run: {out}" in printed
     assert f"Open: {(out / 'report.html').resolve().as_uri()} (everything on one page), figures in {out / 'figures'}" in printed
     out.mkdir()

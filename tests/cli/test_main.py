@@ -78,3 +78,26 @@ def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(catalog, "cmd_models", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["models"])
+
+
+def test_the_readme_table_of_exit_codes_is_the_codes_commands_return():
+    import ast
+    import importlib
+    import re
+    from pathlib import Path
+
+    cli_main = importlib.import_module("cnnlab.cli.main")  # the package's `main` attribute is the function
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text()
+    table = text[text.index("### Exit codes"):].split("\n\n")[2]
+    rows = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| (.+) \|$", table, re.M)}
+    assert set(rows) == set(cli_main.EXIT_CODES) == {0, 1, 2, 130, 143}
+    assert rows[0] == cli_main.EXIT_CODES[0]
+    assert rows[130].startswith(cli_main.EXIT_CODES[130]) and rows[143].startswith(cli_main.EXIT_CODES[143])
+    assert rows[1].startswith(cli_main.EXIT_CODES[1]) and rows[2].startswith(cli_main.EXIT_CODES[2].split(":")[0])
+    # commands return the named codes, never bare numbers that could drift from the table
+    for path in (root / "src" / "cnnlab" / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int):
+                raise AssertionError(f"{path.name}:{node.lineno} returns a bare {node.value.value}")

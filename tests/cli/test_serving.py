@@ -140,12 +140,12 @@ def test_parity_failure_exits_1_and_writes_nothing(dnn_run, tmp_path, capsys, mo
     import cnnlab.serve.onnx as ex
 
     monkeypatch.setattr(ex, "max_prob_diff", lambda *a, **k: 0.25)  # as if onnxruntime disagreed
-    out = tmp_path / "bad.onnx"
+    out = tmp_path / "new" / "folder" / "bad.onnx"
     assert main(["export", str(dnn_run), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: parity: max abs diff 2.5e-01 over 256 test images (limit 1e-4)")
     assert err.count("\n") == 1 and "was not written" in err
-    assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+    assert list(tmp_path.iterdir()) == []  # neither the file nor the folders made for it
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,4 +1,4 @@
-"""Decoding image files: listing, EXIF orientation, odd modes and formats, header probes, bad files."""
+"""Decoding image files: EXIF orientation, odd modes and formats, bit depths, big photos and bombs, header probes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data import decode
+from cnnlab.data.imagefiles import list_images
 from cnnlab.errors import CnnlabError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -23,18 +24,9 @@ def img(path: Path, color=RED, size=(40, 30), mode="RGB", **save) -> Path:
     return path
 
 
-def test_list_images_and_decode_image(tmp_path):
+def test_decode_image(tmp_path):
     img(tmp_path / "b.png")
-    img(tmp_path / "a.JPG")
-    img(tmp_path / "sub" / "c.webp")
-    img(tmp_path / ".hidden.png")
-    img(tmp_path / ".git" / "d.png")
     (tmp_path / "e.txt").write_text("x")
-    assert [p.relative_to(tmp_path).as_posix() for p in decode.list_images(tmp_path)] == ["a.JPG", "b.png",
-                                                                                          "sub/c.webp"]
-    assert decode.list_images(tmp_path / "b.png") == [tmp_path / "b.png"]
-    with pytest.raises(CnnlabError, match="does not exist"):
-        decode.list_images(tmp_path / "missing")
     x = decode.decode_image(tmp_path / "b.png")
     assert x.shape == (3, 30, 40) and x.dtype == torch.uint8 and x[0].min() == 255
     assert decode.decode_image(tmp_path / "b.png", (5, 7), grayscale=True).shape == (1, 5, 7)
@@ -52,6 +44,12 @@ def test_exif_orientation_is_applied(tmp_path):
     assert x.shape == (3, 40, 20)  # upright: taller than wide
     assert x[0, :15].float().mean() > 200 and x[0, 25:].float().mean() < 50  # red is now on top
     assert decode.decode_image(tmp_path / "r.jpg", (8, 6)).shape == (3, 8, 6)
+    assert decode.probe(tmp_path / "r.jpg").size == (20, 40)  # displayed (W, H), not the stored 40×20
+    Image.fromarray(arr).save(tmp_path / "r.tif", exif=exif)  # TIFF carries the same tag
+    tif = decode.decode_image(tmp_path / "r.tif")
+    assert tif.shape == (3, 40, 20) and tif[0, :15].float().mean() > 200 and tif[0, 25:].float().mean() < 50
+    assert decode.decode_image(tmp_path / "r.tif", (8, 6), resize="crop")[0, :3].float().mean() > 200
+    assert decode.probe(tmp_path / "r.tif").size == (20, 40)
 
 
 def test_odd_modes_and_formats_decode(tmp_path):
@@ -64,7 +62,7 @@ def test_odd_modes_and_formats_decode(tmp_path):
     img(tmp_path / "bw.bmp", 1, mode="1", size=(8, 6))
     img(tmp_path / "la.png", (100, 255), mode="LA", size=(8, 6))
     img(tmp_path / "x.webp", BLUE, size=(8, 6), lossless=True)
-    for path in decode.list_images(tmp_path):
+    for path in list_images(tmp_path):
         for grey in (False, True):
             x = decode.decode_image(path, (3, 4), grayscale=grey)
             assert x.shape == ((1 if grey else 3), 3, 4) and x.dtype == torch.uint8, path.name
@@ -78,8 +76,10 @@ def test_odd_modes_and_formats_decode(tmp_path):
 
 
 def test_probe_reads_headers_and_names_bad_files(tmp_path):
-    assert decode.probe(img(tmp_path / "a.png", size=(7, 5))) == ("PNG", (7, 5), "RGB")
-    assert decode.probe(img(tmp_path / "b.jpg", mode="L", color=9, size=(4, 3))) == ("JPEG", (4, 3), "L")
+    assert decode.probe(img(tmp_path / "a.png", size=(7, 5))) == ("PNG", (7, 5), "RGB", None)
+    assert decode.probe(img(tmp_path / "b.jpg", mode="L", color=9, size=(4, 3))) == ("JPEG", (4, 3), "L", None)
+    assert decode.probe(img(tmp_path / "c.jpg", mode="CMYK", color=(0, 0, 0, 0), size=(4, 3))).conversion == \
+        "CMYK → RGB"
     buf = io.BytesIO()
     Image.effect_noise((30, 20), 60).convert("RGB").save(buf, "JPEG", quality=95)
     (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
@@ -100,6 +100,94 @@ def test_crop_keeps_the_centre_and_unknown_modes_are_refused(tmp_path):
     assert squash[:, :, 0].max() == 0 and squash[:, :, 5].min() == 255  # all three thirds, squeezed
     with pytest.raises(CnnlabError, match="unknown resize mode 'stretch'; valid: squash, crop"):
         decode.decode_image(tmp_path / "wide.png", (10, 10), resize="stretch")
-    with pytest.raises(CnnlabError, match="is not an image file .extension .txt."):
-        (tmp_path / "notes.txt").write_text("x")
-        decode.list_images(tmp_path / "notes.txt")
+
+
+# ----------------------------------------------------------------------------------------------- bit depth
+
+
+def grey(x: torch.Tensor) -> list[int]:
+    return x[0].flatten().tolist()
+
+
+def test_16_bit_is_scaled_by_bit_depth_in_every_image(tmp_path):
+    ramp = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 257·k for k = 0..255
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")  # mode I;16
+    assert Image.open(tmp_path / "ramp.png").mode == "I;16"
+    assert grey(decode.decode_image(tmp_path / "ramp.png")) == list(range(256))
+    # the issue's pair: one pixel one level apart across 255 must not switch the whole image's scale
+    dim = np.full((4, 4), 200, np.uint16)
+    dim[0, 0] = 255
+    brighter = dim.copy()
+    brighter[0, 0] = 256
+    Image.fromarray(dim).save(tmp_path / "dim.png")
+    Image.fromarray(brighter).save(tmp_path / "brighter.png")
+    a, b = decode.decode_image(tmp_path / "dim.png"), decode.decode_image(tmp_path / "brighter.png")
+    assert grey(a) == grey(b) == [1] * 16  # 200/257 and 255/257 and 256/257 all round to 1
+    Image.fromarray(ramp).save(tmp_path / "ramp.tif")  # 16-bit TIFF: the same rule
+    assert grey(decode.decode_image(tmp_path / "ramp.tif")) == list(range(256))
+    Image.fromarray(ramp).save(tmp_path / "ramp.pgm")  # 16-bit PGM: Pillow reads mode I, 16 bits
+    assert Image.open(tmp_path / "ramp.pgm").mode == "I"
+    assert grey(decode.decode_image(tmp_path / "ramp.pgm")) == list(range(256))
+    assert decode.decode_image(tmp_path / "ramp.png", (4, 4), grayscale=False).shape == (3, 4, 4)
+
+
+def test_32_bit_integer_and_float_modes_have_fixed_scales(tmp_path):
+    full = 2**31 - 1
+    ints = np.array([[round(k * full / 255) for k in (0, 77, 128, 255)] + [-5]], np.int32)
+    Image.fromarray(ints, "I").save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    assert grey(decode.decode_image(tmp_path / "i32.tif")) == [0, 77, 128, 255, 0]  # negatives clip to 0
+    floats = np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan]], np.float32)
+    Image.fromarray(floats, "F").save(tmp_path / "f.tif")
+    assert grey(decode.decode_image(tmp_path / "f.tif")) == [0, 128, 255, 255, 0, 0]  # 0..1 → 0..255, clipped
+    with Image.open(tmp_path / "i32.tif") as im:
+        assert decode.conversion(im) == "32-bit grey (I) ×255/2,147,483,647"
+    with Image.open(tmp_path / "f.tif") as im:
+        assert decode.conversion(im) == "float grey (F) 0..1 ×255, clipped"
+
+
+def test_conversion_names_what_decoding_does(tmp_path):
+    Image.fromarray(np.zeros((2, 2), np.uint16)).save(tmp_path / "a.png")
+    img(tmp_path / "p.png", 1, mode="P", size=(2, 2))
+    img(tmp_path / "t.png", (1, 2, 3, 4), mode="RGBA", size=(2, 2))
+    img(tmp_path / "b.bmp", 1, mode="1", size=(2, 2))
+    img(tmp_path / "rgb.png", size=(2, 2))
+    expected = {"a.png": "16-bit grey (I;16) ÷257", "p.png": "palette → RGB", "t.png": "transparency (RGBA) on black",
+                "b.bmp": "1-bit → grey", "rgb.png": None}
+    for name, words in expected.items():
+        assert decode.probe(tmp_path / name).conversion == words, name
+
+
+# ------------------------------------------------------------------------------------- big photos, bombs
+
+
+def test_a_108_mp_jpeg_decodes_at_reduced_size(tmp_path):
+    path = tmp_path / "phone.jpg"
+    Image.new("L", (12000, 9000), 128).save(path, quality=20)  # 108 MP, a few hundred KB
+    x = decode.decode_image(path, (50, 50))  # drafted at 1/8: 1500×1125 = 1.7 MP to decode
+    assert x.shape == (3, 50, 50) and abs(float(x.float().mean()) - 128) <= 1  # JPEG rounding
+    assert decode.probe(path).size == (12000, 9000)  # inspect does not call it a bomb either
+    with pytest.raises(CnnlabError, match=r"12000×9000 = 108 MP to decode, over the limit of 100 MP .* raise "
+                                          r"`data.max_pixels` or \$CNNLAB_MAX_PIXELS"):
+        decode.decode_image(path)  # the full size really is over the limit
+
+
+def test_bombs_are_judged_by_the_decoded_size_and_the_limit_is_a_setting(tmp_path, monkeypatch):
+    path = tmp_path / "big.jpg"
+    Image.new("L", (4000, 3000), 50).save(path, quality=20)
+    with pytest.raises(CnnlabError, match=r"4000×3000 \(decoded at 1000×750\)"):
+        decode.decode_image(path, (750, 1000), max_pixels=500_000)  # 1/4 scale still needs 750k pixels
+    assert decode.decode_image(path, (50, 50), max_pixels=500_000).shape == (3, 50, 50)  # 1/8: 188k
+    with pytest.raises(decode.BadImage, match="decoded at 500×375"):
+        decode.probe(path, max_pixels=100_000)  # even the smallest decode is too big
+    monkeypatch.setenv("CNNLAB_MAX_PIXELS", "1.2e7")
+    assert decode.pixel_limit() == 12_000_000 and decode.decode_image(path).shape == (3, 3000, 4000)
+    assert decode.pixel_limit(5) == 5  # the config's value wins over the environment
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own check would refuse it at open
+    assert decode.decode_image(path, (50, 50)).shape == (3, 50, 50)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # and is back in force afterwards
+    monkeypatch.setenv("CNNLAB_MAX_PIXELS", "lots")
+    with pytest.raises(CnnlabError, match=r"\$CNNLAB_MAX_PIXELS is 'lots'; set it to a positive number"):
+        decode.pixel_limit()
+    with pytest.raises(CnnlabError, match="`data.max_pixels` is 0"):
+        decode.pixel_limit(0)

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import decode
-from cnnlab.data.folder import FolderSpec, inspect_folder, load_folder
+from cnnlab.data import cache as decode_cache
+from cnnlab.data.folder import load_folder
+from cnnlab.data.listing import FolderSpec
 from cnnlab.errors import CnnlabError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -95,11 +96,13 @@ def test_filename_labels_default_and_custom_pattern(tmp_path):
     root = tmp_path / "train"
     for name in ("cat.1.jpg", "cat.22.jpg", "dog_7.png", "dog.3.JPG", "1234.jpg"):
         img(root / name)
-    (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / "notes.txt").write_text("not an image: counted and named, never decoded")
     ds = load(root, image_size=8)
     assert ds.data.classes == ("cat", "dog") and ds.report.labels == "filename"
     assert ds.report.counts == {"cat": 2, "dog": 2}
     assert [p for p, _ in ds.report.skipped] == ["1234.jpg"]
+    assert ds.report.not_images == ("notes.txt",) and ds.report.to_dict()["not_images"] == ["notes.txt"]
+    assert ("skipped 1 file that is not an image (Pillow cannot read it): notes.txt" in ds.report.to_lines())
     assert "does not match" in ds.report.skipped[0][1]
     ds = load(root, image_size=8, pattern=r"\.(\d)\d*\.")  # label = first digit of the number
     assert ds.data.classes == ("1", "2", "3")
@@ -151,9 +154,8 @@ def test_bad_files_are_skipped_and_listed(tmp_path, monkeypatch):
     img(root / "dog.1.jpg", BLUE, size=(20, 15))
     img(root / "dog.huge.png", BLUE, size=(40, 30))
     expected = bad_files(root)
-    monkeypatch.setattr(decode, "MAX_PIXELS", 1000)  # 40×30 = 1200 pixels: over this limit
     expected["dog.huge.png"] = "too many pixels"
-    ds = load(root, image_size=8)
+    ds = load(root, image_size=8, max_pixels=1000)  # 40×30 = 1200 pixels: over this limit
     assert ds.files == ("cat.1.jpg", "dog.1.jpg") and ds.data.classes == ("cat", "dog")
     reasons = dict(ds.report.skipped)
     assert set(reasons) == set(expected)
@@ -174,7 +176,7 @@ def test_decode_pool_matches_in_process(tmp_path, monkeypatch, cache):
     bad_files(root, "dog")
     one = load(root, workers=1, image_size=12)
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "other-cache"))
-    monkeypatch.setattr(decode, "MIN_POOL_FILES", 0)
+    monkeypatch.setattr(decode_cache, "MIN_POOL_FILES", 0)
     two = load(root, workers=2, image_size=12)
     assert not two.report.from_cache
     assert torch.equal(one.data.images, two.data.images) and torch.equal(one.data.labels, two.data.labels)
@@ -191,7 +193,7 @@ def test_second_load_uses_cache_without_decoding(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is current")
 
-    monkeypatch.setattr(decode, "decode_chunk", no_decoding)
+    monkeypatch.setattr(decode_cache, "decode_chunk", no_decoding)
     second = load(root, image_size=8)
     assert second.report.from_cache and second.report.cache == first.report.cache
     assert torch.equal(second.data.images, first.data.images)
@@ -221,16 +223,16 @@ def test_interrupted_decode_leaves_no_cache(tmp_path, monkeypatch, cache):
     root = tmp_path / "d"
     img(root / "a" / "1.png")
     img(root / "b" / "2.png")
-    real = decode.decode_chunk
+    real = decode_cache.decode_chunk
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(decode, "decode_chunk", interrupted)
+    monkeypatch.setattr(decode_cache, "decode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load(root, image_size=8)
     assert list(cache.iterdir()) == []
-    monkeypatch.setattr(decode, "decode_chunk", real)
+    monkeypatch.setattr(decode_cache, "decode_chunk", real)
     assert not load(root, image_size=8).report.from_cache
 
 
@@ -270,23 +272,40 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
         assert "\n" not in str(err.value)
 
 
-def test_inspect_folder_from_headers(tmp_path, cache):
-    root = tmp_path / "train"
-    img(root / "cat.1.jpg", size=(40, 30))
-    img(root / "cat.2.jpg", size=(40, 30))
-    img(root / "dog.1.png", size=(20, 10), mode="L", color=128)
-    img(root / "7.png")
-    bad = bad_files(root, "dog")
-    info = inspect_folder(root)
-    assert info.labels == "filename" and info.counts == {"cat": 2, "dog": 1}
-    assert info.sizes == {(40, 30): 2, (20, 10): 1}
-    assert info.formats == {"JPEG": 2, "PNG": 1} and info.modes == {"RGB": 2, "L": 1}
-    reasons = dict(info.bad)
-    assert set(reasons) == set(bad)
-    for name, words in bad.items():
-        assert words in reasons[name]
-    assert [p for p, _ in info.skipped] == ["7.png"]
-    lines = "\n".join(info.to_lines())
-    assert "40×30" in lines and "unreadable: 4" in lines
-    json.dumps(info.to_dict())
-    assert not cache.exists()  # nothing decoded or cached
+def test_every_format_pillow_reads_trains_alike(tmp_path):
+    """A folder mixing PNG, TIFF (8 and 16 bit), PGM and a file without an extension loses none of them."""
+    root = tmp_path / "mixed"
+    img(root / "cat" / "a.png", (10, 10, 10))
+    img(root / "cat" / "b.tif", (10, 10, 10))
+    img(root / "cat" / "c.tiff", 10, mode="L")
+    (root / "dog").mkdir()
+    deep = Image.fromarray(np.full((30, 40), 257 * 200, np.uint16))  # 16-bit: 257·200 is 200 in 8 bits
+    deep.save(root / "dog" / "d.tif")
+    deep.save(root / "dog" / "e.pgm")
+    Image.new("L", (40, 30), 200).save(root / "dog" / "scan", format="TIFF")
+    (root / "dog" / "readme.md").write_text("the dogs")
+    ds = load(root, image_size=4, grayscale=True)
+    assert ds.files == ("cat/a.png", "cat/b.tif", "cat/c.tiff", "dog/d.tif", "dog/e.pgm", "dog/scan")
+    assert ds.data.images[:3].unique().tolist() == [10] and ds.data.images[3:].unique().tolist() == [200]
+    assert ds.report.skipped == () and ds.report.not_images == ("dog/readme.md",)
+
+
+def test_a_folder_of_non_images_says_so(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("x")
+    (tmp_path / "d" / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(40))
+    with pytest.raises(CnnlabError, match=r"no images in .*d: its 2 file\(s\) \(a.txt, b.heic\) are not images "
+                                          "Pillow can read"):
+        load(tmp_path / "d", image_size=4)
+
+
+def test_the_pixel_limit_is_part_of_the_cache_key(tmp_path):
+    root = tmp_path / "d"
+    img(root / "cat.1.png", size=(40, 30))
+    img(root / "cat.2.png", size=(10, 10))
+    img(root / "dog.1.png", BLUE, size=(10, 10))
+    small = load(root, image_size=4, max_pixels=1000)
+    assert small.files == ("cat.2.png", "dog.1.png") and "max_pixels" in small.report.skipped[0][1]
+    assert load(root, image_size=4).files == ("cat.1.png", "cat.2.png", "dog.1.png")  # a new cache, not the old one
+    with pytest.raises(CnnlabError, match="`data.max_pixels` is -1"):
+        FolderSpec(root, max_pixels=-1)

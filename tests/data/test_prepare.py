@@ -55,6 +55,20 @@ def test_normalizers(toy):
     assert grey.mean == pytest.approx((sum(IMAGENET.mean) / 3,)) and grey.std == pytest.approx((sum(IMAGENET.std) / 3,))
     rgb = ImageData(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), ("a",))
     assert make_normalizer("imagenet", rgb) == IMAGENET
+    raw = make_normalizer("raw", toy)  # the 0..255 values themselves, exactly (the TF tutorial's inputs)
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(raw(x), x.float())
+    # augmented batches come as x / 255 floats: dividing by float32(1/255) is within a few ulps of x
+    assert torch.allclose(raw.from_unit(x.float() / 255), x.float(), rtol=1e-6, atol=0)
+    assert torch.allclose(raw.denormalize(raw(x)), x.float() / 255, rtol=0, atol=1e-7)  # the same ulps, for display
+
+
+def test_folder_options_reach_the_folder_spec():
+    from cnnlab.data.prepare import folder_spec
+
+    cfg = load_config(None, [("data.dataset", "folder:/x"), ("data.max_pixels", 5), ("data.resize", "crop")]).data
+    spec = folder_spec(cfg)
+    assert (spec.max_pixels, spec.resize, str(spec.path)) == (5, "crop", "/x")
 
 
 def test_train_and_predict_on_a_folder(image_folder, tmp_path):

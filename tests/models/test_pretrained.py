@@ -289,3 +289,29 @@ def test_pretrained_offline_is_a_clear_error(monkeypatch, _cache):
         load_initial_weights(build("resnet18", num_classes=10, input_shape=(1, 28, 28), meta=True),
                              ModelConfig(name="resnet18", pretrained=True), print)
     assert "`model.weights`" in str(err.value) and "\n" not in str(err.value)  # the CLI shows it as --weights
+
+
+def test_the_published_layout_is_torchvisions_for_every_classic_model(torchvision_keys):
+    from cnnlab.models.pretrained import published_layout
+
+    for arch in PRETRAINED:
+        shapes = dict(torchvision_keys[arch])
+        assert published_layout(arch, shapes), arch  # aux heads and all, as in the published files
+        head = f"{model_meta(arch).head}.weight"
+        assert not published_layout(arch, {**shapes, head: [2, shapes[head][1]]}), arch  # a 2-class head
+        assert not published_layout(arch, {k: s for k, s in shapes.items() if k != head}), arch
+    assert not published_layout("cnn_64x2", {})  # no published weights at all
+
+
+def test_a_weight_file_is_judged_by_its_shapes_alone(tmp_path):
+    from cnnlab.models.pretrained import has_published_layout
+
+    model = build("mobilenet_v2")
+    torch.save(model.state_dict(), tmp_path / "copy.pth")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "copy.safetensors")
+    assert has_published_layout("mobilenet_v2", tmp_path / "copy.pth")
+    assert has_published_layout("mobilenet_v2", tmp_path / "copy.safetensors")
+    torch.save(build("mobilenet_v2", num_classes=10).state_dict(), tmp_path / "mine.pth")
+    assert not has_published_layout("mobilenet_v2", tmp_path / "mine.pth")
+    with pytest.raises(CnnlabError, match="does not exist"):
+        has_published_layout("mobilenet_v2", tmp_path / "none.pth")

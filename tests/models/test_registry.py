@@ -115,3 +115,15 @@ def test_create_model_checks_its_arguments_in_one_line():
         create("resnet18", num_classes=10, input_shape=(32, 32, 3))
     with pytest.raises(CnnlabError, match=r"`input_shape` must be \(channels, height, width\) of positive sizes"):
         create("resnet18", num_classes=10, input_shape=(3, 0, 32))
+
+
+def test_classic_models_declare_their_adam_rate():
+    from cnnlab.models.registry import LR_WITH_BN, LR_WITHOUT_BN, model_meta, model_names
+
+    classics = [n for n in model_names() if model_meta(n).weights is not None]
+    assert len(classics) == 17
+    for name in classics:
+        without_bn = name.startswith("vgg") and not name.endswith("_bn") or name == "alexnet"
+        assert model_meta(name).lr == (LR_WITHOUT_BN if without_bn else LR_WITH_BN), name
+    assert (LR_WITH_BN, LR_WITHOUT_BN) == (1e-3, 1e-4)
+    assert model_meta("cnn_64x2").lr is None  # the tutorials' models: train.lr's generic default

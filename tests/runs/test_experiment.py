@@ -17,7 +17,15 @@ from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.experiment import build_callbacks, save_weights, train
 from cnnlab.runs.options import experiment_config
-from cnnlab.training.callbacks import EarlyStopping, ModelCheckpoint, NanGuard, ProgressBar, StopAtTarget
+from cnnlab.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    NanGuard,
+    ProgressBar,
+    StallWarning,
+    StopAtTarget,
+)
 
 
 def quiet(cfg, **kwargs):
@@ -82,14 +90,15 @@ def test_callbacks_follow_the_config():
     cfg = load_config(None, [("callbacks.stop_at", ["val_acc=0.9"]), ("callbacks.early_stopping", 3),
                              ("callbacks.monitor", "val_acc")])
     callbacks = build_callbacks(cfg, progress=False)
-    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar,
+                                              StallWarning]
     stop, early, checkpoint = callbacks[1:4]
     assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.9)
     assert (early.monitor, early.mode, early.patience) == ("val_acc", "max", 3)
     assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
-    assert not callbacks[-1].live
+    assert not callbacks[-2].live
     plain = build_callbacks(load_config())
-    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar, StallWarning]
     assert (plain[1].monitor, plain[1].mode) == ("val_loss", "min")
 
 
@@ -162,6 +171,42 @@ def test_a_mistake_found_before_training_leaves_no_run_folder(tmp_path, image_fo
     with pytest.raises(CnnlabError, match="data.augment.cutout=20 on 28x28"):
         quiet(cfg)  # the default runs/<name> folder
     assert not (Path.cwd() / "runs").exists()
+
+
+class _Boom(Callback):
+    """A callback that raises at a given optimiser step of a given epoch (as a crash or Ctrl-C would)."""
+
+    def __init__(self, epoch: int, error: BaseException) -> None:
+        self.epoch, self.error = epoch, error
+
+    def on_train_batch_start(self, trainer, batch):
+        if trainer.epoch + 1 == self.epoch and batch == 2:
+            raise self.error
+
+
+def test_a_crash_before_the_first_epoch_ends_leaves_nothing(tmp_path, monkeypatch):
+    import cnnlab.runs.experiment as experiment
+
+    def with_boom(epoch, error):
+        monkeypatch.setattr(experiment, "build_callbacks", lambda cfg, progress=None, log=print, run=None: [
+            *build_callbacks(cfg, progress, log, run), _Boom(epoch, error)])
+
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=256)
+    with_boom(1, RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        quiet(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # the corrected command can use the same --out
+    (tmp_path / "mine").mkdir()
+    with_boom(1, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg, out=tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())  # the user's folder stays
+    with_boom(2, RuntimeError("disk full"))  # after a finished epoch the run is kept, resumable, and says why
+    with pytest.raises(RuntimeError):
+        quiet(cfg, out=tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["failure"] == "RuntimeError: disk full"
+    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
 
 
 def test_relative_folders_are_recorded_absolute_and_get_the_models_input_size(tmp_path, image_folder, monkeypatch):
@@ -273,3 +318,72 @@ def test_log_receives_every_line_and_extra_callbacks_run(tmp_path):
     assert [line.split(" - ")[0] for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["command"].startswith("Python") and meta["min_delta"] == 0.0
+
+
+def test_every_file_of_a_run_gets_the_umasks_permissions(tmp_path):
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        quiet(experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1, batch_size=512),
+              out=tmp_path / "run")
+    finally:
+        os.umask(old)
+    found = list((tmp_path / "run").rglob("*"))
+    assert len(found) > 10
+    for p in [tmp_path / "run", *found]:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o750 if p.is_dir() else 0o640), p
+
+
+def test_an_unset_learning_rate_follows_the_models_metadata():
+    from cnnlab.runs.experiment import default_lr, resolve_config
+
+    def lr(**options):
+        overrides = options.pop("overrides", [])
+        return resolve_config(experiment_config(dataset="fashion-mnist-sample", overrides=overrides, **options)).train.lr
+
+    assert experiment_config(model="vgg16").train.lr is None  # "not set" is None, never a number
+    assert lr(model="vgg16") == 1e-4 and lr(model="alexnet") == 1e-4  # no BatchNorm: ten times lower
+    assert lr(model="vgg16_bn") == 1e-3 and lr(model="resnet18") == 1e-3
+    assert lr(model="vgg16", lr=0.001) == 0.001  # a rate the user wrote is kept, even the generic one
+    assert lr(model="vgg16", overrides=[("train.lr", 0.001)]) == 0.001
+    assert lr(model="vgg16", overrides=[("train.optimizer", "sgd")]) == 1e-3  # the metadata rate is Adam's
+    assert lr(model="dnn_128") == 1e-3  # the tutorial models: Keras's Adam default
+    assert default_lr(experiment_config(model="vgg16")) == (1e-4, "vgg16's default for adam (its metadata)")
+
+
+def test_the_rate_used_is_recorded_and_said(tmp_path):
+    lines: list[str] = []
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1, batch_size=512)
+    train(cfg, out=tmp_path / "r", progress=False, log=lines.append)
+    assert "note: train.lr is not set: using 0.001, the default; set train.lr to choose another" in lines
+    assert "lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()  # a rerun from config.yaml uses the same
+
+
+def test_weights_in_a_published_layout_bring_their_preprocessing(tmp_path, image_folder):
+    from cnnlab.models.registry import IMAGENET_MEAN, create_model
+    from cnnlab.runs.experiment import resolve_config, weights_normalizer
+
+    torch.manual_seed(0)
+    torch.save(create_model("googlenet", num_classes=1000, input_shape=(3, 224, 224)).state_dict(),
+               tmp_path / "copy.pth")  # torchvision's layout, as a downloaded googlenet-1378be20.pth has
+    notes: list[str] = []
+    cfg = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "copy.pth"),
+                                           dataset=f"folder:{image_folder}"), notes.append)
+    assert cfg.model.pretrained and cfg.data.image_size == 224  # the weights' input size
+    assert weights_normalizer(cfg).mean == IMAGENET_MEAN
+    assert notes[-1].startswith(f"note: {tmp_path / 'copy.pth'} has googlenet's published ImageNet layout, so it "
+                                "gets their preprocessing as model.pretrained does: mean [0.485, 0.456, 0.406]")
+    assert "transform_input, 224 px input (data.normalize and data.image_size change them)" in notes[-1]
+    torch.save(create_model("googlenet", num_classes=3, input_shape=(3, 64, 64)).state_dict(), tmp_path / "mine.pth")
+    notes.clear()
+    mine = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"),
+                                            dataset=f"folder:{image_folder}"), notes.append)
+    assert not mine.model.pretrained and weights_normalizer(mine) is None
+    assert notes[-1] == (f"note: {tmp_path / 'mine.pth'} is not googlenet's published ImageNet weight file, so inputs "
+                         "are scaled as for training from scratch (x / 255); if these weights expect other "
+                         "statistics, set data.normalize (imagenet, standard)")
+    notes.clear()
+    resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"), dataset="mnist",
+                                     overrides=[("data.normalize", "standard")]), notes.append)
+    assert not any("published" in n for n in notes)  # the user chose the scaling: nothing to say

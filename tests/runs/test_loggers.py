@@ -61,7 +61,7 @@ def fit(toy, run: RunDir, epochs: int, store: str, *, resume: bool = False) -> T
     from cnnlab.training.callbacks import ModelCheckpoint
 
     callbacks = [ModelCheckpoint("val_loss", "min"), TensorBoardLogger(run.path, every_n_steps=4),
-                 MLflowLogger(store, run, Config(name="toy-experiment"), every_n_steps=4)]
+                 MLflowLogger(store, run, Config(name="toy-experiment", train=TrainConfig(lr=0.001)), every_n_steps=4)]
     trainer = Trainer(small_model(), cfg, train_data=train, val_data=val, normalizer=Normalizer(), engine=CPU,
                       callbacks=callbacks, checkpoint_dir=run.checkpoints)
     if resume:

@@ -184,3 +184,29 @@ def test_predict_mistakes_are_one_line_errors(run, tmp_path):
         with pytest.raises(CnnlabError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_any_pillow_format_in_a_folder_predicts_like_png(run, test_set, tmp_path):
+    """A folder of TIFFs and 16-bit PNGs predicts as the 8-bit PNGs do; other files are named in one note."""
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(3):
+        pixels = test_set.images[i, 0].numpy()
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        Image.fromarray(pixels).save(root / f"{i}.tif")
+        Image.fromarray(pixels.astype(np.uint16) * 257).save(root / f"{i}.wide.png")  # 16-bit: 257·k is k
+    (root / "notes.txt").write_text("x")
+    notes: list[str] = []
+    results = predict_files(run, [root], top_k=2, log=notes.append)
+    assert [r.path.name for r in results] == ["0.png", "0.tif", "0.wide.png", "1.png", "1.tif", "1.wide.png",
+                                              "2.png", "2.tif", "2.wide.png"]
+    assert all(r.error is None for r in results)
+    for k in range(3):
+        assert results[3 * k].top == results[3 * k + 1].top == results[3 * k + 2].top
+    assert notes == [f"note: skipped 1 file in {root} that is not an image (Pillow cannot read it): notes.txt"]
+    only_notes = tmp_path / "docs"
+    only_notes.mkdir()
+    (only_notes / "a.txt").write_text("x")
+    with pytest.raises(CnnlabError, match=r"^no image files given; skipped 1 file that is not an image .*a.txt; "
+                                          "give image files"):
+        predict_files(run, [only_notes], log=notes.append)

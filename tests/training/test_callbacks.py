@@ -13,6 +13,7 @@ from cnnlab.training.callbacks import (
     ModelCheckpoint,
     NanGuard,
     ProgressBar,
+    StallWarning,
     StopAtTarget,
     format_epoch,
     is_improvement,
@@ -228,3 +229,55 @@ def test_monitor_callbacks_resolve_their_mode_once():
     best = ModelCheckpoint("val_acc", "max", min_delta=0.01)
     best.best = 0.90
     assert not best.improved(0.905) and best.improved(0.911)
+
+
+def _dead_net(classes: int = 3) -> torch.nn.Module:
+    """Every hidden ReLU dead (a bias far below any input): the output is the last bias, whatever the image."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 8), torch.nn.ReLU(), torch.nn.Linear(8, classes))
+    with torch.no_grad():
+        net[1].bias.fill_(-1e4)
+        net[3].bias.zero_()
+    return net
+
+
+def _trainer(model, data, callbacks, batch_size=16, epochs=1, lr=0.001):
+    from cnnlab.config import TrainConfig
+    from cnnlab.data.tensors import Normalizer, split
+    from cnnlab.training.trainer import Trainer
+
+    from .conftest import CPU
+
+    train, val = split(data, 0.25, seed=0)
+    return Trainer(model, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), train_data=train, val_data=val,
+                   normalizer=Normalizer(), engine=CPU, callbacks=callbacks)
+
+
+def test_stall_warning_names_a_collapse_once_with_its_fix(toy):
+    lines: list[str] = []
+    t = _trainer(_dead_net(), toy, [StallWarning(lines.append, "lower train.lr or use a BatchNorm variant")], epochs=2)
+    t.fit()
+    assert len(lines) == 1 and len(t.history) == 2  # it warns once, and training goes on
+    assert lines[0].startswith("warning: the model's output no longer depends on its input (after epoch 1: loss ")
+    assert "≈ ln 3 = 1.0986, accuracy" in lines[0] and "learning rate 0.001 is too high" in lines[0]
+    assert lines[0].endswith("lower train.lr or use a BatchNorm variant") and "\n" not in lines[0]
+
+
+def test_stall_warning_checks_early_in_a_long_first_epoch(toy):
+    lines: list[str] = []
+    cb = StallWarning(lines.append, "fix it", check_step=3)  # 180 images / batch 16: 12 steps ≥ 2 × 3
+    t = _trainer(_dead_net(), toy, [cb])
+    t.fit()
+    assert len(lines) == 1 and lines[0].startswith("warning: the model's output no longer depends on its input "
+                                                   "(after 3 steps: loss 1.0985 ≈ ln 3 = 1.0986); training has collapsed")
+
+
+def test_no_stall_warning_when_the_model_learns_or_merely_starts_slowly(toy, make_model):
+    lines: list[str] = []
+    _trainer(make_model(), toy, [StallWarning(lines.append, "x", check_step=3)]).fit()  # lr 0.001: it learns
+    assert lines == []
+    cb = StallWarning(lines.append, "x")
+    t = _trainer(make_model(), toy, [cb], lr=1e-9)  # alive but not moving: never called a collapse
+    t.fit()
+    assert not cb.constant_output(t)
+    assert all("no longer depends" not in line for line in lines)

@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -50,7 +51,9 @@ def test_fine_tune_unfreezes_after_one_epoch(tmp_path, image_folder):
     trained = load_file(out / "model.safetensors")
     assert not torch.equal(trained["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
     meta = json.loads((out / "run.json").read_text())
-    assert meta["normalizer"]["mean"] == [0.0]  # weights from a file, not --pretrained: plain x/255 unless asked
+    # a file in resnet's published layout brings ImageNet's preprocessing, as --pretrained does (grey images: the
+    # mean of ImageNet's three channel means, (0.485 + 0.456 + 0.406) / 3)
+    assert meta["normalizer"]["mean"] == [pytest.approx(0.449, abs=1e-6)]
 
 
 def test_set_backbone_frozen_leaves_the_head_trainable():

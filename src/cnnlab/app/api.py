@@ -26,7 +26,7 @@ from torch import nn
 from cnnlab.app.run import Run
 from cnnlab.config import Config, config_path, from_dict, read_yaml
 from cnnlab.data.datasets import DATASETS
-from cnnlab.data.folder import folder_classes
+from cnnlab.data.listing import folder_classes
 from cnnlab.data.prepare import folder_spec
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.build import build_model
@@ -34,12 +34,16 @@ from cnnlab.models.keras import KERAS_SUFFIXES, build_keras, read_keras
 from cnnlab.models.registry import create_model as _create
 from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.training import plot_lr_find
 from cnnlab.runs.experiment import train as _train
 from cnnlab.runs.loaded import load_run as _load_run
+from cnnlab.runs.lr_find import LrFinding
+from cnnlab.runs.lr_find import lr_find as _lr_find
 from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.training.callbacks import Callback
 
-__all__ = ["Run", "create_model", "list_models", "load_run", "summary", "train"]
+__all__ = ["Run", "create_model", "list_models", "load_run", "lr_find", "summary", "train"]
 
 
 def train(config: str | Path | Config | None = None, *, recipe: str | None = None, out: str | Path | None = None,
@@ -76,6 +80,46 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         return Run(_train(cfg, resume=resume, progress=progress, log=log, callbacks=callbacks).run.path)
     cfg = experiment_config(config, recipe=recipe, overrides=pairs, **options)
     return Run(_train(cfg, out=out, overwrite=overwrite, progress=progress, log=log, callbacks=callbacks).run.path)
+
+
+def lr_find(config: str | Path | Config | None = None, *, recipe: str | None = None,
+            overrides: Mapping[str, Any] | None = None, out: str | Path | None = "lr-find.png",
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, log: Callable[[str], None] = print,
+            **options: Any) -> tuple[LrFinding, Path | None]:
+    """The learning-rate range test (fastai's ``lr_find``) of an experiment: loss against rate, the
+    suggested rate marked, drawn into a PNG. See :mod:`cnnlab.runs.lr_find` for the method.
+
+    Args:
+        config: as in :func:`train`.
+        recipe: as in :func:`train`.
+        overrides: as in :func:`train`.
+        out: the PNG to write (None: no figure).
+        start_lr: the first step's rate.
+        end_lr: the last step's rate.
+        steps: optimiser steps of the test.
+        log: receives the preparation's lines.
+        **options: the training options of :func:`train`, but not ``epochs``, ``lr`` or ``stop_at``: the test
+            sets its own steps and rates.
+
+    Returns:
+        (what was measured, the PNG's path or None).
+
+    Raises:
+        CnnlabError: an option the test cannot use, or anything :func:`train` would refuse.
+    """
+    refused = [n for n in ("epochs", "lr", "stop_at") if options.get(n) not in (None, False, [])]
+    if refused:
+        raise CnnlabError(f"{', '.join(f'`{n}`' for n in refused)} cannot apply: the range test runs `steps` "
+                          "optimiser steps at rates from `start_lr` to `end_lr`; drop it")
+    path = Path(out) if out is not None else None
+    if path is not None and path.suffix.lower() != ".png":
+        raise CnnlabError(f"`out` {path}: the plot is a PNG; give a name ending in .png")
+    cfg = experiment_config(config, recipe=recipe, overrides=list((overrides or {}).items()), **options)
+    found = _lr_find(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log)
+    if path is not None:
+        title = f"Learning-rate range test: {found.name}, batch {cfg.train.batch_size}, {cfg.train.optimizer}"
+        save_figure(plot_lr_find(found.lrs, found.losses, found.smoothed, found.suggestion, title), path)
+    return found, path
 
 
 def load_run(path: str | Path) -> Run:
@@ -190,6 +234,10 @@ def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: i
 
 def _folder_class_count(cfg: Config) -> int:
     spec = folder_spec(cfg.data)
+    if not spec.path.exists():
+        raise CnnlabError(f"the config's classes come from its image folder {spec.path}, which does not exist here "
+                          "(a relative path starts from the current folder); give `num_classes` to summarise "
+                          "without it")
     try:
         classes = folder_classes(spec)
     except CnnlabError as exc:

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -46,7 +47,8 @@ from cnnlab.config import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
-from cnnlab.plots.common import finish_figure, new_figure, save_figure
+from cnnlab.plots.common import save_figure
+from cnnlab.plots.training import plot_variants
 from cnnlab.runs.experiment import train
 from cnnlab.runs.history import run_best_epoch
 from cnnlab.runs.options import layer_lists
@@ -297,12 +299,39 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
                 progress: bool | None = None, log: Log = print) -> CompareResult:
     """Trains every variant into ``out/<name>/`` and writes the table, CSV, JSON and plot after each one.
 
+    A variant that fails before its training starts (a config or data mistake) leaves no run folder; when
+    none of them started, nothing is left behind either (``out`` is removed again, or left empty if it was
+    an empty folder) and the mistakes are raised.
+
     Raises:
-        CnnlabError: ``out`` exists (without ``overwrite``) or is not a compare folder.
+        CnnlabError: ``out`` exists (without ``overwrite``) or is not a compare folder; no variant could start.
     """
     out = Path(out).expanduser()
+    was_there = out.is_dir()
     prepare_folder(out, overwrite=overwrite, marker=MARKER, what="compare folder")
     results: list[VariantResult] = []
+    try:
+        _run_variants(variants, out, results, progress, log)
+    except BaseException:
+        _discard_if_nothing_ran(out, results, was_there)
+        raise
+    if _discard_if_nothing_ran(out, results, was_there):
+        raise CnnlabError("no variant could start training: " + "; ".join(f"{r.variant}: {r.error}" for r in results))
+    return CompareResult(out, results, markdown_table(results))
+
+
+def _discard_if_nothing_ran(out: Path, results: Sequence[VariantResult], was_there: bool) -> bool:
+    """Removes the compare folder when no variant left a run folder in it (a table of only errors is no result)."""
+    if any(r.run_dir and (Path(r.run_dir) / "run.json").is_file() for r in results):
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    if was_there:
+        out.mkdir(exist_ok=True)  # the user's (empty, or overwritten) folder stays
+    return True
+
+
+def _run_variants(variants: Sequence[Variant], out: Path, results: list[VariantResult], progress: bool | None,
+                  log: Log) -> None:
     for i, v in enumerate(variants, 1):
         log(f"\n=== Variant {i}/{len(variants)}: {v.name}" + (f" ({v.changed})" if v.changed else "") + " ===")
         res = VariantResult(v.name, v.changed, error=v.error)
@@ -326,7 +355,6 @@ def run_compare(variants: Sequence[Variant], out: str | Path, *, overwrite: bool
         if res.error:
             log(f"Variant {v.name} failed: {res.error}")
         write_outputs(out, results)
-    return CompareResult(out, results, markdown_table(results))
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -367,29 +395,7 @@ def csv_text(results: Sequence[VariantResult]) -> str:
 
 def plot_compare(results: Sequence[VariantResult], title: str = "Compare"):
     """Validation accuracy (left) and training loss (right) per epoch, one line per variant."""
-
-    fig = new_figure(12, 4.4)
-    drawn = [r for r in results if r.history]
-    epochs = sorted({h["epoch"] for r in drawn for h in r.history})
-    for i, (key, label) in enumerate((("val_acc", "validation accuracy"), ("train_loss", "training loss"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for r in drawn:
-            pts = [(h["epoch"], h[key]) for h in r.history if h.get(key) is not None]
-            if pts:
-                name = r.variant if r.status == "done" else f"{r.variant} (failed)"
-                ax.plot(*zip(*pts, strict=True), "o-", markersize=4, label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if epochs and len(epochs) <= 20:
-            ax.set_xticks(epochs)
-        if not drawn:
-            ax.text(0.5, 0.5, "no variant finished an epoch", ha="center", va="center", transform=ax.transAxes)
-        elif i == 0:
-            ax.legend(fontsize=8, loc="best")
-    failed = sum(r.status != "done" for r in results)
-    finish_figure(fig, f"{title}: {len(results)} variants" + (f", {failed} failed" if failed else ""), fontsize=12)
-    return fig
+    return plot_variants([(r.variant, r.status != "done", r.history) for r in results], title)
 
 
 def write_outputs(out: Path, results: Sequence[VariantResult]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from cnnlab._version import __version__
@@ -24,6 +25,7 @@ from cnnlab.plots.common import figure_data_uri, save_figure
 from cnnlab.runs.history import run_best_epoch
 from cnnlab.runs.loggers import publish
 from cnnlab.runs.run_dir import RESULTS
+from cnnlab.training.metrics import Evaluation
 from cnnlab.views import VIEWS, ShowOptions, ViewContext, applicable, correct_indices
 
 REPORT = "report.html"
@@ -130,9 +132,9 @@ def _run_facts(ctx: ViewContext) -> str:
     c, h, w = ctx.input_shape
     epochs = meta.get("epochs", len(ctx.history))
     t = cfg.train
+    tested = f"{int(_evaluation(ctx).confusion.sum()):,} test images" + ("" if _has_data(ctx) else ", not found here")
     return _facts([
-        ("Dataset", f"{meta.get('dataset', cfg.data.dataset)} ({h}×{w}×{c}, {len(ctx.classes)} classes, "
-                    f"{len(ctx.test):,} test images)"),
+        ("Dataset", f"{meta.get('dataset', cfg.data.dataset)} ({h}×{w}×{c}, {len(ctx.classes)} classes, {tested})"),
         ("Model", model),
         ("Parameters", f"{meta['params']:,}" if "params" in meta else None),
         ("Training", f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, {epochs} of {t.epochs} epochs"
@@ -164,8 +166,25 @@ def _summary_table(ctx: ViewContext) -> str:
             + f"<p>Total params: <b>{total:,}</b> · trainable: {trainable:,} · non-trainable: {total - trainable:,}</p>")
 
 
+# Views that draw test images (the others need only the model and the history).
+DATA_VIEWS = frozenset({"predictions", "mistakes", "feature-maps", "occlusion", "gradcam", "saliency", "kernels"})
+
+
+def _has_data(ctx: ViewContext) -> bool:
+    """Whether the run's test images can be found (``ctx.data_problem`` says why not)."""
+    return ctx.data_problem is None
+
+
+def _evaluation(ctx: ViewContext) -> Evaluation:
+    """The fp32 evaluation of the test images, or, when they are not here, the one saved at the end of training."""
+    if _has_data(ctx):
+        return ctx.evaluation
+    saved = ctx.loaded.run.read_json(RESULTS)
+    return Evaluation(saved["test_loss"], saved["test_acc"], torch.tensor(saved["confusion"]), tuple(ctx.classes))
+
+
 def _metrics(ctx: ViewContext) -> str:
-    ev, hist, run = ctx.evaluation, ctx.history, ctx.loaded.run
+    ev, hist, run = _evaluation(ctx), ctx.history, ctx.loaded.run
     cards = [("test accuracy", f"{ev.acc:.4f}"), ("test loss", f"{ev.loss:.4f}")]
     if hist:
         last = hist[-1]
@@ -179,6 +198,9 @@ def _metrics(ctx: ViewContext) -> str:
                 cards.append((f"validation accuracy at epoch {best['epoch']}", f"{best['val_acc']:.4f}"))
     out = '<div class="cards">' + "".join(f"<div class=card><b>{v}</b><span>{_esc(k)}</span></div>"
                                            for k, v in cards) + "</div>"
+    if not _has_data(ctx):
+        return out + ("<p class=hint>From results.json, the evaluation at the end of training: the test images "
+                      f"are not here ({_esc(ctx.data_problem)}).</p>")
     out += (f"<p class=hint>Recomputed in fp32 on the {len(ctx.test):,} test images with the final weights, "
             "the same evaluation every figure below uses.")
     if run.file(RESULTS).is_file():
@@ -190,7 +212,7 @@ def _metrics(ctx: ViewContext) -> str:
 
 
 def _per_class(ctx: ViewContext) -> str:
-    conf = ctx.evaluation.confusion
+    conf = _evaluation(ctx).confusion
     rows = []
     for i, name in enumerate(ctx.classes):
         total, right = int(conf[i].sum()), int(conf[i, i])
@@ -257,7 +279,13 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     shown = set(applicable(ctx))
     missing: list[str] = []
 
+    if not _has_data(ctx):
+        log(f"note: report without the figures of test images: {ctx.data_problem}")
+
     def figures(view: str, opts: ShowOptions) -> dict[str, Figure]:
+        if view in DATA_VIEWS and not _has_data(ctx):
+            missing.append(f"{view}: needs the test images, which are not here")
+            return {}
         try:
             figs = VIEWS.get(view)(ctx, opts)
             if figures_dir is not None:
@@ -284,12 +312,13 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     sections.append(("metrics", "Final metrics", _metrics(ctx)))
     sections.append(("per-class", "Per-class accuracy", _per_class(ctx)))
     mistakes = figures("mistakes", ShowOptions(n=16)) if "mistakes" in shown else {}
-    confusion = confusion_html(ctx.evaluation.confusion, ctx.classes)
+    confusion = confusion_html(_evaluation(ctx).confusion, ctx.classes)
     if "mistakes-breakdown" in mistakes:
         confusion += _img(mistakes.pop("mistakes-breakdown"), "breakdown of the wrong predictions")
     sections.append(("confusion", "Confusion matrix", "<p class=hint>Rows are the true class, columns the "
                      "prediction; colour is the share of the row.</p>" + confusion))
-    few_correct = ShowOptions(n=6, images=tuple(correct_indices(ctx, 6)) or None)  # the same images for both heat maps
+    # the same images for both heat maps
+    few_correct = ShowOptions(n=6, images=tuple(correct_indices(ctx, 6)) or None if _has_data(ctx) else None)
     options = {"predictions": ShowOptions(n=16), "occlusion": few_correct, "gradcam": few_correct}
     for sid, heading, views in FIGURE_SECTIONS:
         parts = []
@@ -306,8 +335,10 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
             cols = "".join(f'<div class=col id="{v}"><h3>{_esc(sub)}</h3>{body}</div>' for v, sub, body in parts)
             sections.append((sid, heading, f"<div class=row>{cols}</div>"))
     if missing:
-        sections.append(("not-shown", "Not shown", '<div class="note">' + "<br>".join(_esc(m) for m in missing)
-                         + "</div>"))
+        why = (f"The test images are not here ({_esc(ctx.data_problem)}); the numbers above are those saved at the "
+               "end of training.<br>" if not _has_data(ctx) else "")
+        sections.append(("not-shown", "Not shown", '<div class="note">' + why
+                         + "<br>".join(_esc(m) for m in missing) + "</div>"))
     views = [v for _, _, group in FIGURE_SECTIONS for v, _, _ in group]
     skipped = [v for v in views if v not in shown]
     notes = [f"Not applicable to this model: {', '.join(skipped)}." if skipped else "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.app.api import summary
-from cnnlab.cli.main import print_json
+from cnnlab.cli.main import EXIT_OK, print_json
 from cnnlab.data.datasets import CIFAR_ARCHIVE, DATASETS, where_is
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe, model_names
@@ -13,7 +13,7 @@ from cnnlab.models import describe, model_names
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     if args.action == "inspect":
-        from cnnlab.data.folder import inspect_folder
+        from cnnlab.data.inspection import inspect_folder
 
         found = inspect_folder(args.path, labels=args.labels, pattern=args.pattern, csv=args.csv,
                                file_column=args.file_column, label_column=args.label_column)
@@ -21,12 +21,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print_json(found.to_dict())
         else:
             print("\n".join(found.to_lines()))
-        return 0
+        return EXIT_OK
     if args.action == "list":
         for name in DATASETS.names():
             print(f"{name:<22} {DATASETS.get(name).description}")
         print("folder:PATH            your own images (class subfolders, cat.123.jpg names, or a CSV)")
-        return 0
+        return EXIT_OK
     info = DATASETS.get(args.name)
     c, h, w = info.shape
     print(f"{info.name}: {info.description}")
@@ -43,14 +43,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"      from {url}")
     if info.layout == "cifar":
         print(f"    (downloaded as {CIFAR_ARCHIVE.name}, md5 {CIFAR_ARCHIVE.md5}, from {CIFAR_ARCHIVE.urls[0]})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     for name in model_names():
         print(f"{name:<20} {describe(name)}")
     print("\nAny Keras-style layer list works too: model.layers in a YAML config (see configs/).")
-    return 0
+    return EXIT_OK
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -67,4 +67,4 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 def cmd_summary(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     print(summary(args.model, input_shape=shape, num_classes=args.num_classes))
-    return 0
+    return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.app.report import build_report
-from cnnlab.cli.main import print_json, set_overrides
+from cnnlab.cli.main import EXIT_OK, print_json, set_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.loaded import evaluate_run
 from cnnlab.runs.options import experiment_config
@@ -27,7 +27,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         d = ev.to_dict()
         print_json({k: d[k] for k in ("test_loss", "test_acc", "per_class", "confusion")})
-        return 0
+        return EXIT_OK
     print(f"Test set: {test.name} ({len(test):,} images)")
     print(f"Test loss: {ev.loss:.4f}   Test accuracy: {ev.acc:.4f}")
     print("\nPer-class accuracy:")
@@ -38,7 +38,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = ev.most_confused(5)
     if pairs:
         print("\nMost confused: " + "; ".join(f"{t} → {p} ({n})" for t, p, n in pairs))
-    return 0
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -46,17 +46,17 @@ def cmd_show(args: argparse.Namespace) -> int:
                        filter=args.filter, n=args.n, seed=args.seed)
     for path in show(args.run_dir, args.what, opts, out=args.out, data_dir=args.data_dir):
         print(path)
-    return 0
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     path = build_report(args.run_dir, out=args.out, data_dir=args.data_dir, maximize=args.maximize)
     print(f"Report: {path}")
     print(f"Open: {path.resolve().as_uri()}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
     cfg = experiment_config(args.config, overrides=set_overrides(args), data_dir=args.data_dir)
     print(augment_preview(cfg, args.out, n=args.n, copies=args.copies, seed=args.seed))
-    return 0
+    return EXIT_OK

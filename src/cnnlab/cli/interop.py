@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from cnnlab.cli.main import EXIT_OK
 from cnnlab.runs.imported import import_keras
 from cnnlab.runs.metrics_export import export_metrics
 
@@ -21,7 +22,7 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
               "to evaluate, show and report)")
     else:
         print(f"Next: cnnlab evaluate {run.path}   cnnlab show {run.path} feature-maps   cnnlab report {run.path}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_export_metrics(args: argparse.Namespace) -> int:
@@ -30,4 +31,4 @@ def cmd_export_metrics(args: argparse.Namespace) -> int:
     if args.format == "tensorboard":
         parents = [str(Path(r).resolve().parent) for r in args.run_dirs]
         print(f"Open: tensorboard --logdir {args.out or os.path.commonpath(parents)}")
-    return 0
+    return EXIT_OK

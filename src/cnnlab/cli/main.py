@@ -33,6 +33,7 @@ EPILOG = """examples:
   cnnlab import-keras model.h5 --out runs/keras --dataset fashion-mnist   a Keras model as a cnnlab run
   cnnlab train --config fashion_mnist_cnn --log tensorboard --log mlflow   log to TensorBoard / MLflow too
   cnnlab export-metrics runs/* --format tensorboard   older runs' metrics as TensorBoard event files
+  cnnlab lr-find configs/cifar10_basic.yaml           learning-rate range test: loss vs lr, suggested rate
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -44,6 +45,17 @@ COMPARE_EPILOG = """examples:
 writes DIR/<variant>/ (normal run directories), DIR/compare.md, compare.csv, compare.png, compare.json;
 exit status 1 when a variant failed (its error is in the table)."""
 
+# The exit statuses of every command: the table "Exit codes" in README.md lists these, and a test holds the two
+# together. Commands return these names, never bare numbers.
+EXIT_OK, EXIT_FAILED, EXIT_MISTAKE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "the command ran, but part of its work failed, and it says which",
+    EXIT_MISTAKE: "a mistake in the command, config or data: one error line naming it and the fix; nothing written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "stopped by SIGTERM (a SLURM or Kubernetes pre-emption)",
+}
+
 RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <dataset>/<official files>, or "
                  "for a folder dataset the image folder itself")
 
@@ -51,7 +63,7 @@ RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <da
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
             "datasets": "catalog", "models": "catalog", "summary": "catalog", "import-keras": "interop",
-            "export-metrics": "interop"}
+            "export-metrics": "interop", "lr-find": "tuning"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -96,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: test_loss, test_acc, per_class, confusion")
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
-    p = sub.add_parser("predict", help="classify image files (PNG/JPEG/BMP) or folders of them with a trained run")
+    p = sub.add_parser("predict", help="classify image files (any format Pillow reads: PNG, JPEG, TIFF, WebP, "
+                                         "...) or folders of them with a trained run")
     p.add_argument("run_dir")
     p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=1)
@@ -198,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default metrics.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace existing event folders or CSV")
 
+    p = sub.add_parser("lr-find", help="learning-rate range test of a config: loss against lr, suggested rate, PNG",
+                       description="fastai's and Lightning's LR range test (Smith 2017): a fresh model trains for "
+                                   "--steps steps while the rate grows exponentially from --start-lr to --end-lr; "
+                                   "the suggested rate is where the smoothed loss falls fastest. Prints the curve "
+                                   "and the suggestion and draws them into --out (PNG). Nothing else is written.")
+    p.add_argument("config", nargs="?", help="YAML experiment file or packaged config name (or give --model/--dataset)")
+    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast")
+    add_training_flags(p)
+    p.add_argument("--out", default="lr-find.png", metavar="PNG", help="the plot (default lr-find.png)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="rate of the first step (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="rate of the last step (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
+
     p = sub.add_parser("compare", help="train variants of a config one after another and tabulate/plot them",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMPARE_EPILOG)
     p.add_argument("config", nargs="?", metavar="BASE.yaml",
@@ -232,7 +258,8 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
-             "config": "--config", "classes": "--classes", "dataset": "--dataset"}
+             "config": "--config", "classes": "--classes", "dataset": "--dataset", "start_lr": "--start-lr",
+             "end_lr": "--end-lr", "steps": "--steps", "num_classes": "--num-classes"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 
@@ -251,22 +278,22 @@ def translate(message: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` and runs the subcommand; returns the exit status (see README: exit codes)."""
+    """Parses ``argv`` and runs the subcommand; returns the exit status (:data:`EXIT_CODES`; README: Exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
+        return EXIT_OK
     try:
         # start-up: a command imports the library it needs only once it runs (``--help`` stays fast)
         module = importlib.import_module(f"cnnlab.cli.{COMMANDS[args.command]}")
         return getattr(module, "cmd_" + args.command.replace("-", "_"))(args)
     except CnnlabError as exc:
         print(f"error: {translate(str(exc), args)}", file=sys.stderr)
-        return 2
+        return EXIT_MISTAKE
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 128 + getattr(exc, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+        return EXIT_TERMINATED if getattr(exc, "signum", None) == signal.SIGTERM else EXIT_INTERRUPTED
 
 
 def entry() -> None:
@@ -278,10 +305,10 @@ def entry() -> None:
     """
     try:
         code = main()
-    except SystemExit as exc:  # argparse's --help / usage errors (always an int code)
-        code = exc.code or 0
+    except SystemExit as exc:  # argparse's --help (0) / usage errors (2, EXIT_MISTAKE)
+        code = exc.code or EXIT_OK
     except BrokenPipeError:  # `cnnlab models | head`: the reader left; not an error of ours
-        code = 0
+        code = EXIT_OK
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from cnnlab.cli.main import EXIT_FAILED, EXIT_OK
 from cnnlab.serve.onnx import ParityError, export
 from cnnlab.serve.predict import GRID_MAX, predict_files, write_csv, write_grid
 
@@ -22,7 +23,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 keep_images=GRID_MAX if args.grid else 0)
     except ParityError as exc:  # the automatic export of --engine onnx failed its check: a failure, not a mistake
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     failed = 0
     for r in results:
         if r.error:
@@ -38,7 +39,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"Predicted {len(results) - failed} of {len(results)} images: {path}")
     if args.grid and len(results) > failed:
         print(f"Grid: {write_grid(results, args.grid)}", file=sys.stderr if args.json else sys.stdout)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -47,6 +48,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                         data_dir=args.data_dir)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"Exported: {result.path} (opset {result.opset}, batch {result.batch})")
-    return 0
+    return EXIT_OK

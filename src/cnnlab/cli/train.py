@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli.main import set_overrides, training_options
+from cnnlab.cli.main import EXIT_FAILED, EXIT_OK, set_overrides, training_options
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.runs.run_dir import RunDir
@@ -26,13 +26,13 @@ def finish(result, what_next: bool = True) -> int:
         last = run.checkpoints / "last"
         kept = f"the last good checkpoint is in {last}" if last.exists() else "no epoch finished, so nothing was kept"
         print(f"Run: {run.path} (failed; {kept})")
-        return 1
+        return EXIT_FAILED
     print(f"Test accuracy: {result.test.acc:.4f} (loss {result.test.loss:.4f})")
     print(f"Run: {run.path}")
     if what_next:
         print(f"Open: {run.file('summary.txt')} (model and per-class accuracy), {run.file('history.csv')} (per epoch)")
         print(f"Next: cnnlab evaluate {run.path}   cnnlab predict {run.path} IMAGE.png")
-    return 0
+    return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:

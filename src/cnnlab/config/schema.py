@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from cnnlab.errors import CnnlabError
 
 PADDING_MODES = ("zeros", "reflect")
+DEFAULT_LR = 1e-3  # Keras's Adam default: ``train.lr`` when neither the config nor the model's metadata sets one
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class DataConfig:
         split_seed: seed of the validation split.
         normalize: ``auto`` is ``imagenet`` with pretrained weights and ``unit`` otherwise; ``unit``
             divides by 255 (the tutorials); ``standard`` uses the training set's per-channel mean/std;
-            ``imagenet`` the ImageNet statistics.
+            ``imagenet`` the ImageNet statistics; ``raw`` feeds the 0..255 pixel values unscaled (as code
+            that forgot to divide by 255 did: its learning rate and L2 strength mean what they meant there).
         image_size: resize folder images to this size (pixels, square); registered datasets keep theirs.
         grayscale: folder images as 1 channel (default: RGB).
         labels: folder labels from ``subfolders``, ``filename`` (with ``pattern``) or ``csv`` (default auto).
@@ -99,6 +101,9 @@ class DataConfig:
         label_column: the CSV column holding the label, like Keras's ``y_col``; by default
             label/class/category..., or the second of two.
         resize: ``squash`` (plain resize) or ``crop`` (centre-crop to square first).
+        max_pixels: the most pixels one folder image may decode to; larger files are skipped as
+            decompression bombs (JPEGs are judged by their reduced decode). Default ``$CNNLAB_MAX_PIXELS``,
+            else 100 MP.
         augment: training-time augmentation (off by default).
     """
 
@@ -106,7 +111,7 @@ class DataConfig:
     data_dir: str | None = None
     val_split: float = _in(0.0, ge=0)
     split_seed: int = 0
-    normalize: str = _choice("auto", "unit", "standard", "imagenet")
+    normalize: str = _choice("auto", "unit", "standard", "imagenet", "raw")
     image_size: int | None = _in(None, ge=1, le=4096)
     grayscale: bool = False
     labels: str = _choice("auto", "subfolders", "filename", "csv")
@@ -115,6 +120,7 @@ class DataConfig:
     file_column: str | None = None
     label_column: str | None = None
     resize: str = _choice("squash", "crop")
+    max_pixels: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -126,8 +132,11 @@ class ModelConfig:
         name: a registered model (``cnnlab models``); ignored when ``layers`` is given.
         layers: a Keras-style layer list (see ``cnnlab.models.spec``) — edit it to do the exercises.
         options: extra keyword arguments for the registered builder (e.g. ``{dropout: 0.3}``).
-        pretrained: start from the official ImageNet weights of ``name``.
-        weights: a local weight file (.pth / .safetensors) to start from.
+        pretrained: start from the official ImageNet weights of ``name`` (downloaded; or read from ``weights``
+            when that is set), with their preprocessing (mean/std, input size, builder options).
+        weights: a local weight file (.pth / .safetensors) to start from. A file laid out as ``name``'s
+            published ImageNet weights sets ``pretrained`` itself (it is those weights, so it gets their
+            preprocessing); any other is scaled as ``data.normalize`` says.
         freeze: ``backbone`` trains only the classifier head (transfer learning).
         freeze_epochs: with ``freeze: backbone``, unfreeze the backbone after this many epochs (fine-tuning;
             0 keeps it frozen for the whole run).
@@ -156,7 +165,9 @@ class TrainConfig:
         epochs: passes over the training set.
         batch_size: images per step.
         optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
-        lr: peak learning rate.
+        lr: peak learning rate. Unset (None, ``lr: null``) means "the model's default": a registered
+            model's metadata rate for Adam/AdamW (``ModelMeta.lr``, e.g. 1e-4 for VGG without BatchNorm),
+            else :data:`DEFAULT_LR`. A run records the rate it used in its config.yaml.
         momentum: SGD / RMSprop momentum.
         nesterov: Nesterov momentum for SGD.
         weight_decay: decay as the optimiser applies it (decoupled for adamw).
@@ -177,7 +188,7 @@ class TrainConfig:
     epochs: int = _in(5, ge=1)
     batch_size: int = _in(32, ge=1)
     optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
-    lr: float = _in(1e-3, gt=0)
+    lr: float | None = _in(None, gt=0)
     momentum: float = _in(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = _in(0.0, ge=0)
@@ -192,6 +203,11 @@ class TrainConfig:
     device: str = _choice("auto", "cpu", "cuda")
     threads: int = _in(0, ge=0)
     tta: str | None = field(default=None, metadata={"choices": (None, "hflip")})
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or :data:`DEFAULT_LR` when unset (a run resolves an unset rate from its model first)."""
+        return DEFAULT_LR if self.lr is None else self.lr
 
 
 @dataclass(frozen=True)

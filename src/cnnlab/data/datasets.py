@@ -197,12 +197,20 @@ def _download(info: DatasetInfo, target: Path, roots: list[Path]) -> Path:
     return target
 
 
-def _missing(info: DatasetInfo, roots: list[Path], why: str) -> CnnlabError:
+class DatasetMissing(CnnlabError):
+    """A registered dataset's files are neither on this machine nor downloadable (``dataset`` names it)."""
+
+    def __init__(self, message: str, dataset: str) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+
+
+def _missing(info: DatasetInfo, roots: list[Path], why: str) -> DatasetMissing:
     names = ", ".join(Path(f.name).name for f in info.files) if info.layout != "cifar" else \
         f"{cifar.FOLDER}/ (or {CIFAR_ARCHIVE.name})"
     where = " or ".join(str(r / info.name) for r in roots)
-    return CnnlabError(f"{info.name} is not available: put {names} into {where} (or pass `data_dir` DIR / set "
-                       f"CNNLAB_DATA to a folder holding {info.name}/); {why}")
+    return DatasetMissing(f"{info.name} is not available: put {names} into {where} (or pass `data_dir` DIR / set "
+                          f"CNNLAB_DATA to a folder holding {info.name}/); {why}", info.name)
 
 
 # -------------------------------------------------------------------------------------------- loading

@@ -1,106 +1,143 @@
-"""Image files to fixed-size uint8 arrays, alone or in parallel into the on-disk cache of a folder.
+"""One image file to a fixed-size uint8 array: the decoder of folders, ``datasets inspect`` and ``predict``.
 
 Speed comes from PIL's JPEG ``draft()``: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain while it
-decodes, so a 500×375 photo headed for 50×50 is decoded at 63×47 and then resized, several times
-cheaper than a full decode. Crop and resize are one ``resize(box=...)``; workers decode whole chunks and
-write each with one ``pwrite``. A bad file raises :class:`BadImage` with a short reason, never a crash.
-torch is imported lazily: spawned workers (macOS) would otherwise pay for it.
+decodes, so a 500×375 photo headed for 50×50 is decoded at 63×47 and then resized, several times cheaper
+than a full decode; a 108 MP phone photo (12000×9000) headed for 224×224 is decoded at 1500×1125. Crop and
+resize are one ``resize(box=...)``. A bad file raises :class:`BadImage` with a short reason, never a crash.
+
+Pixel values mean the same in every image: modes wider than 8 bits are scaled by their bit depth, always
+(16-bit ÷257, so 257·k decodes to k; n-bit integers ×255/(2ⁿ−1); floats are taken as 0..1), never by
+what one image happens to hold. :func:`conversion` says in words what a mode becomes.
+
+Decompression bombs (tiny files claiming gigapixels) are judged by the pixels that must really be decoded:
+the JPEG draft size when the image is reduced, the full size otherwise. The limit (:func:`pixel_limit`) is
+``data.max_pixels`` in a config, else ``$CNNLAB_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import multiprocessing
 import os
-import shutil
-import sys
-import tempfile
-import time
+import threading
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
-from cnnlab.io import folder_mode
 
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp"})
 RESIZE_MODES = ("squash", "crop")
 
-# Largest image we decode, in pixels (100 MP, e.g. a 12000×8000 photo; ~300 MB as RGB). Bigger files
-# are almost always decompression bombs (tiny files that expand to gigabytes) and are skipped.
-MAX_PIXELS = 100_000_000
+# Largest decode, in pixels: 100 MP (a 12000×8000 photo, ~300 MB as RGB). More is almost always a
+# decompression bomb; JPEGs are judged by their reduced (draft) size, so big genuine photos still decode.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "CNNLAB_MAX_PIXELS"
+LIMIT_HINT = f"if it is a genuine image, raise `data.max_pixels` or ${MAX_PIXELS_ENV}"
 # JPEG draft may decode down to this fraction of the target size in one axis (the resize then upsamples
 # by at most 11%): it lets 500×375 -> 50×50 use libjpeg's 1/8 scale (63×47), ~1.5x faster than 1/4.
 DRAFT_SLACK = 0.9
-CACHE_VERSION = 1  # bump when the cache layout or decoding changes: old caches then no longer match
-MIN_POOL_FILES = 64  # below this many files, decoding in-process beats starting worker processes
+_DRAFT_FORMATS = ("JPEG", "MPO")  # what draft() can reduce while decoding, by up to 8 per axis
+# Formats whose EXIF orientation we apply ourselves; Pillow turns a TIFF upright itself (its size is upright).
+_ORIENTED_FORMATS = ("JPEG", "MPO", "WEBP", "PNG")
 
 # EXIF orientation tag (0x0112) value -> the transpose that shows the image upright.
 _T = Image.Transpose
 _ORIENT = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE, 6: _T.ROTATE_270,
            7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+_PILLOW_LIMIT = threading.Lock()
 
 
 class BadImage(Exception):
     """A file that cannot be used as an image; ``str(exc)`` is a short reason for reports."""
 
 
-def list_images(path: str | os.PathLike) -> list[Path]:
-    """Image files (PNG/JPEG/BMP/GIF/WebP, by extension) under a folder, recursively, sorted.
-
-    Hidden files and folders (e.g. macOS ``._x.jpg`` forks, ``.git``) are left out. A path to a single
-    image file gives just that file.
+def pixel_limit(value: int | None = None) -> int:
+    """The decode limit in pixels: ``value`` (``data.max_pixels``), else ``$CNNLAB_MAX_PIXELS``, else 100 MP.
 
     Raises:
-        CnnlabError: the path does not exist or is not an image file.
+        CnnlabError: a limit that is not a positive whole number.
     """
-    root = Path(path).expanduser()
-    if root.is_file():
-        if root.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise CnnlabError(f"{root} is not an image file (extension {root.suffix or 'none'}); "
-                              f"use one of {', '.join(sorted(IMAGE_EXTENSIONS))} or a folder of images")
-        return [root]
-    if not root.is_dir():
-        raise CnnlabError(f"{root} does not exist; give an image file or a folder of images")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden folders in place
-        found.extend(Path(dirpath, f) for f in filenames
-                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CnnlabError(f"`data.max_pixels` is {value!r}; give a positive number of pixels, e.g. 200000000")
+        return value
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = 0.0
+    if not (limit >= 1 and limit == int(limit)):
+        raise CnnlabError(f"${MAX_PIXELS_ENV} is {text!r}; set it to a positive number of pixels (e.g. 200000000 "
+                          "or 2e8), or unset it for the default 100 MP")
+    return int(limit)
 
 
-def _open(path: Path | str) -> Image.Image:
-    """Opens an image lazily (header only), turning every failure into a :class:`BadImage` reason."""
+@contextlib.contextmanager
+def _pillow_limit_off() -> Iterator[None]:
+    """Turns Pillow's own bomb check off for a file cnnlab has checked itself (ours judges the decoded size)."""
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _amount(pixels: int) -> str:
+    """``108 MP``, ``1.7 MP``, ``120,000 pixels``."""
+    if pixels >= 1_000_000:
+        return f"{pixels / 1e6:,.{0 if pixels >= 10_000_000 else 1}f} MP"
+    return f"{pixels:,} pixels"
+
+
+def _too_many(w: int, h: int, decoded: tuple[int, int], limit: int) -> BadImage:
+    dw, dh = decoded
+    at = f" (decoded at {dw}×{dh})" if (dw, dh) != (w, h) else ""
+    return BadImage(f"too many pixels: {w}×{h}{at} = {_amount(dw * dh)} to decode, over the limit of "
+                    f"{_amount(limit)} (decompression bomb?); {LIMIT_HINT}")
+
+
+def smallest_decode(im: Image.Image) -> tuple[int, int]:
+    """The smallest (W, H) the file can be decoded at: 1/8 per axis for JPEG (draft), else its full size."""
+    w, h = im.size
+    return (math.ceil(w / 8), math.ceil(h / 8)) if im.format in _DRAFT_FORMATS else (w, h)
+
+
+def _open(path, limit: int) -> Image.Image:
+    """Opens an image lazily (header only), turning every failure into a :class:`BadImage` reason.
+
+    Refuses a file whose smallest possible decode is over ``limit`` pixels.
+    """
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
-        im = Image.open(path)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError:  # Pillow's check judges the stored size; ours the decoded one
+            with _pillow_limit_off():
+                im = Image.open(path)
     except BadImage:
         raise
-    except Image.DecompressionBombError:
-        raise BadImage(f"too many pixels: over {MAX_PIXELS:,} (decompression bomb?)") from None
     except UnidentifiedImageError:
         raise BadImage("not an image (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadImage(f"unreadable: {exc}") from None
     w, h = im.size
-    if w * h > MAX_PIXELS:
-        im.close()
-        raise BadImage(f"too many pixels: {w}×{h} > {MAX_PIXELS:,} (decompression bomb?)")
     if w == 0 or h == 0:
         im.close()
         raise BadImage(f"zero-sized image {w}×{h}")
+    low = smallest_decode(im)
+    if low[0] * low[1] > limit:
+        im.close()
+        raise _too_many(w, h, low, limit)
     return im
 
 
@@ -114,23 +151,88 @@ def _crop_box(w: int, h: int, size: tuple[int, int]) -> tuple[float, float, floa
     return 0.0, (h - ch) / 2, float(w), (h + ch) / 2
 
 
+# ------------------------------------------------------------------------------------------- bit depth
+
+
+def sample_bits(im: Image.Image) -> int | None:
+    """Bits per sample of an integer mode wider than 8 bits (16 for ``I;16``), None for other modes.
+
+    Mode ``I`` holds 32-bit integers; a TIFF says in its BitsPerSample tag how many of them are used (12-bit
+    camera data in 16-bit words says 16), and Pillow reads 16-bit PGM/PPM into ``I`` already scaled to 16 bits.
+    """
+    if im.mode.startswith("I;16"):
+        return 16
+    if im.mode != "I":
+        return None
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258, (32,))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        return int(bits) if isinstance(bits, int) and 8 < bits <= 32 else 32
+    if im.format in ("PPM", "PNG"):
+        return 16
+    return 32
+
+
+def conversion(im: Image.Image) -> str | None:
+    """In words, what decoding does to this file's pixels beyond resizing (for ``datasets inspect``), or None.
+
+    E.g. ``16-bit grey (I;16) ÷257``, ``float (F) 0..1 ×255``, ``CMYK → RGB``, ``transparency on black``.
+    """
+    bits = sample_bits(im)
+    if bits == 16:
+        return f"16-bit grey ({im.mode}) ÷257"
+    if bits is not None:
+        return f"{bits}-bit grey ({im.mode}) ×255/{2 ** (bits - 1 if bits == 32 else bits) - 1:,}"
+    if im.mode == "F":
+        return "float grey (F) 0..1 ×255, clipped"
+    if im.mode == "P":
+        return "palette → RGB" + (" with transparency on black" if "transparency" in im.info else "")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return f"transparency ({im.mode}) on black"
+    if im.mode == "1":
+        return "1-bit → grey"
+    if im.mode in ("L", "RGB"):
+        return None
+    return f"{im.mode} → RGB"
+
+
+def _scale_to_8bit(im: Image.Image) -> Image.Image:
+    """An ``I;16``/``I``/``F`` image as 8-bit ``L``, scaled by its bit depth (never by its own range)."""
+    bits = sample_bits(im)
+    if bits is not None and bits <= 16:  # exact integer rounding: 257·k -> k
+        full = (1 << bits) - 1
+        arr = np.asarray(im).astype(np.int64)
+        out = (np.clip(arr, 0, full) * 255 + full // 2) // full
+    elif bits is not None:  # 32-bit integers: signed in Pillow's mode I, so 2**31 - 1 is full scale
+        full = (1 << (bits - 1 if bits == 32 else bits)) - 1
+        out = np.floor(np.clip(np.asarray(im, dtype=np.float64), 0, full) * (255 / full) + 0.5)
+    else:  # float: 0..1 is the convention (scikit-image, torchvision); NaN becomes 0
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
+        out = np.floor(np.clip(arr, 0.0, 1.0) * 255 + 0.5)
+    return Image.fromarray(out.astype(np.uint8), "L")
+
+
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """Modes that resize badly or not at all (palette, 1-bit, 16/32-bit) to L / RGB / RGBA."""
+    """Modes that resize badly or not at all (palette, 1-bit, 16/32-bit, float) to L / RGB / RGBA."""
     if im.mode in ("RGB", "L", "RGBA", "LA", "CMYK", "YCbCr"):
         return im
     if im.mode == "P":
         return im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode.startswith(("I", "F")):  # 16-bit PNG/TIFF-like greys: scale 0..65535 -> 0..255
-        arr = np.asarray(im, dtype=np.float64)
-        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
-        return Image.fromarray(np.clip(arr / scale + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode.startswith("I") or im.mode == "F":
+        return _scale_to_8bit(im)
     return im.convert("RGBA" if "A" in im.mode else "RGB")
 
 
-def _decode(path: Path | str, size: tuple[int, int] | None, grayscale: bool, resize: str) -> np.ndarray:
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def _decode(path, size: tuple[int, int] | None, grayscale: bool, resize: str, limit: int) -> np.ndarray:
     """Decodes one file to a uint8 array (H, W, C); raises :class:`BadImage` with a reason."""
-    im = _open(path)
+    im = _open(path, limit)
     try:
+        if im.format not in _DRAFT_FORMATS:  # decoded whole anyway: load now, so sizes are the loaded ones
+            with _pillow_limit_off() if _over_pillow_limit(im) else contextlib.nullcontext():
+                im.load()
         orient = _orientation(im)
         w, h = im.size
         if size is not None:
@@ -144,18 +246,22 @@ def _decode(path: Path | str, size: tuple[int, int] | None, grayscale: bool, res
             im.draft("L" if grayscale else "RGB", (math.ceil(w * s), math.ceil(h * s)))
             fx, fy = im.size[0] / w, im.size[1] / h  # draft may have shrunk the image
             box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-            im = _to_8bit(im)
-            out = im.resize((tw, th), Image.Resampling.BILINEAR, box=box)
-        else:
+        if im.size[0] * im.size[1] > limit:
+            raise _too_many(w, h, im.size, limit)
+        # our limit held for the pixels really decoded: Pillow's (on the stored size) may stand aside
+        with _pillow_limit_off() if _over_pillow_limit(im) else contextlib.nullcontext():
             out = _to_8bit(im)
-            out.load()
+            if size is not None:
+                out = out.resize((tw, th), Image.Resampling.BILINEAR, box=box)
+            else:
+                out.load()
         if orient != 1:
             out = out.transpose(_ORIENT[orient])
         return _finish(out, grayscale)
     except BadImage:
         raise
     except Image.DecompressionBombError:
-        raise BadImage("too many pixels (decompression bomb?)") from None
+        raise BadImage(f"too many pixels (decompression bomb?); {LIMIT_HINT}") from None
     except Exception as exc:  # a damaged file can fail anywhere in a decoder (OSError, struct.error, ...)
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise BadImage(f"{'truncated' if 'truncated' in reason else 'corrupt'}: {reason}") from None
@@ -163,9 +269,14 @@ def _decode(path: Path | str, size: tuple[int, int] | None, grayscale: bool, res
         im.close()
 
 
+def _over_pillow_limit(im: Image.Image) -> bool:
+    """Whether Pillow's own bomb check (on the stored size) would stop a load that cnnlab's limit allows."""
+    return im.size[0] * im.size[1] > (Image.MAX_IMAGE_PIXELS or math.inf)
+
+
 def _orientation(im: Image.Image) -> int:
     """EXIF orientation (1 = upright); a damaged EXIF block only loses the orientation."""
-    if im.format not in ("JPEG", "MPO", "WEBP", "PNG"):
+    if im.format not in _ORIENTED_FORMATS:
         return 1
     try:
         orient = im.getexif().get(0x0112, 1)
@@ -188,16 +299,25 @@ def _finish(im: Image.Image, grayscale: bool) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def decode_array(path: str | os.PathLike, size: tuple[int, int] | None, grayscale: bool, resize: str,
+                 limit: int) -> np.ndarray:
+    """:func:`decode_image`'s work for callers that handle :class:`BadImage` themselves: uint8 (H, W, C)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's warnings on odd EXIF/ICC data or big images: we check
+        return _decode(path, size, grayscale, resize, limit)
+
+
 def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None, grayscale: bool = False,
-                 resize: str = "squash") -> torch.Tensor:
+                 resize: str = "squash", *, max_pixels: int | None = None) -> torch.Tensor:
     """Reads one image file as a uint8 tensor (C, H, W), upright (EXIF orientation applied).
 
     Args:
-        path: the file.
+        path: the file, in any format Pillow decodes.
         size: (H, W) to resize to; None keeps the file's own size.
         grayscale: one channel (luma) instead of RGB.
         resize: ``"squash"`` (plain resize, aspect ratio not kept) or ``"crop"`` (centre-crop to the
             target's aspect ratio, then resize).
+        max_pixels: the most pixels to decode (see :func:`pixel_limit`); None: the environment or 100 MP.
 
     Raises:
         CnnlabError: the file cannot be read as an image (one-line reason).
@@ -207,241 +327,42 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None, g
     if resize not in RESIZE_MODES:
         raise CnnlabError(f"unknown resize mode {resize!r}; valid: {', '.join(RESIZE_MODES)}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's warnings on odd EXIF/ICC data or big images: we check
-            arr = _decode(path, size, grayscale, resize)
+        arr = decode_array(path, size, grayscale, resize, pixel_limit(max_pixels))
     except BadImage as exc:
         raise CnnlabError(f"{path}: {exc}; replace or remove the file") from None
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # PIL's arrays are read-only
 
 
-def decode_chunk(out_path: str, row: int, paths: Sequence[str], size: tuple[int, int], grayscale: bool,
-                 resize: str) -> list[tuple[int, str]]:
-    """Decodes ``paths`` into rows ``row, row+1, ...`` of a uint8 (N, C, H, W) cache file.
+class Probe(NamedTuple):
+    """A header-only look at a file (see :func:`probe`)."""
 
-    Runs in a worker process. The chunk is assembled in memory and written with one ``pwrite``; rows of
-    files that fail stay zero and are dropped later.
-
-    Returns:
-        (position in ``paths``, reason) for every file that could not be decoded.
-    """
-    c = 1 if grayscale else 3
-    buf = np.zeros((len(paths), c, size[0], size[1]), dtype=np.uint8)
-    failed = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, p in enumerate(paths):
-            try:
-                buf[i] = _decode(p, size, grayscale, resize).transpose(2, 0, 1)
-            except BadImage as exc:
-                failed.append((i, str(exc)))
-    fd = os.open(out_path, os.O_WRONLY)
-    try:
-        if os.pwrite(fd, buf.data, row * buf[0].nbytes) != buf.nbytes:
-            raise OSError(f"short write to {out_path} (disk full?)")
-    finally:
-        os.close(fd)
-    return failed
+    format: str
+    size: tuple[int, int]  # (W, H) as displayed: EXIF orientation applied
+    mode: str
+    conversion: str | None  # what decoding does to the pixel values (see :func:`conversion`)
 
 
-def probe(path: str | os.PathLike) -> tuple[str, tuple[int, int], str]:
-    """Header-only look at a file: (format, (width, height), mode), without decoding pixels.
+def probe(path: str | os.PathLike, *, max_pixels: int | None = None) -> Probe:
+    """Header-only look at a file: format, displayed (W, H), mode and conversion, without decoding pixels.
 
-    Catches what a header read can: empty, non-image and bomb files, and JPEG/PNG files whose end
-    marker is missing (truncated downloads).
+    Catches what a header read can: empty, non-image and bomb files (judged by their smallest decode), and
+    JPEG/PNG files whose end marker is missing (truncated downloads).
 
     Raises:
         BadImage: the file is not usable (reason in the message).
     """
+    limit = pixel_limit(max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        im = _open(path)
-    with im:
-        fmt, size, mode = im.format or "?", im.size, im.mode
-    marker = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}.get(fmt)
+        im = _open(path, limit)
+        with im:
+            w, h = im.size
+            upright = (h, w) if _orientation(im) >= 5 else (w, h)
+            found = Probe(im.format or "?", upright, im.mode, conversion(im))
+    marker = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}.get(found.format)
     if marker:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 1024))  # end markers may be followed by padding
             if marker not in f.read():
-                raise BadImage(f"truncated ({fmt} end marker missing)")
-    return fmt, size, mode
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def read_cache_meta(folder: Path) -> dict | None:
-    """A cache folder's metadata if the cache is complete and current, else None."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        expected = meta["count"] * int(np.prod(meta["shape"]))
-        ok = meta["version"] == CACHE_VERSION and (folder / "images.u8").stat().st_size == expected
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return meta if ok else None
-
-
-def open_cache(folder: Path, meta: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, C, H, W) mapped from disk, labels int64 (N,)) of a complete cache folder."""
-    # copy-on-write map: writable for torch without a copy, and writes never reach the file
-    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=(meta["count"], *meta["shape"]))
-    return images, np.load(folder / "labels.npy")
-
-
-def build_cache(final: Path, root: Path, items: Sequence[tuple[str, str]], size: tuple[int, int],
-                grayscale: bool, resize: str, *, workers: int, progress: bool,
-                skipped: Sequence[tuple[str, str]] = (), info: dict | None = None) -> dict:
-    """Decodes labelled files into a new cache folder ``final``, atomically; returns its metadata.
-
-    The folder is assembled under a temporary name and renamed into place when complete, so an
-    interrupted build (even Ctrl-C or a kill) never leaves a cache that looks valid.
-
-    Args:
-        final: the cache folder to create.
-        root: folder the relative paths are relative to.
-        items: (relative path, label) per file, in row order.
-        size: (H, W) to decode to.
-        grayscale: one channel instead of RGB.
-        resize: ``squash`` or ``crop``.
-        workers: decode processes.
-        progress: show progress.
-        skipped: (relative path, reason) of files already left out, recorded with the decode failures.
-        info: more metadata to record (source, options).
-
-    Raises:
-        CnnlabError: not enough disk space for the cache.
-    """
-    c = 1 if grayscale else 3
-    shape = (len(items), c, *size)
-    nbytes = int(np.prod(shape))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if nbytes > (free := shutil.disk_usage(final.parent).free):
-        raise CnnlabError(f"the decoded cache needs {nbytes / 1e9:.1f} GB but {final.parent} has {free / 1e9:.1f} "
-                          "GB free; set CNNLAB_CACHE to a bigger disk or use a smaller image_size")
-    for old in final.parent.glob(".tmp-*"):  # builds of killed processes; a day old, so never a live one
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > 86400:
-                shutil.rmtree(old, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    os.chmod(tmp, folder_mode())  # mkdtemp's 0o700 would hide a shared cache from the umask's readers
-    try:
-        out = tmp / "images.u8"
-        with open(out, "wb") as f:
-            f.truncate(nbytes)  # sparse; the workers fill their rows with pwrite
-        t0 = time.perf_counter()
-        failed = decode_files(str(out), [str(root / rel) for rel, _ in items], size, grayscale, resize,
-                              workers=workers, progress=progress, label=f"decoding {root.name}")
-        seconds = time.perf_counter() - t0
-        keep = np.array([i for i in range(len(items)) if i not in failed], dtype=np.int64)
-        compact_rows(out, keep, shape)
-        classes = sorted({items[i][1] for i in keep})
-        index = {name: k for k, name in enumerate(classes)}
-        np.save(tmp / "labels.npy", np.array([index[items[i][1]] for i in keep], dtype=np.int64))
-        gone = [*skipped, *((items[i][0], failed[i]) for i in sorted(failed))]
-        meta = {**(info or {}), "version": CACHE_VERSION, "count": len(keep), "shape": [c, *size],
-                "classes": classes, "grayscale": grayscale, "resize": resize,
-                "files": [items[i][0] for i in keep], "skipped": [{"file": p, "reason": r} for p, r in gone],
-                "decode_seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first: use theirs
-            if (theirs := read_cache_meta(final)) is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            return theirs
-    except BaseException:  # Ctrl-C included: leave nothing half-written behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
-
-
-def decode_files(out: str, paths: Sequence[str], size: tuple[int, int], grayscale: bool, resize: str, *,
-                 workers: int, progress: bool, label: str = "decoding") -> dict[int, str]:
-    """Decodes ``paths`` in chunks over ``workers`` processes into rows of the uint8 file ``out``.
-
-    ``out`` must already have room for ``len(paths)`` rows of (C, H, W).
-
-    Returns:
-        {row: reason} for the files that could not be decoded (their rows stay zero).
-    """
-    n = len(paths)
-    # ~8 chunks per worker balance the load; 8..256 files amortise per-task overhead; <= 64 MiB of pixels
-    # per chunk bounds worker memory at large sizes
-    row_bytes = (1 if grayscale else 3) * size[0] * size[1]
-    chunk = max(1, min(max(8, -(-n // (workers * 8))), 256, (64 << 20) // row_bytes))
-    starts = range(0, n, chunk)
-    failed: dict[int, str] = {}
-    pool, bar = None, None
-    try:
-        if workers == 1 or n < MIN_POOL_FILES:
-            results = ((s, decode_chunk(out, s, paths[s:s + chunk], size, grayscale, resize)) for s in starts)
-        else:
-            # fork (Linux): instant start, and no re-import of the caller's __main__, which breaks unguarded
-            # scripts and stdin/notebook sessions under spawn/forkserver. Safe even if torch has threads:
-            # workers only run PIL and numpy. All chunks are submitted (so the workers exist) before the
-            # progress bar starts its refresh thread.
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(
-                "fork" if sys.platform.startswith("linux") else "spawn"))
-            futures = {pool.submit(decode_chunk, out, s, paths[s:s + chunk], size, grayscale, resize): s
-                       for s in starts}
-            results = ((futures[f], f.result()) for f in as_completed(futures))
-        bar = _Progress(n, label, progress)
-        for s, failures in results:
-            failed.update((s + i, why) for i, why in failures)
-            bar.advance(min(chunk, n - s))
-    finally:
-        if bar is not None:
-            bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)  # on Ctrl-C: drop queued chunks, wait for running ones
-    return failed
-
-
-def compact_rows(out: str | os.PathLike, keep: np.ndarray, shape: tuple[int, int, int, int]) -> None:
-    """Keeps only rows ``keep`` (sorted) of a uint8 ``shape`` file: moves them down, then truncates."""
-    if len(keep) == shape[0]:
-        return
-    if len(keep):
-        mm = np.memmap(out, dtype=np.uint8, mode="r+", shape=shape)
-        # <= 64 MiB per move; keep[j] >= j, so a block's sources are never overwritten before they are read
-        block = max(1, (64 << 20) // int(np.prod(shape[1:])))
-        for j in range(0, len(keep), block):
-            src = keep[j:j + block]
-            mm[j:j + len(src)] = mm[src]
-        mm.flush()
-        del mm
-    os.truncate(out, len(keep) * int(np.prod(shape[1:])))
-
-
-class _Progress:
-    """A rich bar on a terminal; otherwise a plain line every 10% (for logs)."""
-
-    def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.total, self.label, self.enabled, self.done, self.t0 = total, label, enabled, 0, time.perf_counter()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self.bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total)
-
-    def advance(self, k: int) -> None:
-        tenths_before, self.done = 10 * self.done // self.total, self.done + k
-        if self.bar is not None:
-            self.bar.advance(self.task, k)
-        elif self.enabled and 10 * self.done // self.total > tenths_before:  # crossed a 10% mark
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            print(f"{self.label}: {self.done}/{self.total} ({100 * self.done // self.total}%), {rate:.0f} img/s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+                raise BadImage(f"truncated ({found.format} end marker missing)")
+    return found

@@ -10,8 +10,9 @@ from typing import Any
 
 from cnnlab.config import DataConfig
 from cnnlab.data.datasets import load_dataset
-from cnnlab.data.folder import FolderSpec, load_folder
-from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, constant_channels, split
+from cnnlab.data.folder import load_folder
+from cnnlab.data.listing import FolderSpec
+from cnnlab.data.tensors import IMAGENET, RAW, ImageData, Normalizer, constant_channels, split
 from cnnlab.errors import CnnlabError
 
 Log = Callable[[str], None]
@@ -125,14 +126,15 @@ def folder_spec(cfg: DataConfig) -> FolderSpec:
     """The folder dataset ``cfg.dataset`` (``folder:PATH``) describes."""
     return FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
                       image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize,
-                      file_column=cfg.file_column, label_column=cfg.label_column)
+                      file_column=cfg.file_column, label_column=cfg.label_column, max_pixels=cfg.max_pixels)
 
 
 def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None = None) -> Normalizer:
     """The input normalisation of ``data.normalize``.
 
     ``auto`` follows the initial weights (``weights``: their published statistics) and is ``unit`` (x / 255)
-    otherwise; ``standard`` fits the training set's per-channel statistics; ``imagenet`` uses ImageNet's.
+    otherwise; ``standard`` fits the training set's per-channel statistics; ``imagenet`` uses ImageNet's;
+    ``raw`` keeps the 0..255 values (std 1/255: ``x / 255 / (1/255)`` is exactly ``x`` in float32).
     Three-channel statistics meet one-channel (grey) data as their mean.
     """
     if kind == "auto":
@@ -141,6 +143,8 @@ def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None =
         return Normalizer.fit(train)
     elif kind == "imagenet":
         chosen = IMAGENET
+    elif kind == "raw":
+        return RAW
     else:
         return Normalizer()
     if train.shape[0] == 1 and len(chosen.mean) == 3:

@@ -226,6 +226,7 @@ def constant_channels(data: ImageData, max_images: int = 10000) -> list[int]:
 
 
 IMAGENET = Normalizer(IMAGENET_MEAN, IMAGENET_STD)  # what torchvision's published weights expect
+RAW = Normalizer((0.0,), (1 / 255,))  # the 0..255 values themselves (scale 1/(255 * (1/255)) is 1.0 in float32)
 
 
 def batches(

@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    LR_WITHOUT_BN,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 # 11x11/4 conv (padding 2) then three 3x3/2 max-pools without padding: 63 → 15 → 7 → 3 → 1.
 # At 62 the last max-pool gets a 2x2 map and has no output.
@@ -60,7 +67,8 @@ class AlexNet(nn.Module):
 
 
 @register_model(ModelMeta((3, 224, 224), head="classifier.6", first_conv="features.0",
-                          weights=torchvision_weights("alexnet-owt-7be5be79.pth"), min_side=MIN_SIDE))
+                          weights=torchvision_weights("alexnet-owt-7be5be79.pth"), min_side=MIN_SIDE,
+                          lr=LR_WITHOUT_BN))
 def alexnet(
     *, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224), dropout: float = 0.5, **kw
 ) -> nn.Module:

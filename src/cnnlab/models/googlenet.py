@@ -15,6 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LR_WITH_BN,
     ModelMeta,
     check_input,
     register_model,
@@ -166,7 +167,7 @@ class GoogLeNet(nn.Module):
 
 @register_model(ModelMeta((3, 224, 224), head="fc", first_conv="conv1.conv",
                           weights=torchvision_weights("googlenet-1378be20.pth", transform_input=True),
-                          aux_heads=("aux1.", "aux2."), min_side=MIN_SIDE))
+                          aux_heads=("aux1.", "aux2."), min_side=MIN_SIDE, lr=LR_WITH_BN))
 def googlenet(
     *,
     num_classes: int = 1000,

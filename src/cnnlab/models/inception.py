@@ -13,7 +13,14 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.googlenet import BasicConv2d, imagenet_to_tf_range
-from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    LR_WITH_BN,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 # Side after the valid 3x3/2 convs and pools: 75 → 37 → 35 → 17 → 15 → 7 → 3 (Mixed_6a) → 1 (Mixed_7a).
 # At 74 Mixed_7a gets a 2x2 map and has no output. (The auxiliary head would need 299-ish inputs, but
@@ -214,7 +221,7 @@ class Inception3(nn.Module):
 @register_model(ModelMeta((3, 299, 299), head="fc", first_conv="Conv2d_1a_3x3.conv",
                           weights=torchvision_weights("inception_v3_google-0cc3c7bd.pth", input_size=299,
                                                       resize_size=342, transform_input=True),
-                          aux_heads=("AuxLogits.",), min_side=MIN_SIDE))
+                          aux_heads=("AuxLogits.",), min_side=MIN_SIDE, lr=LR_WITH_BN))
 def inception_v3(
     *,
     num_classes: int = 1000,

@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    LR_WITH_BN,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 # Inverted-residual stages: (expansion t, output channels c, repeats n, first stride s), Table 2.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -99,7 +106,7 @@ class MobileNetV2(nn.Module):
 
 
 @register_model(ModelMeta((3, 224, 224), head="classifier.1", first_conv="features.0.0",
-                          weights=torchvision_weights("mobilenet_v2-b0353104.pth")))
+                          weights=torchvision_weights("mobilenet_v2-b0353104.pth"), lr=LR_WITH_BN))
 def mobilenet_v2(*, num_classes: int = 1000, input_shape: tuple[int, int, int] = (3, 224, 224),
                  width_mult: float = 1.0, dropout: float = 0.2, **kw) -> nn.Module:
     """MobileNetV2 (torchvision layout, 3.5M params; any input size).

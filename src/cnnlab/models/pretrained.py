@@ -23,7 +23,7 @@ from torch import nn
 from cnnlab.config import ModelConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.io import cache_dir, download_file
-from cnnlab.models.registry import MODELS, ModelMeta, Weights, load_families, model_meta
+from cnnlab.models.registry import MODELS, ModelMeta, Weights, create_model, load_families, model_meta
 from cnnlab.models.weights import load_into, load_state_dict_file
 
 
@@ -241,6 +241,36 @@ def load_initial_weights(model: nn.Module, cfg: ModelConfig, log: Callable[[str]
     report = apply_pretrained(model, arch=cfg.name, weights=cfg.weights)
     log(f"Weights: {report}")
     return report
+
+
+def published_layout(arch: str, shapes: Mapping[str, Iterable[int]]) -> bool:
+    """Whether tensors of these shapes (name → shape) are laid out as ``arch``'s published ImageNet weights: the
+    same names and shapes (auxiliary heads and BatchNorm's ``num_batches_tracked`` aside) as the model built for
+    the weights' input size and 1,000 classes. Such a file is, in all likelihood, those weights (or a copy of
+    them): it needs their preprocessing."""
+    meta = model_meta(arch)
+    if meta.weights is None:
+        return False
+    w = meta.weights
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+        ref = create_model(arch, num_classes=w.num_classes, input_shape=(3, w.input_size, w.input_size),
+                           **w.builder_options).state_dict()
+
+    def layout(named: Iterable[tuple[str, Iterable[int]]]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(s) for k, s in named if not k.startswith(meta.aux_heads) and not k.endswith("num_batches_tracked")}
+
+    return layout(shapes.items()) == layout((k, v.shape) for k, v in ref.items())
+
+
+def has_published_layout(arch: str, weights: str | Path) -> bool:
+    """:func:`published_layout` of a weight file, reading only its shapes (never the tensors).
+
+    Raises:
+        CnnlabError: the file is missing or unreadable.
+    """
+    if model_meta(arch).weights is None:
+        return False
+    return published_layout(arch, {k: v.shape for k, v in load_state_dict_file(weights, device="meta").items()})
 
 
 def head_parameters(model: nn.Module, meta: ModelMeta, report: LoadReport | None = None) -> set[str]:

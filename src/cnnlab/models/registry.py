@@ -23,6 +23,10 @@ from cnnlab.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 
+# Adam learning rates from scratch (ModelMeta.lr): BatchNorm keeps 1e-3 (Keras's default) stable; the deep
+# classics without it need ten times less (measured with cnnlab lr-find: docs/seeds.md).
+LR_WITH_BN, LR_WITHOUT_BN = 1e-3, 1e-4
+
 # ImageNet's per-channel statistics (RGB, on 0..1 pixels): what torchvision's published weights expect.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -85,6 +89,10 @@ class ModelMeta:
         aux_heads: state-dict prefixes of auxiliary heads (GoogLeNet, Inception v3), dropped from a file
             when the model was built without them.
         min_side: the smallest input height/width the architecture reduces to a non-empty feature map.
+        lr: a learning rate this architecture trains well at with Adam from scratch: what ``train.lr``
+            defaults to for it when the config leaves it unset (None: the generic 0.001). Without BatchNorm
+            the deep classics (VGG, AlexNet) need 1e-4: at 1e-3 a VGG-16 collapses to a constant output
+            (loss ln C, chance accuracy) within its first epoch.
     """
 
     input_shape: tuple[int, int, int]
@@ -94,6 +102,7 @@ class ModelMeta:
     weights: Weights | None = None
     aux_heads: tuple[str, ...] = ()
     min_side: int = 1
+    lr: float | None = None
 
     @property
     def mean(self) -> tuple[float, ...] | None:

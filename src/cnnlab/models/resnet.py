@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    LR_WITH_BN,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -128,7 +135,8 @@ class ResNet(nn.Module):
 
 
 def _meta(weights_file: str) -> ModelMeta:
-    return ModelMeta((3, 224, 224), head="fc", first_conv="conv1", weights=torchvision_weights(weights_file))
+    return ModelMeta((3, 224, 224), head="fc", first_conv="conv1", weights=torchvision_weights(weights_file),
+                     lr=LR_WITH_BN)
 
 
 def _resnet(arch: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int],

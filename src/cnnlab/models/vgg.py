@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.registry import ModelMeta, check_input, register_model, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    LR_WITH_BN,
+    LR_WITHOUT_BN,
+    ModelMeta,
+    check_input,
+    register_model,
+    reject_options,
+    torchvision_weights,
+)
 
 # Conv widths per block; "M" = 2x2 max-pool (stride 2). Configurations A, B, D, E of the paper.
 CONFIGS: dict[str, list[int | str]] = {
@@ -84,8 +92,10 @@ class VGG(nn.Module):
 
 
 def _meta(weights_file: str) -> ModelMeta:
+    bn = "_bn-" in weights_file  # BatchNorm variants train at Adam's usual rate; plain VGG collapses there
     return ModelMeta((3, 224, 224), head="classifier.6", first_conv="features.0",
-                     weights=torchvision_weights(weights_file), min_side=MIN_SIDE)
+                     weights=torchvision_weights(weights_file), min_side=MIN_SIDE,
+                     lr=LR_WITH_BN if bn else LR_WITHOUT_BN)
 
 
 def _vgg(arch: str, num_classes: int, input_shape: tuple[int, int, int], dropout: float,

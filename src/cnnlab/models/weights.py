@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,10 +22,14 @@ from cnnlab.errors import CnnlabError
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Checkpoint dictionaries that wrap the state dict under one of these keys are unwrapped.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a state dict (name → tensor) from a PyTorch or safetensors file onto the CPU.
+def load_state_dict_file(path: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Reads a state dict (name → tensor) from a PyTorch or safetensors file onto the CPU (or ``meta``: shapes
+    and dtypes only, nothing read into memory).
 
     PyTorch files are read with ``weights_only=True``: only tensors and plain containers are unpickled,
     never code. A checkpoint that wraps the state dict (``{"state_dict": ...}``, ``{"model": ...}``) is
@@ -49,10 +53,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CnnlabError(f"{path}: unsupported weight file type {suffix or '(no suffix)'!r}; "
                           "use a PyTorch .pth/.pt file or a .safetensors file")
     try:
-        if suffix == ".safetensors":
-            obj = load_file(str(path), device="cpu")
+        if suffix == ".safetensors" and device == "meta":
+            with safe_open(str(path), framework="pt") as f:
+                obj = {}
+                for k in f.keys():  # noqa: SIM118 - safe_open is no mapping
+                    part = f.get_slice(k)
+                    obj[k] = torch.empty(part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype(),
+                                                                                       torch.float32), device="meta")
+        elif suffix == ".safetensors":
+            obj = load_file(str(path), device=device)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
             raise CnnlabError(f"{path}: refused to unpickle {found[1]} (weight files are read as tensors "

@@ -17,14 +17,15 @@ from torch import nn
 
 from cnnlab._version import __version__
 from cnnlab.config import Config, flatten, to_dict
+from cnnlab.config.schema import DEFAULT_LR
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data, relocate
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_atomic
 from cnnlab.models.build import build_model, count_params, model_meta_for
-from cnnlab.models.pretrained import head_parameters, load_initial_weights
-from cnnlab.models.registry import model_meta
+from cnnlab.models.pretrained import has_published_layout, head_parameters, load_initial_weights
+from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
@@ -45,6 +46,7 @@ from cnnlab.training.callbacks import (
     ModelCheckpoint,
     NanGuard,
     ProgressBar,
+    StallWarning,
     StopAtTarget,
     resolve_mode,
 )
@@ -111,22 +113,22 @@ def train(
     t0 = time.perf_counter()
     if resume is not None and cfg.data.dataset.startswith("folder:") and cfg.data.data_dir:
         cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(cfg, log)
     run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
     lock = RunLock(run.path).acquire() if resume is not None else None  # one writer per run
     try:
         seed_everything(cfg.train.seed)
-        data = prepare_data(cfg.data, log=log, weights=_weights_normalizer(cfg))
+        data = prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg))
         trainer = _trainer(cfg, data, run, progress, log, callbacks)
+        fresh = False
         if resume is not None:
             _resume(run, cfg, trainer, log)
         else:  # every check passed: only now does the run folder appear
+            fresh = not run.path.is_dir()
             run = RunDir.create(run.path, overwrite=overwrite)
             lock = RunLock(run.path).acquire()
-        run.write_config(cfg)
-        _record_start(run, cfg, data, trainer, log, command)
         with _stop_on_signals(trainer):
-            _fit(run, trainer, log)
+            _fit(run, cfg, data, trainer, log, command, discard=None if resume is not None else fresh)
         if trainer.failure:
             run.update_meta(status="failed", failure=trainer.failure)
             log(f"Stopped: {trainer.failure}")
@@ -154,9 +156,16 @@ def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log) -> None:
     log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}{where}")
 
 
-def _fit(run: RunDir, trainer: Trainer, log: Log) -> None:
-    """``trainer.fit()``, keeping run.json's status true whatever ends it."""
+def _fit(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, command: str | None, *,
+         discard: bool | None) -> None:
+    """``trainer.fit()``, keeping run.json's status true whatever ends it.
+
+    ``discard`` is None for a resumed run; for a new one, a failure before anything was learned or saved
+    removes what the run wrote (True: the folder too, False: its contents only, the folder was the user's).
+    """
     try:
+        run.write_config(cfg)
+        _record_start(run, cfg, data, trainer, log, command)
         trainer.fit()
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
@@ -165,11 +174,13 @@ def _fit(run: RunDir, trainer: Trainer, log: Log) -> None:
         log(f"Stopped by {name} in {where}; saved {stop.checkpoint or 'nothing (no checkpoint folder)'}; "
             f"continue with: cnnlab train --resume {run.path}")
         raise
-    except KeyboardInterrupt:
-        run.update_meta(status="interrupted")
-        raise
     except BaseException as exc:
-        run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        if discard is not None and not trainer.history:  # nothing learned yet: leave nothing half-made behind
+            run.discard(keep_folder=not discard)
+        elif isinstance(exc, KeyboardInterrupt):
+            run.update_meta(status="interrupted")
+        else:
+            run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
 
 
@@ -196,10 +207,18 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def resolve_config(cfg: Config) -> Config:
+def resolve_config(cfg: Config, log: Log | None = None) -> Config:
     """The config as the run records it: a folder dataset's path (and ``data.data_dir``) made absolute, so the
-    run works from any folder, and a folder without ``data.image_size`` given the model's input size (its
-    metadata)."""
+    run works from any folder; an unset ``train.lr`` given the model's rate (:func:`default_lr`); a
+    ``model.weights`` file in the model's published ImageNet layout treated as those weights
+    (``model.pretrained``: their preprocessing, :func:`weights_preprocessing`); a folder without
+    ``data.image_size`` given the model's (or the weights') input size. ``log`` receives a note on each."""
+    say = log or (lambda s: None)
+    if cfg.train.lr is None:
+        rate, source = default_lr(cfg)
+        say(f"note: train.lr is not set: using {rate:g}, {source}; set train.lr to choose another")
+        cfg = replace(cfg, train=replace(cfg.train, lr=rate))
+    cfg = weights_preprocessing(cfg, say)
     data = cfg.data
     if data.dataset.startswith("folder:"):
         folder = Path(data.dataset[len("folder:"):]).expanduser()
@@ -213,7 +232,50 @@ def resolve_config(cfg: Config) -> Config:
     return replace(cfg, data=data)
 
 
-def _weights_normalizer(cfg: Config) -> Normalizer | None:
+def weights_preprocessing(cfg: Config, log: Log) -> Config:
+    """A ``model.weights`` file's preprocessing: the family's published one when the file has their layout, else
+    ``data.normalize`` as it is, said in a note (when it is ``auto``) with how to change it.
+
+    A file laid out as the registered model's published ImageNet weights (torchvision's file, renamed or
+    copied) sets ``model.pretrained``: ``pretrained`` with a ``weights`` file means "the published weights,
+    from this file", so the run gets what ``--pretrained`` gives: the weights' mean/std (``data.normalize``
+    auto), their builder options (``transform_input`` for GoogLeNet and Inception v3) and input size.
+    """
+    model = cfg.model
+    if not model.weights or model.pretrained:
+        return cfg
+    name = model.name if not model.layers else None
+    if name and model_meta(name).weights is not None and has_published_layout(name, model.weights):
+        w = model_meta(name).weights
+        extra = ", transform_input" if w.builder_options else ""
+        log(f"note: {model.weights} has {name}'s published ImageNet layout, so it gets their preprocessing as "
+            f"model.pretrained does: mean {list(w.mean)} / std {list(w.std)}{extra}, {w.input_size} px input "
+            "(data.normalize and data.image_size change them)")
+        return replace(cfg, model=replace(model, pretrained=True))
+    if cfg.data.normalize == "auto":
+        whose = f"{name}'s" if name else "a"
+        log(f"note: {model.weights} is not {whose} published ImageNet weight file, so inputs are scaled as for "
+            "training from scratch (x / 255); if these weights expect other statistics, set data.normalize "
+            "(imagenet, standard)")
+    return cfg
+
+
+def default_lr(cfg: Config) -> tuple[float, str]:
+    """The learning rate for a config that leaves ``train.lr`` unset, and where it comes from.
+
+    "Unset" is ``train.lr: None`` (the schema's default; YAML ``lr: null``): any value the user writes, even
+    0.001, is theirs and is kept. The rate then comes from the registered model's metadata (``ModelMeta.lr``,
+    an Adam rate, so for ``adam``/``adamw`` only), else it is :data:`~cnnlab.config.schema.DEFAULT_LR`.
+    """
+    name = cfg.model.name if not cfg.model.layers else None
+    if name and cfg.train.optimizer in ("adam", "adamw"):
+        rate = model_meta(name).lr
+        if rate is not None:
+            return rate, f"{name}'s default for {cfg.train.optimizer} (its metadata)"
+    return DEFAULT_LR, "the default"
+
+
+def weights_normalizer(cfg: Config) -> Normalizer | None:
     """The normalisation the published weights of ``model.pretrained`` expect (their metadata), else None."""
     if not cfg.model.pretrained or cfg.model.layers or not cfg.model.name:
         return None
@@ -250,10 +312,26 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
 
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log,
              extra: Sequence[Callback] = ()) -> Trainer:
-    """The model with its initial weights, the callbacks and the trainer for ``cfg``."""
+    """The trainer of a run: :func:`build_trainer` with the config's callbacks (and ``extra``), writing into ``run``."""
+    callbacks = [*build_callbacks(cfg, progress, log, run), *extra, HistoryWriter(run)]
+    return build_trainer(cfg, data, callbacks, run.checkpoints, log)
+
+
+def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint_dir: Path | None,
+                  log: Log = _print) -> Trainer:
+    """The model with its initial weights (``model.pretrained`` / ``model.weights``), its parameter groups and
+    backbone freezing (transfer learning), the augmentation and the engine: a :class:`Trainer` for ``cfg``.
+
+    Args:
+        cfg: the experiment (resolved: see :func:`resolve_config`).
+        data: its prepared data.
+        callbacks: the trainer's callbacks (a frozen backbone adds its own).
+        checkpoint_dir: where checkpoints go (None: none are written).
+        log: receives notes about the initial weights and freezing.
+    """
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
-    callbacks = [*build_callbacks(cfg, progress, log, run), *extra]
+    callbacks = list(callbacks)
     groups = None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
@@ -261,27 +339,41 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
         groups = make_param_groups(model, cfg.train, head=head, backbone_lr=cfg.model.backbone_lr)
         if cfg.model.freeze == "backbone":
             callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log, train_bn=cfg.model.train_bn))
-    callbacks.append(HistoryWriter(run))
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
                    engine=make_engine(cfg.train), augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
-                   checkpoint_dir=run.checkpoints, param_groups=groups)
+                   checkpoint_dir=checkpoint_dir, param_groups=groups)
 
 
-def build_callbacks(cfg: Config, progress: bool | None = None, log: Log | None = None,
+def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print,
                     run: RunDir | None = None) -> list[Callback]:
-    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress, and
-    with a run directory the TensorBoard / MLflow loggers (:mod:`cnnlab.runs.loggers`)."""
+    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress, the
+    stall warning, and with a run directory the TensorBoard / MLflow loggers (:mod:`cnnlab.runs.loggers`)."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
-    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log)]
+    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log),
+                  StallWarning(log, stall_advice(cfg))]
     if run is not None and cb.tensorboard:
         callbacks.append(TensorBoardLogger(run.path, cb.log_every_n_steps))
     if run is not None and cb.mlflow:
         callbacks.append(MLflowLogger(cb.mlflow, run, cfg, cb.log_every_n_steps))
     return callbacks
+
+
+def stall_advice(cfg: Config) -> str:
+    """What to change when this config's model collapses: a lower rate, a BatchNorm variant, pretrained weights."""
+    lr = cfg.train.peak_lr
+    fixes = [f"lower train.lr (e.g. {lr / 10:g}; an LR range test, cnnlab lr-find, shows where it learns)"]
+    name = cfg.model.name if not cfg.model.layers else None
+    if name and not name.endswith("_bn") and f"{name}_bn" in model_names():
+        fixes.append(f"use the BatchNorm variant {name}_bn")
+    if name and model_meta(name).weights is not None and not cfg.model.pretrained and not cfg.model.weights:
+        fixes.append("start from the ImageNet weights (model.pretrained)")
+    elif cfg.model.layers:
+        fixes.append("add BatchNormalization layers")
+    return ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
 
 
 def _augmenter(cfg: Config, shape: tuple[int, int, int]) -> Augmenter | None:

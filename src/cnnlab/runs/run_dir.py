@@ -73,6 +73,13 @@ class RunDir:
                               "cnnlab train")
         return cls(p)
 
+    def discard(self, *, keep_folder: bool = False) -> None:
+        """Removes everything a run that never finished an epoch wrote (``keep_folder``: the folder stays, empty,
+        as when the user made it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if keep_folder:
+            self.path.mkdir(parents=True, exist_ok=True)
+
     def file(self, name: str) -> Path:
         return self.path / name
 

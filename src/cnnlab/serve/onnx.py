@@ -231,7 +231,6 @@ def export_onnx(
     path = Path(out).expanduser() if out else lr.run.file(ONNX_FILE)
     if path.is_dir():
         raise CnnlabError(f"`out` {path} is a folder; give a file name like {path / ONNX_FILE}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     props = {
         META["version"]: __version__,
         META["classes"]: json.dumps(list(lr.classes)),

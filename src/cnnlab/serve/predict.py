@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.decode import MIN_POOL_FILES, cores, decode_files, decode_image, list_images
+from cnnlab.data.cache import MIN_POOL_FILES, cores, decode_files
+from cnnlab.data.decode import decode_image, pixel_limit
+from cnnlab.data.imagefiles import find_images, not_images_line
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
@@ -72,15 +74,19 @@ class Predictor:
         classes: class names, in output order.
         input_shape: (C, H, W) the images must have.
         resize: how files are resized to ``input_shape`` (the run's ``data.resize``: squash or crop).
+        max_pixels: the most pixels one file may decode to (the run's ``data.max_pixels``, else
+            ``$CNNLAB_MAX_PIXELS`` or 100 MP).
         latency: single-image median seconds per engine, measured when ``auto`` chose.
     """
 
     def __init__(self, engine, classes: tuple[str, ...], input_shape: tuple[int, int, int], *,
-                 batch_size: int = 256, resize: str = "squash", latency: dict[str, float] | None = None) -> None:
+                 batch_size: int = 256, resize: str = "squash", max_pixels: int | None = None,
+                 latency: dict[str, float] | None = None) -> None:
         self._engine = engine
         self.classes = tuple(classes)
         self.input_shape = tuple(input_shape)
         self.resize = resize
+        self.max_pixels = pixel_limit(max_pixels)
         # bounded batches keep activations cache-sized: cnn_64x2 in PyTorch is ~4x slower per image at 4096
         self.batch_size = batch_size
         self.latency = latency or {}
@@ -114,7 +120,7 @@ class Predictor:
         if batch_size < 1:
             raise CnnlabError("batch_size must be ≥ 1")
         lr = load_run(run_dir)
-        common = {"batch_size": batch_size, "resize": lr.cfg.data.resize}
+        common = {"batch_size": batch_size, "resize": lr.cfg.data.resize, "max_pixels": lr.cfg.data.max_pixels}
         torch_engine = TorchEngine(lr.model, lr.normalizer)
         if engine == "torch":
             return cls(torch_engine, lr.classes, lr.input_shape, **common)
@@ -181,21 +187,42 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
 # -------------------------------------------------------------------------------------------- files
 
 
-def expand(paths: list[str | Path]) -> list[Path]:
-    """Files as given, folders replaced by the images inside them (sorted)."""
+def expand(paths: list[str | Path], log: Log = _stderr) -> list[Path]:
+    """Files as given, folders replaced by the images inside them (sorted; every format Pillow reads, by the
+    one rule of :mod:`cnnlab.data.imagefiles` that folder datasets follow).
+
+    A folder's files that are not images are counted and named in one ``note:`` line to ``log``.
+
+    Raises:
+        CnnlabError: nothing to predict: no file given is an image and no folder holds one.
+    """
 
     out: list[Path] = []
+    skipped: list[str] = []
     for p in map(Path, paths):
-        out.extend(list_images(p) if p.is_dir() else [p])
+        if not p.is_dir():
+            out.append(p)  # a file given by name is tried whatever it is: it fails with its own reason
+            continue
+        found = find_images(p)
+        out.extend(found.files)
+        if found.not_images:
+            skipped += [str(p / name) for name in found.not_images]
+            log(f"note: {found.not_images_line(str(p))}")
+    if not out:
+        why = f"; {not_images_line(skipped)}" if skipped else ""
+        raise CnnlabError(f"no image files given{why}; give image files (PNG, JPEG, TIFF, WebP, ... any format "
+                          "Pillow reads) or folders of them")
     return out
 
 
 def decode_chunks(paths: list[Path], shape: tuple[int, int, int], resize: str,
-                  chunk: int | None = None) -> Iterator[tuple[int, np.ndarray, dict[int, str]]]:
+                  chunk: int | None = None, *, max_pixels: int | None = None,
+                  ) -> Iterator[tuple[int, np.ndarray, dict[int, str]]]:
     """Decodes ``paths`` to the model's input size, a chunk at a time.
 
     Few files decode in-process; more go through the folder loader's worker pool, into a scratch file
-    that is reused for every chunk (so memory stays bounded for any number of files).
+    that is reused for every chunk (so memory stays bounded for any number of files). Both ways use the
+    folder datasets' decoder, with ``max_pixels`` as its limit (None: ``$CNNLAB_MAX_PIXELS`` or 100 MP).
 
     Yields:
         (index of the chunk's first file, uint8 (n, C, H, W) pixels, {index in chunk: error message}).
@@ -204,6 +231,7 @@ def decode_chunks(paths: list[Path], shape: tuple[int, int, int], resize: str,
 
     c, h, w = shape
     row = c * h * w
+    limit = pixel_limit(max_pixels)
     chunk = chunk or max(MIN_POOL_FILES, min(4096, (256 << 20) // row))  # ≤ 256 MiB of pixels at a time
     fd, scratch = tempfile.mkstemp(prefix="cnnlab-predict-", suffix=".u8")
     try:
@@ -216,12 +244,13 @@ def decode_chunks(paths: list[Path], shape: tuple[int, int, int], resize: str,
                 pixels = np.zeros((len(part), c, h, w), np.uint8)
                 for i in todo:
                     try:
-                        pixels[i] = decode_image(part[i], (h, w), grayscale=c == 1, resize=resize).numpy()
+                        pixels[i] = decode_image(part[i], (h, w), grayscale=c == 1, resize=resize,
+                                                 max_pixels=limit).numpy()
                     except CnnlabError as exc:
                         errors[i] = str(exc)
             else:
                 failed = decode_files(scratch, [str(part[i]) for i in todo], (h, w), c == 1, resize,
-                                      workers=cores(), progress=False)
+                                      workers=cores(), progress=False, limit=limit)
                 # the same message decode_image gives, whichever way a file was decoded
                 errors.update({todo[j]: f"{part[todo[j]]}: {why}; replace or remove the file"
                                for j, why in failed.items()})
@@ -254,13 +283,11 @@ def predict_files(run_dir: str | Path, files: list[str | Path], *, top_k: int = 
     """
     if top_k < 1:
         raise CnnlabError(f"`top_k` is {top_k}; ask for at least 1 label per image")
+    paths = expand(files, log)
     pred = predictor or Predictor.from_run(run_dir, engine, batch_size=batch_size, log=log)
-    paths = expand(files)
-    if not paths:
-        raise CnnlabError("no image files given (PNG, JPEG, BMP, GIF or WebP)")
     results = [Prediction(p) for p in paths]
     kept = 0
-    for start, pixels, errors in decode_chunks(paths, pred.input_shape, pred.resize):
+    for start, pixels, errors in decode_chunks(paths, pred.input_shape, pred.resize, max_pixels=pred.max_pixels):
         ok = [i for i in range(len(pixels)) if i not in errors]
         for i, msg in errors.items():
             results[start + i].error = msg

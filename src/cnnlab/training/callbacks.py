@@ -148,6 +148,92 @@ class NanGuard(Callback):
                                "(lower train.lr, add warm-up, or check the data)", failed=True)
 
 
+class StallWarning(Callback):
+    """Says, in one line and once, when training is stuck at chance early on, naming the likely cause and fix.
+
+    A network whose output no longer depends on its input (every ReLU dead after too large a step) can only
+    learn the class frequencies: its loss sits at their entropy H (ln C for balanced classes) and its
+    accuracy at chance, epoch after epoch, without an error. Checked after ``check_step`` steps of a long
+    first epoch (batch loss within ``tol`` of H, identical logits for every image of a probe batch) and
+    after epoch 1 (loss within ``tol`` of H, accuracy within 2 points of chance: a collapse, or nothing
+    learned yet). It only warns; training goes on.
+
+    Args:
+        log: receives the warning line.
+        advice: the fix for a collapse, from the caller who knows the model (lower rate, BN variant, ...).
+        check_step: the optimiser step of the early check (only in epochs of at least twice as many steps).
+        tol: relative distance from H that counts as "at H".
+        probe: images in the probe batch.
+    """
+
+    order = 110  # after the progress bar's epoch line
+
+    def __init__(self, log, advice: str, *, check_step: int = 100, tol: float = 0.02, probe: int = 256) -> None:
+        self.log, self.advice, self.check_step, self.tol, self.probe = log, advice, check_step, tol, probe
+        self.done, self.balanced = False, True
+        self.entropy, self.majority, self.classes = math.log(2), 0.5, 2
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        data = trainer.train_data
+        counts = torch.bincount(data.labels.cpu(), minlength=data.num_classes).double()
+        p = counts[counts > 0] / counts.sum()
+        self.entropy, self.majority, self.classes = float(-(p * p.log()).sum()), float(p.max()), data.num_classes
+        self.balanced = self.entropy >= 0.995 * math.log(max(self.classes, 2))  # near-even classes: "≈ ln C"
+        self.done = trainer.epoch > 0 or self.entropy <= 0  # a resumed run is past the point of this check
+
+    def _at_entropy(self, loss: float) -> bool:
+        return abs(loss - self.entropy) <= self.tol * self.entropy
+
+    def constant_output(self, trainer: Trainer) -> bool:
+        """Whether the model gives the same logits for every image of a probe batch (fp32, inference mode)."""
+        data = trainer.val_data if trainer.val_data is not None else trainer.train_data
+        model = trainer.model
+        modes = [m.training for m in model.modules()]  # restored one by one: a frozen backbone's BN stays in eval
+        model.eval()
+        try:
+            with torch.inference_mode():
+                x = trainer.normalizer(data.images[: self.probe].to(trainer.engine.device), trainer.engine.channels_last)
+                logits = model(x).float()
+        finally:
+            for m, mode in zip(model.modules(), modes, strict=True):
+                m.training = mode
+        spread = float((logits - logits[:1]).abs().max())
+        return len(logits) > 1 and spread <= 1e-4 * (1.0 + float(logits.abs().max()))
+
+    def _warn(self, trainer: Trainer, where: str, loss: float, acc: float | None, constant: bool) -> None:
+        self.done = True
+        h = (f"ln {self.classes} = {math.log(self.classes):.4f}" if self.balanced else
+             f"the label entropy {self.entropy:.4f}")
+        accuracy = f", accuracy {acc:.3f} ≈ chance" if acc is not None else ""
+        if constant:
+            self.log(f"warning: the model's output no longer depends on its input ({where}: loss {loss:.4f} ≈ {h}"
+                     f"{accuracy}); training has collapsed, most likely because the learning rate {trainer.lr:g} "
+                     f"is too high for this network: {self.advice}")
+        else:
+            self.log(f"warning: {where} the loss is {loss:.4f} ≈ {h}{accuracy}: the model has learned nothing yet; "
+                     f"check the labels and the learning rate {trainer.lr:g} (an LR range test, cnnlab lr-find, "
+                     "shows where it learns)")
+
+    def on_train_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:
+        if (self.done or trainer.epoch > 0 or batch + 1 != self.check_step
+                or trainer.steps_per_epoch < 2 * self.check_step):
+            return
+        value = float(loss)  # one sync, once per run
+        if self._at_entropy(value) and self.constant_output(trainer):
+            self._warn(trainer, f"after {self.check_step} steps", value, None, constant=True)
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.done or trainer.epoch != 1:
+            return
+        self.done = True
+        val = logs.get("val_loss") is not None
+        loss = logs["val_loss"] if val else logs["train_loss"]
+        acc = logs["val_acc"] if val else logs["train_acc"]
+        if loss is None or not math.isfinite(loss) or not self._at_entropy(loss) or acc > self.majority + 0.02:
+            return
+        self._warn(trainer, "after epoch 1", loss, acc, self.constant_output(trainer))
+
+
 class MonitorCallback(Callback):
     """Watches one metric in an explicit direction: ``mode`` ``min`` (losses) or ``max`` (accuracies).
 

@@ -23,24 +23,24 @@ def _fused_ok(device: torch.device) -> dict:
 @OPTIMIZERS.register("adam")
 def _adam(groups, cfg: TrainConfig, device):
     # eps 1e-7 is Keras's default (PyTorch's is 1e-8); keeps per-epoch results comparable with the tutorials.
-    return torch.optim.Adam(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
+    return torch.optim.Adam(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups, cfg: TrainConfig, device):
-    return torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups, cfg: TrainConfig, device):
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+    return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups, cfg: TrainConfig, device):
     # Keras RMSprop: rho 0.9, eps 1e-7.
-    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-7, momentum=cfg.momentum if cfg.momentum else 0.0,
+    return torch.optim.RMSprop(groups, lr=cfg.peak_lr, alpha=0.9, eps=1e-7, momentum=cfg.momentum if cfg.momentum else 0.0,
                                weight_decay=cfg.weight_decay)
 
 
@@ -52,12 +52,12 @@ def make_param_groups(model: nn.Module, cfg: TrainConfig, *, head: set[str] | No
     """
     if not head:
         params = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": params, "lr": cfg.lr, "lr_scale": 1.0, "name": "all"}]
+        return [{"params": params, "lr": cfg.peak_lr, "lr_scale": 1.0, "name": "all"}]
     named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if n in head], "lr": cfg.lr, "lr_scale": 1.0, "name": "head"}]
+    groups = [{"params": [p for n, p in named if n in head], "lr": cfg.peak_lr, "lr_scale": 1.0, "name": "head"}]
     body = [p for n, p in named if n not in head]
     if body:
-        groups.append({"params": body, "lr": cfg.lr * backbone_lr, "lr_scale": backbone_lr, "name": "backbone"})
+        groups.append({"params": body, "lr": cfg.peak_lr * backbone_lr, "lr_scale": backbone_lr, "name": "backbone"})
     return groups
 
 

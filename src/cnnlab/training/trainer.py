@@ -121,7 +121,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stop_reasons: list[str] = []
         self.failure: str | None = None
-        self.lr = cfg.lr
+        self.lr = cfg.peak_lr
         self.last_eval: Evaluation | None = None
 
     # -------------------------------------------------------------------------------------- stopping
@@ -175,14 +175,14 @@ class Trainer:
         base = self.epoch * self.steps_per_epoch
         scheduled = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
         if scheduled:  # the rate of the next step (after a resume, on the possibly re-planned schedule)
-            self.lr = set_lr(self.optimizer, self.cfg.lr,
+            self.lr = set_lr(self.optimizer, self.cfg.peak_lr,
                              lr_factor(self.cfg, base + self.progress.step, total, self.steps_per_epoch))
         lr_used = self.lr
 
         def batch_end(i: int, loss: torch.Tensor) -> None:
             if scheduled:  # per-step schedule: set the rate for the next step
                 step = base + i + 1
-                self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
+                self.lr = set_lr(self.optimizer, self.cfg.peak_lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
             self.dispatch("on_train_batch_end", i, loss)
             if self.interrupt is not None:
                 raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))

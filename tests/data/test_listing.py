@@ -1,0 +1,40 @@
+"""Which files of a folder dataset are images and what their labels are (nothing decoded)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from cnnlab.data.listing import FolderSpec, collect, folder_classes
+from cnnlab.errors import CnnlabError
+
+
+def img(path, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path, format=fmt)
+    return path
+
+
+def test_subfolders_any_format_and_files_that_are_not_images(tmp_path):
+    img(tmp_path / "cat" / "a.tif")
+    img(tmp_path / "cat" / "b.webp")
+    img(tmp_path / "dog" / "c", fmt="PNG")
+    img(tmp_path / "loose.png")
+    (tmp_path / "README.txt").write_text("x")
+    (tmp_path / "dog" / "Thumbs.db").write_bytes(bytes(64))
+    listing = collect(FolderSpec(tmp_path))
+    assert listing.mode == "subfolders"
+    assert listing.items == [("cat/a.tif", "cat"), ("cat/b.webp", "cat"), ("dog/c", "dog")]
+    assert listing.skipped == [("loose.png", "not inside a class subfolder")]
+    assert listing.not_images == ["README.txt", "dog/Thumbs.db"]
+    assert folder_classes(FolderSpec(tmp_path)) == ["cat", "dog"]
+
+
+def test_file_names_and_split_folders(tmp_path):
+    img(tmp_path / "flat" / "cat.1.tiff")
+    img(tmp_path / "flat" / "dog.2.bmp")
+    assert collect(FolderSpec(tmp_path / "flat")).items == [("cat.1.tiff", "cat"), ("dog.2.bmp", "dog")]
+    img(tmp_path / "splits" / "train" / "x.png")
+    img(tmp_path / "splits" / "test" / "y.png")
+    with pytest.raises(CnnlabError, match="split folders"):
+        collect(FolderSpec(tmp_path / "splits"))
