@@ -26,6 +26,7 @@ from cnnlab.models.registry import model_meta
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
+from cnnlab.runs.progress import RunProgress
 from cnnlab.runs.run_dir import RESULTS, SUMMARY, WEIGHTS, RunDir, default_run_dir
 from cnnlab.training.callbacks import (
     Callback,
@@ -163,6 +164,7 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
         if cfg.model.freeze == "backbone":
             callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log))
     callbacks.append(HistoryWriter(run))
+    callbacks.append(RunProgress(run))  # progress.json: live batch progress for the dashboard
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
                    engine=make_engine(cfg.train), augment=_augmenter(cfg), callbacks=callbacks,
                    checkpoint_dir=run.checkpoints, param_groups=groups)
