@@ -29,6 +29,7 @@ EPILOG = """examples:
   cnnlab predict runs/fashion_mnist_cnn photos/ --out preds.csv --grid preds.png --engine onnx
   cnnlab export runs/fashion_mnist_cnn --format onnx   model.onnx, checked against PyTorch on test images
   cnnlab summary cnn_64x2                               Keras-style table of a model
+  cnnlab dashboard runs --open                          a local web page: live curves, compare, explorer
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -43,7 +44,7 @@ exit status 1 when a variant failed (its error is in the table)."""
 # Which module of cnnlab.cli runs each subcommand (grouped by the library they need).
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
-            "datasets": "catalog", "models": "catalog", "summary": "catalog"}
+            "datasets": "catalog", "models": "catalog", "summary": "catalog", "dashboard": "dashboard"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -174,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(p)  # applied to every variant
     p.add_argument("--out", metavar="DIR", help="folder for the runs and tables (default runs/compare-<base name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier compare folder given by --out")
+
+    p = sub.add_parser("dashboard", help="a local web page to watch, compare and see inside the runs of a folder",
+                       description="Serves a dashboard of every run under RUNS_DIR until Ctrl-C and prints its URL: "
+                                   "the runs table, live curves of running runs, each run's results and confusion "
+                                   "cells, the explorer (activations, kernels, pixel arithmetic, Grad-CAM and other "
+                                   "attributions for test, uploaded or drawn images), units, architecture and "
+                                   "compare. It reads runs and writes only RUN/.cache/dashboard/.")
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="folder of runs (default runs)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); any other prints a warning")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
     return ap
 
 
@@ -196,7 +209,7 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
-             "config": "--config"}
+             "config": "--config", "port": "--port", "host": "--host", "runs_dir": "RUNS_DIR"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 

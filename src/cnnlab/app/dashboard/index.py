@@ -1,0 +1,221 @@
+"""The runs table's index: every run folder under RUNS_DIR, compare folders' variants included.
+
+A row comes from a run's run.json (status, dataset, parameters, planned epochs, test accuracy, wall time,
+start), its config.yaml (model name, ``callbacks.min_delta``) and its metrics.jsonl (epochs done; the best
+epoch by :func:`cnnlab.runs.history.best_epoch`, the one definition training and the report use). Rows are
+kept in memory and a run's files are read again only when their size or modification time changed, so
+listing 1,000 runs costs a directory scan and a few ``stat`` calls per run.
+
+Runs are addressed by an id made from their path under RUNS_DIR (``compare-lr~lr-0.01``), looked up in
+this index; a URL never carries a path. A folder that cannot be read is listed as ``broken`` with the
+reason, never an error page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.app.compare import MARKER as COMPARE_MARKER
+from cnnlab.runs.history import best_epoch
+from cnnlab.runs.progress import read_progress, trainer_alive
+from cnnlab.runs.run_dir import CONFIG, META, METRICS, RunDir
+
+MAX_DEPTH = 4  # RUNS_DIR/a/b/c/run: deep enough for compare folders inside project folders
+STATUS = {"done": "finished", "running": "running", "failed": "failed", "interrupted": "interrupted"}
+_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on a first scan of many runs
+
+
+@dataclass
+class RunRow:
+    """One row of the runs table (JSON-ready through :meth:`to_dict`)."""
+
+    id: str
+    name: str  # path under RUNS_DIR, posix
+    group: str | None = None  # the compare folder holding it
+    status: str = "broken"
+    dataset: str | None = None
+    model: str | None = None
+    params: int | None = None
+    epochs: int | None = None  # done
+    epochs_planned: int | None = None
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    monitor: str | None = None
+    test_acc: float | None = None
+    wall_seconds: float | None = None
+    started: str | None = None
+    error: str | None = None  # why a broken folder is broken, or why a run failed
+    path: Path = field(default=Path("."), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (resolved, symlinks followed) lies inside ``root`` (resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / META).is_file() or (path / CONFIG).is_file()
+
+
+def make_id(rel: str) -> str:
+    """A URL-safe id for the run at ``rel`` (posix path under RUNS_DIR): its parts joined by ``~``; parts
+    with other characters than letters, digits and ``._-`` are replaced and a short hash keeps them apart."""
+    parts = rel.split("/")
+    if all(_SAFE.match(p) and not p.startswith(".") for p in parts):
+        return "~".join(parts)
+    clean = "~".join(re.sub(r"[^A-Za-z0-9._-]+", "-", p).strip(".-") or "run" for p in parts)
+    return f"{clean}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}"
+
+
+def scan(root: Path) -> list[tuple[Path, str | None]]:
+    """(run folder, compare folder or None) for every run under ``root``, sorted by path.
+
+    Hidden folders (``.cache``) are skipped, and so is anything whose real location (symlinks followed)
+    is outside ``root``.
+    """
+    real_root = root.resolve()
+    if is_run_folder(root):
+        return [(root, None)]
+    found: list[tuple[Path, str | None]] = []
+
+    def walk(folder: Path, depth: int, group: str | None) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if e.name.startswith(".") or not e.is_dir():
+                continue
+            path = Path(e.path)
+            if e.is_symlink() and not _inside(path, real_root):
+                continue
+            if is_run_folder(path):
+                found.append((path, group))
+            elif depth < MAX_DEPTH:
+                is_compare = (path / COMPARE_MARKER).is_file()
+                walk(path, depth + 1, path.relative_to(root).as_posix() if is_compare else group)
+
+    walk(root, 1, None)
+    return found
+
+
+def _model_name(cfg: dict) -> str | None:
+    model = cfg.get("model") or {}
+    if model.get("layers"):  # the layer list is the model; model.name is then only the unused default
+        return f"custom ({len(model['layers'])} layers)"
+    return model.get("name")
+
+
+def read_row(path: Path, rid: str, name: str, group: str | None) -> RunRow:
+    """The row of the run at ``path``; a damaged folder gives a ``broken`` row naming the problem."""
+    row = RunRow(rid, name, group, path=path)
+    run = RunDir(path)
+    if not run.file(META).is_file():
+        row.error = f"no {META} (training never got past data preparation, or not a cnnlab run)"
+        return row
+    try:
+        meta = json.loads(run.file(META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        cfg = (yaml.load(run.file(CONFIG).read_text(), Loader=_Loader) or {}) if run.file(CONFIG).is_file() else {}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{CONFIG} is not a mapping")
+        history = run.read_history()
+    except Exception as exc:  # any damage: list the folder as broken with the reason, never fail the page
+        row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return row
+    row.status = STATUS.get(meta.get("status"), meta.get("status") or "unknown")
+    row.dataset, row.params, row.epochs_planned = meta.get("dataset"), meta.get("params"), meta.get("epochs_planned")
+    row.model = _model_name(cfg)
+    row.test_acc, row.wall_seconds = meta.get("test_acc"), meta.get("wall_seconds")
+    row.epochs = len(history)
+    row.monitor = meta.get("monitor", "val_loss")
+    min_delta = float(((cfg.get("callbacks") or {}).get("min_delta")) or 0.0)
+    try:
+        best = best_epoch(history, row.monitor, meta.get("mode", "auto"), min_delta)
+    except Exception:  # an unknown monitor name in a hand-edited run.json
+        best = None
+    if best is not None:
+        row.best_epoch, row.best_val_acc = best.get("epoch"), best.get("val_acc")
+    row.started = meta.get("started")
+    if row.started is None and (st := _stat_key(run.file(CONFIG))):  # runs from before run.json had it
+        row.started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st[0] / 1e9))
+    row.error = meta.get("failure")
+    return row
+
+
+class RunIndex:
+    """Every run under ``root``, refreshed at most every ``max_age`` seconds (thread-safe).
+
+    Args:
+        root: RUNS_DIR.
+        max_age: seconds a listing may be reused before the folder is scanned again.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_age: float = 1.0) -> None:
+        self.root = Path(root)
+        self.max_age = max_age
+        self._rows: dict[str, RunRow] = {}  # as shown
+        self._raw: dict[str, RunRow] = {}  # as read, by id
+        self._keys: dict[str, tuple] = {}
+        self._scanned = float("-inf")
+        self._lock = threading.Lock()
+
+    def rows(self, *, fresh: bool = False) -> list[RunRow]:
+        """All rows in path order; rescanned when older than ``max_age`` or when ``fresh``."""
+        with self._lock:
+            if fresh or time.monotonic() - self._scanned > self.max_age:
+                self._refresh()
+            return list(self._rows.values())
+
+    def get(self, run_id: str) -> RunRow | None:
+        """The row with this id, or None (a scan newer than ``max_age`` is tried before giving up)."""
+        if run_id not in {r.id for r in self.rows()}:
+            return next((r for r in self.rows(fresh=True) if r.id == run_id), None)
+        return self._rows.get(run_id)
+
+    def _refresh(self) -> None:
+        rows: dict[str, RunRow] = {}
+        raw: dict[str, RunRow] = {}
+        keys: dict[str, tuple] = {}
+        for path, group in scan(self.root):
+            rel = path.relative_to(self.root).as_posix() if path != self.root else path.name
+            rid = make_id(rel)
+            key = tuple(_stat_key(path / f) for f in (META, CONFIG, METRICS))
+            row = self._raw.get(rid)
+            if row is None or self._keys.get(rid) != key:
+                row = read_row(path, rid, rel, group)
+            raw[rid], keys[rid] = row, key
+            if row.status == "running" and trainer_alive(read_progress(RunDir(path))) is False:
+                # run.json still says running, but the process that trained it is gone (SIGKILL, power cut)
+                row = replace(row, status="interrupted", error="the training process is gone (killed?)")
+            rows[rid] = row
+        self._raw, self._rows, self._keys = raw, rows, keys
+        self._scanned = time.monotonic()
