@@ -38,7 +38,8 @@ class Jobs:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="cnnlab-dashboard")
         self.timeout = timeout
         self._inflight: dict[Hashable, Future] = {}
-        self._lock = threading.Lock()
+        # re-entrant: a job that is already done runs its done-callback (which takes the lock) inside submit
+        self._lock = threading.RLock()
 
     def submit(self, key: Hashable, fn: Callable[[], T]) -> Future:
         """The future of job ``key``: the one in flight, or ``fn`` started now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import ipaddress
 import os
 import socket
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnlab.app.dashboard import pages, routes_compare, routes_model, routes_runs
 from cnnlab.app.dashboard.jobs import Busy
@@ -35,7 +37,7 @@ def _error(request: Request, status: int, message: str, headers: dict | None = N
     if request.url.path.startswith("/api/") or status not in (404,):
         return JSONResponse({"error": message}, status, headers=headers)
     body = (f"<!doctype html><meta charset=utf-8><link rel=stylesheet href=/static/style.css><title>Not found</title>"
-            f"<main class=notfound><h1>Not found</h1><p>{message}</p><p><a href=/>All runs</a></p></main>")
+            f"<main class=notfound><h1>Not found</h1><p>{html.escape(message)}</p><p><a href=/>All runs</a></p></main>")
     return HTMLResponse(body, status)
 
 
@@ -64,6 +66,10 @@ def create_app(runs_dir: str | os.PathLike, *, display: str | None = None, allow
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         return _error(request, 404, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(CnnlabError)
     async def user_error(request: Request, exc: CnnlabError) -> Response:

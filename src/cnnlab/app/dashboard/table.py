@@ -42,7 +42,7 @@ def parse_clause(text: str) -> Predicate:
         CnnlabError: not of that form, or an unknown column (the valid ones are listed).
     """
     m = _CLAUSE.match(text)
-    if not m:
+    if not m or m.group(3)[0] in "<>=!~":  # `val_acc >>> 1`: an operator typo, not a value
         raise CnnlabError(f"cannot read the filter {text.strip()!r}; write COLUMN OP VALUE, e.g. val_acc > 0.9 or "
                           "model = cnn_64x2 (OP: > >= < <= = != ~)")
     col, op, raw = m.group(1).lower(), m.group(2), m.group(3).strip("'\"")
