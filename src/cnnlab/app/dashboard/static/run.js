@@ -33,7 +33,7 @@ function curvesPanel(d) {
   const box = h("div", { class: "charts" });
   const bar = h("div", { class: "progress", hidden: true }, h("div", { class: "hint", id: "progress-text" }),
     h("div", { class: "track" }, h("div", { class: "fill", id: "progress-fill", style: { width: "0%" } })));
-  const epochs = h("tbody", {});
+  const epochs = h("tbody", { id: "epochs" });
   const wrap = h("div", { id: "curves", "data-epochs": String(history.length) }, bar, box,
     h("details", {}, h("summary", {}, "every epoch"), h("table", {},
       h("thead", {}, h("tr", {}, ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"].map(t => h("th", { class: "num" }, t)))),
