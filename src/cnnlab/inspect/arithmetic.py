@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,7 @@ TOP_TERMS = 12  # dense units: the largest contributions listed one by one, the 
 class _Math:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: arrays as nested lists (NaN → None), plus ``kind``."""
-        out: dict[str, Any] = {"kind": self.kind}  # type: ignore[attr-defined]
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = _plain(v)
-        return out
+        return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}  # type: ignore
 
 
 def _plain(v: Any) -> Any:
@@ -303,9 +299,6 @@ def _activation_name(m: nn.Module) -> str:
     return name if isinstance(name, str) else "linear"
 
 
-Explainer = Callable[[nn.Module, np.ndarray, tuple[int, ...]], _Math]
-
-
 def _explain_conv(m: nn.Conv2d, x: np.ndarray, pos: tuple[int, ...]) -> ConvPixel:
     if m.padding_mode != "zeros":
         raise CnnlabError(f"padding mode {m.padding_mode!r} is not shown; only zero padding is")
@@ -351,7 +344,7 @@ def _explain_element(m: nn.Module, x: np.ndarray, pos: tuple[int, ...]) -> Eleme
     return ElementPixel(pos, name, formula, value, out)
 
 
-def _explainer(m: nn.Module) -> Explainer | None:
+def _explainer(m: nn.Module) -> Callable[[nn.Module, np.ndarray, tuple[int, ...]], _Math] | None:
     if isinstance(m, nn.Conv2d):
         return _explain_conv
     if isinstance(m, (Pool2D, nn.MaxPool2d, nn.AvgPool2d)):
@@ -415,11 +408,4 @@ def explain(model: nn.Module, x: torch.Tensor, layer: str, position: tuple[int, 
         sub = out[position]
         position += tuple(int(i) for i in np.unravel_index(int(np.argmax(sub)), sub.shape))
     _check_position("position", position, out.shape)
-    result = how(m, inp, position)
-    return _with_actual(result, float(out[position]))
-
-
-def _with_actual(result: _Math, actual: float) -> _Math:
-    values = {f.name: getattr(result, f.name) for f in fields(result)}
-    values["actual"] = actual
-    return type(result)(**values)
+    return replace(how(m, inp, position), actual=float(out[position]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import struct
 import threading
 import zlib
@@ -179,3 +180,23 @@ def test_a_slow_computation_answers_503_and_the_page_keeps_answering(trained_run
     gate.set()
     assert job.result(30)["classes"][0] == "T-shirt/top"  # it finished after all
     slow.app.state.dash.close()
+
+
+def test_the_dashboard_writes_nothing_but_its_cache(trained_runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(trained_runs / "lr", root / "lr", ignore=shutil.ignore_patterns(".cache"))
+
+    def files():
+        return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+    before = files()
+    c = TestClient(create_app(root), base_url="http://127.0.0.1")
+    key = c.post("/api/runs/lr/upload", content=_png(np.full((28, 28), 200, np.uint8))).json()["key"]
+    for path in ("/api/runs", "/api/runs/lr", "/api/runs/lr/explore?image=t-2", f"/api/runs/lr/explore?image={key}",
+                 "/api/runs/lr/attribution?image=t-2&method=occlusion", "/api/runs/lr/confusion/1/1",
+                 "/api/runs/lr/layers/conv2d/units/0", "/api/runs/lr/architecture", "/api/runs/lr/events",
+                 "/api/runs/lr/predict?image=t-3", "/runs/lr/files/model.safetensors"):
+        assert c.get(path).status_code == 200, path
+    after = files()
+    assert {k: v for k, v in after.items() if not k.startswith("lr/.cache/dashboard/")} == before
+    assert any(k.startswith("lr/.cache/dashboard/") for k in after)

@@ -98,7 +98,9 @@ def _explore(ctx: RunContext, d: Dashboard, key: str) -> dict[str, Any]:
     probs = ctx.predictor.predict(image.numpy())[0]
     return {"image": {**image_payload(image), "key": key, "label": label}, "classes": list(ctx.classes),
             "probs": [float(p) for p in probs], "predicted": int(np.argmax(probs)), "layers": layers,
-            "command": _show(d, ctx, "feature-maps", key)}
+            "command": _show(d, ctx, "feature-maps", key),
+            "predict_command": (_show(d, ctx, "predictions", key) if key.startswith("t-") else
+                                f"cnnlab predict {d.path_text(ctx.row)} your-image.png --top-k 3")}
 
 
 @router.get("/api/runs/{rid}/explore")

@@ -119,7 +119,7 @@ function showPrediction() {
     try { math.replaceChildren(renderMath(await api(`/api/runs/${RUN}/arithmetic?image=${S.key}&layer=softmax`))); } catch (err) { fail(math, err); }
   } }, "How the logits become these probabilities");
   const label = img.label === null ? "your image" : `test image ${img.key.slice(2)}, true class ${d.classes[img.label]}`;
-  $("#prediction").replaceChildren(panel("Prediction", null, h("p", { class: "hint" }, label), canvas,
+  $("#prediction").replaceChildren(panel("Prediction", d.predict_command, h("p", { class: "hint" }, label), canvas,
     h("table", { class: "probs", id: "probs" }, h("tbody", {}, rows)), why, math));
 }
 
