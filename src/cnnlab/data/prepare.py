@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlab.config import DataConfig
-from cnnlab.data.datasets import load_dataset
+from cnnlab.data.datasets import load_dataset, load_test_split
 from cnnlab.data.folder import FolderSpec, load_folder
 from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, split
 from cnnlab.errors import CnnlabError
@@ -74,7 +74,7 @@ def load_test_data(cfg: DataConfig) -> ImageData:
     """
     if cfg.dataset.startswith("folder:"):
         return _folder_data(cfg, lambda s: None)[1]
-    return load_dataset(cfg.dataset, cfg.data_dir)[1]
+    return load_test_split(cfg.dataset, cfg.data_dir)
 
 
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
