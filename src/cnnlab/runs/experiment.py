@@ -194,7 +194,10 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
         engine={"device": str(engine.device), "precision": engine.precision, "channels_last": engine.channels_last,
                 "threads": torch.get_num_threads()},
         params=params, epochs_planned=trainer.epochs, monitor=cfg.callbacks.monitor,
-        mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), command=" ".join(sys.argv))
+        mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), command=" ".join(sys.argv),
+        # what a runs table shows without parsing config.yaml (the dashboard): model, and best_epoch's min_delta
+        model=cfg.model.name if not cfg.model.layers else None, model_layers=len(cfg.model.layers or ()),
+        min_delta=cfg.callbacks.min_delta)
     if data.report is not None:
         run.write_json("data_report.json", data.report.to_dict())
     log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")

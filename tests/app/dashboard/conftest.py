@@ -21,7 +21,8 @@ LR = 0.003  # the second run's learning rate: the one key in which the two train
 
 def fake_run(root: Path, name: str, *, status: str = "done", history: list[dict] | None = None, model: str = "cnn_64x2",
              dataset: str = "mnist", test_acc: float | None = 0.9, **meta) -> Path:
-    """A run folder as cnnlab train leaves it, minus the weights: run.json, config.yaml, metrics.jsonl."""
+    """A run folder as cnnlab train leaves it, minus the weights: run.json, config.yaml, metrics.jsonl.
+    Its run.json is of the older kind (model and min_delta only in config.yaml) unless ``meta`` adds them."""
     path = root / name
     path.mkdir(parents=True)
     history = history if history is not None else [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4,

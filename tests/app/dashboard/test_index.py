@@ -26,6 +26,14 @@ def test_a_row_holds_the_runs_facts_and_the_one_best_epoch(tmp_path, make_run):
     assert row.started == "2026-01-02T03:04:05"
 
 
+def test_run_json_of_current_runs_spares_parsing_the_config(tmp_path, make_run):
+    run = make_run(tmp_path, "layers", history=H, model=None, model_layers=6, min_delta=0.1)
+    (run / "config.yaml").write_text("this: [is not read")
+    (row,) = RunIndex(tmp_path).rows()
+    assert row.model == "custom (6 layers)" and row.status == "finished"
+    assert row.best_epoch == 1  # 0.4 beats 0.5 by exactly min_delta 0.1: not an improvement
+
+
 def test_the_monitor_and_min_delta_of_the_run_decide(tmp_path, make_run):
     make_run(tmp_path, "acc", history=H, monitor="val_acc", mode="max")
     (row,) = RunIndex(tmp_path).rows()
@@ -120,3 +128,22 @@ def test_a_thousand_generated_runs(tmp_path, make_run):
     rows = RunIndex(tmp_path).rows()
     assert len(rows) == 1000 and rows[0].name == "run-0000" and rows[-1].best_val_acc == 0.999
     assert len({r.id for r in rows}) == 1000
+
+
+def test_a_stored_index_spares_the_next_server_the_reading(tmp_path, make_run, monkeypatch):
+    root, store = tmp_path / "runs", tmp_path / "cache" / "index.json"
+    for name in ("a", "b", "c"):
+        make_run(root, name, history=H)
+    first = RunIndex(root, store=store).rows()
+    assert store.is_file()
+    reads = []
+    original = mod.read_row
+    monkeypatch.setattr(mod, "read_row", lambda *a: reads.append(a[2]) or original(*a))
+    again = RunIndex(root, store=store).rows()
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in first] and reads == []
+    assert again[0].path == root / "a"
+    (root / "b" / "metrics.jsonl").write_text(json.dumps(H[0]) + "\n")  # b changed since
+    assert RunIndex(root, store=store).rows()[1].epochs == 1 and reads == ["b"]
+    assert RunIndex(tmp_path / "runs-elsewhere", store=store).rows() == []  # another root ignores it
+    store.write_text("{damaged")
+    assert len(RunIndex(root, store=store).rows()) == 3

@@ -3,8 +3,9 @@
 A row comes from a run's run.json (status, dataset, parameters, planned epochs, test accuracy, wall time,
 start), its config.yaml (model name, ``callbacks.min_delta``) and its metrics.jsonl (epochs done; the best
 epoch by :func:`cnnlab.runs.history.best_epoch`, the one definition training and the report use). Rows are
-kept in memory and a run's files are read again only when their size or modification time changed, so
-listing 1,000 runs costs a directory scan and a few ``stat`` calls per run.
+kept in memory, and between servers in a JSON file in the user's cnnlab cache; a run's files are read again
+only when their size or modification time changed, so listing 1,000 runs costs a directory scan and a few
+``stat`` calls per run.
 
 Runs are addressed by an id made from their path under RUNS_DIR (``compare-lr~lr-0.01``), looked up in
 this index; a URL never carries a path. A folder that cannot be read is listed as ``broken`` with the
@@ -13,6 +14,7 @@ reason, never an error page.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,10 +28,12 @@ from typing import Any
 import yaml
 
 from cnnlab.app.compare import MARKER as COMPARE_MARKER
+from cnnlab.io import write_atomic
 from cnnlab.runs.history import best_epoch
 from cnnlab.runs.progress import read_progress, trainer_alive
 from cnnlab.runs.run_dir import CONFIG, META, METRICS, RunDir
 
+STORE_VERSION = 1  # of the JSON an index keeps between servers; bump when RunRow changes
 MAX_DEPTH = 4  # RUNS_DIR/a/b/c/run: deep enough for compare folders inside project folders
 STATUS = {"done": "finished", "running": "running", "failed": "failed", "interrupted": "interrupted"}
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -126,11 +130,19 @@ def scan(root: Path) -> list[tuple[Path, str | None]]:
     return found
 
 
-def _model_name(cfg: dict) -> str | None:
+def _model_name(name: str | None, layers: int) -> str | None:
+    # a layer list is the model; model.name is then only the unused default
+    return f"custom ({layers} layers)" if layers else name
+
+
+def _from_config(run: RunDir) -> tuple[str | None, float]:
+    """(model, callbacks.min_delta) from config.yaml, for runs whose run.json predates having them."""
+    cfg = (yaml.load(run.file(CONFIG).read_text(), Loader=_Loader) or {}) if run.file(CONFIG).is_file() else {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{CONFIG} is not a mapping")
     model = cfg.get("model") or {}
-    if model.get("layers"):  # the layer list is the model; model.name is then only the unused default
-        return f"custom ({len(model['layers'])} layers)"
-    return model.get("name")
+    return _model_name(model.get("name"), len(model.get("layers") or ())), float(
+        (cfg.get("callbacks") or {}).get("min_delta") or 0.0)
 
 
 def read_row(path: Path, rid: str, name: str, group: str | None) -> RunRow:
@@ -144,20 +156,19 @@ def read_row(path: Path, rid: str, name: str, group: str | None) -> RunRow:
         meta = json.loads(run.file(META).read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-        cfg = (yaml.load(run.file(CONFIG).read_text(), Loader=_Loader) or {}) if run.file(CONFIG).is_file() else {}
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{CONFIG} is not a mapping")
+        if "min_delta" in meta:  # written by training since the dashboard: no YAML to parse (~2 ms a run)
+            row.model, min_delta = _model_name(meta.get("model"), meta.get("model_layers") or 0), meta["min_delta"]
+        else:
+            row.model, min_delta = _from_config(run)
         history = run.read_history()
     except Exception as exc:  # any damage: list the folder as broken with the reason, never fail the page
         row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return row
     row.status = STATUS.get(meta.get("status"), meta.get("status") or "unknown")
     row.dataset, row.params, row.epochs_planned = meta.get("dataset"), meta.get("params"), meta.get("epochs_planned")
-    row.model = _model_name(cfg)
     row.test_acc, row.wall_seconds = meta.get("test_acc"), meta.get("wall_seconds")
     row.epochs = len(history)
     row.monitor = meta.get("monitor", "val_loss")
-    min_delta = float(((cfg.get("callbacks") or {}).get("min_delta")) or 0.0)
     try:
         best = best_epoch(history, row.monitor, meta.get("mode", "auto"), min_delta)
     except Exception:  # an unknown monitor name in a hand-edited run.json
@@ -177,16 +188,40 @@ class RunIndex:
     Args:
         root: RUNS_DIR.
         max_age: seconds a listing may be reused before the folder is scanned again.
+        store: a JSON file that keeps the rows and their files' sizes and times between servers (in the
+            user's cnnlab cache, never in RUNS_DIR): a new server re-reads only the runs that changed.
     """
 
-    def __init__(self, root: str | os.PathLike, max_age: float = 1.0) -> None:
+    def __init__(self, root: str | os.PathLike, max_age: float = 1.0, store: Path | None = None) -> None:
         self.root = Path(root)
         self.max_age = max_age
+        self.store = store
         self._rows: dict[str, RunRow] = {}  # as shown
         self._raw: dict[str, RunRow] = {}  # as read, by id
         self._keys: dict[str, tuple] = {}
         self._scanned = float("-inf")
         self._lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        """Rows of an earlier server from ``store`` (any problem: start empty, the files are read again)."""
+        try:
+            data = json.loads(self.store.read_text()) if self.store else None
+            if not data or data.get("version") != STORE_VERSION or data.get("root") != str(self.root.resolve()):
+                return
+            single = is_run_folder(self.root)  # RUNS_DIR is one run: its row's name is the folder's own
+            for item in data["rows"]:
+                key = tuple(tuple(k) if k else None for k in item.pop("key"))
+                row = RunRow(**item, path=self.root if single else self.root / item["name"])
+                self._raw[row.id], self._keys[row.id] = row, key
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            self._raw, self._keys = {}, {}
+
+    def _save(self) -> None:
+        rows = [{**row.to_dict(), "key": self._keys[rid]} for rid, row in self._raw.items()]
+        with contextlib.suppress(OSError):  # no cache (read-only home): the next server reads the files
+            write_atomic(self.store, json.dumps({"version": STORE_VERSION, "root": str(self.root.resolve()),
+                                                 "rows": rows}))
 
     def rows(self, *, fresh: bool = False) -> list[RunRow]:
         """All rows in path order; rescanned when older than ``max_age`` or when ``fresh``."""
@@ -202,6 +237,7 @@ class RunIndex:
         return self._rows.get(run_id)
 
     def _refresh(self) -> None:
+        changed = False
         rows: dict[str, RunRow] = {}
         raw: dict[str, RunRow] = {}
         keys: dict[str, tuple] = {}
@@ -210,12 +246,15 @@ class RunIndex:
             rid = make_id(rel)
             key = tuple(_stat_key(path / f) for f in (META, CONFIG, METRICS))
             row = self._raw.get(rid)
-            if row is None or self._keys.get(rid) != key:
-                row = read_row(path, rid, rel, group)
+            if row is None or self._keys.get(rid) != key or row.group != group:
+                row, changed = read_row(path, rid, rel, group), True
             raw[rid], keys[rid] = row, key
             if row.status == "running" and trainer_alive(read_progress(RunDir(path))) is False:
                 # run.json still says running, but the process that trained it is gone (SIGKILL, power cut)
                 row = replace(row, status="interrupted", error="the training process is gone (killed?)")
             rows[rid] = row
+        changed = changed or raw.keys() != self._raw.keys()
         self._raw, self._rows, self._keys = raw, rows, keys
         self._scanned = time.monotonic()
+        if changed and self.store is not None:
+            self._save()

@@ -28,7 +28,7 @@ import torch
 from cnnlab.app.dashboard.index import RunIndex, RunRow
 from cnnlab.app.dashboard.jobs import Jobs
 from cnnlab.errors import CnnlabError
-from cnnlab.io import file_digest, write_bytes_atomic
+from cnnlab.io import cache_dir, file_digest, write_bytes_atomic
 from cnnlab.runs.run_dir import RunDir
 from cnnlab.serve.engines import TorchEngine
 from cnnlab.serve.predict import Predictor
@@ -155,7 +155,8 @@ class Dashboard:
         self.root = Path(runs_dir)
         self.real_root = self.root.resolve()
         self.display = display if display is not None else str(runs_dir)
-        self.index = RunIndex(self.root)
+        digest = hashlib.sha256(str(self.real_root).encode()).hexdigest()[:16]
+        self.index = RunIndex(self.root, store=cache_dir() / "dashboard" / f"index-{digest}.json")
         self.jobs = Jobs(workers, job_timeout)
         self.upload_limit = upload_limit
         self.uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
