@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,16 @@ class RunRow:
     path: Path = field(default=Path("."), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("path")
-        return d
+        return {f: getattr(self, f) for f in ROW_FIELDS}
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
+ROW_FIELDS = tuple(f.name for f in fields(RunRow) if f.name != "path")
+Key = tuple[int, int] | None  # (mtime_ns, size) of a file, None when it is missing
+
+
+def _stat_key(path: str | os.PathLike) -> Key:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
@@ -84,8 +86,8 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def is_run_folder(path: Path) -> bool:
-    return (path / META).is_file() or (path / CONFIG).is_file()
+def is_run_folder(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(path, META)) or os.path.isfile(os.path.join(path, CONFIG))
 
 
 def make_id(rel: str) -> str:
@@ -98,18 +100,19 @@ def make_id(rel: str) -> str:
     return f"{clean}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}"
 
 
-def scan(root: Path) -> list[tuple[Path, str | None]]:
-    """(run folder, compare folder or None) for every run under ``root``, sorted by path.
+def scan(root: Path) -> list[tuple[Path, str, str | None]]:
+    """(run folder, its path under ``root`` in posix form, compare folder or None) for every run under
+    ``root``, in path order. RUNS_DIR may itself be one run (its own name is then its path).
 
     Hidden folders (``.cache``) are skipped, and so is anything whose real location (symlinks followed)
     is outside ``root``.
     """
     real_root = root.resolve()
     if is_run_folder(root):
-        return [(root, None)]
-    found: list[tuple[Path, str | None]] = []
+        return [(root, root.name, None)]
+    found: list[tuple[Path, str, str | None]] = []
 
-    def walk(folder: Path, depth: int, group: str | None) -> None:
+    def walk(folder: str, prefix: str, depth: int, group: str | None) -> None:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
@@ -117,16 +120,16 @@ def scan(root: Path) -> list[tuple[Path, str | None]]:
         for e in entries:
             if e.name.startswith(".") or not e.is_dir():
                 continue
-            path = Path(e.path)
-            if e.is_symlink() and not _inside(path, real_root):
+            if e.is_symlink() and not _inside(Path(e.path), real_root):
                 continue
-            if is_run_folder(path):
-                found.append((path, group))
+            rel = prefix + e.name
+            if is_run_folder(e.path):
+                found.append((Path(e.path), rel, group))
             elif depth < MAX_DEPTH:
-                is_compare = (path / COMPARE_MARKER).is_file()
-                walk(path, depth + 1, path.relative_to(root).as_posix() if is_compare else group)
+                is_compare = os.path.isfile(os.path.join(e.path, COMPARE_MARKER))
+                walk(e.path, rel + "/", depth + 1, rel if is_compare else group)
 
-    walk(root, 1, None)
+    walk(str(root), "", 1, None)
     return found
 
 
@@ -145,11 +148,16 @@ def _from_config(run: RunDir) -> tuple[str | None, float]:
         (cfg.get("callbacks") or {}).get("min_delta") or 0.0)
 
 
-def read_row(path: Path, rid: str, name: str, group: str | None) -> RunRow:
-    """The row of the run at ``path``; a damaged folder gives a ``broken`` row naming the problem."""
+def read_row(path: Path, rid: str, name: str, group: str | None, keys: tuple[Key, Key, Key] | None = None) -> RunRow:
+    """The row of the run at ``path``; a damaged folder gives a ``broken`` row naming the problem.
+
+    Args:
+        keys: the (mtime_ns, size) of run.json, config.yaml and metrics.jsonl when the caller has them.
+    """
     row = RunRow(rid, name, group, path=path)
     run = RunDir(path)
-    if not run.file(META).is_file():
+    keys = keys or tuple(_stat_key(run.file(f)) for f in (META, CONFIG, METRICS))
+    if keys[0] is None:
         row.error = f"no {META} (training never got past data preparation, or not a cnnlab run)"
         return row
     try:
@@ -176,8 +184,8 @@ def read_row(path: Path, rid: str, name: str, group: str | None) -> RunRow:
     if best is not None:
         row.best_epoch, row.best_val_acc = best.get("epoch"), best.get("val_acc")
     row.started = meta.get("started")
-    if row.started is None and (st := _stat_key(run.file(CONFIG))):  # runs from before run.json had it
-        row.started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st[0] / 1e9))
+    if row.started is None and keys[1]:  # runs from before run.json had it: when config.yaml was written
+        row.started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(keys[1][0] / 1e9))
     row.error = meta.get("failure")
     return row
 
@@ -241,13 +249,13 @@ class RunIndex:
         rows: dict[str, RunRow] = {}
         raw: dict[str, RunRow] = {}
         keys: dict[str, tuple] = {}
-        for path, group in scan(self.root):
-            rel = path.relative_to(self.root).as_posix() if path != self.root else path.name
+        for path, rel, group in scan(self.root):
             rid = make_id(rel)
-            key = tuple(_stat_key(path / f) for f in (META, CONFIG, METRICS))
+            folder = str(path)
+            key = (_stat_key(f"{folder}/{META}"), _stat_key(f"{folder}/{CONFIG}"), _stat_key(f"{folder}/{METRICS}"))
             row = self._raw.get(rid)
             if row is None or self._keys.get(rid) != key or row.group != group:
-                row, changed = read_row(path, rid, rel, group), True
+                row, changed = read_row(path, rid, rel, group, key), True
             raw[rid], keys[rid] = row, key
             if row.status == "running" and trainer_alive(read_progress(RunDir(path))) is False:
                 # run.json still says running, but the process that trained it is gone (SIGKILL, power cut)

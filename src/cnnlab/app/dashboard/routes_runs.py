@@ -55,13 +55,15 @@ def _read(path, parse: Callable[[str], Any] = json.loads) -> Any:
 
 
 @router.get("/api/runs")
-def runs(request: Request, q: str = "", where: str = "", sort: str = "started", desc: bool = True) -> dict:
+def runs(request: Request, q: str = "", where: str = "", sort: str = "started", desc: bool = True) -> Response:
     d = dash(request)
     t0 = time.perf_counter()
     rows = d.index.rows()
     shown = select(rows, text=q, where=where, sort=sort, desc=desc)
-    return {"root": d.display, "total": len(rows), "columns": COLUMNS, "rows": [r.to_dict() for r in shown],
+    body = {"root": d.display, "total": len(rows), "columns": COLUMNS, "rows": [r.to_dict() for r in shown],
             "seconds": round(time.perf_counter() - t0, 4)}
+    # plain JSON values already: json.dumps directly, not FastAPI's field-by-field encoder (~3x slower at 1,000)
+    return Response(json.dumps(body), media_type="application/json")
 
 
 # ------------------------------------------------------------------------------------------- one run
