@@ -9,8 +9,12 @@ import socket
 import subprocess
 import sys
 
+import yaml
+
 import cnnlab.app.dashboard.index as mod
 from cnnlab.app.dashboard.index import RunIndex, make_id, scan
+from cnnlab.config import dump_yaml
+from cnnlab.runs.options import experiment_config
 
 H = [{"epoch": 1, "val_loss": 0.5, "val_acc": 0.80}, {"epoch": 2, "val_loss": 0.4, "val_acc": 0.85},
      {"epoch": 3, "val_loss": 0.45, "val_acc": 0.88}]
@@ -147,3 +151,13 @@ def test_a_stored_index_spares_the_next_server_the_reading(tmp_path, make_run, m
     assert RunIndex(tmp_path / "runs-elsewhere", store=store).rows() == []  # another root ignores it
     store.write_text("{damaged")
     assert len(RunIndex(root, store=store).rows()) == 3
+
+
+def test_top_sections_of_a_config_parse_to_the_same_values():
+    text = dump_yaml(experiment_config("fashion_mnist_cnn32"))
+    whole = yaml.safe_load(text)
+    part = yaml.safe_load(mod.top_sections(text, ("model", "callbacks")))
+    assert part == {"model": whole["model"], "callbacks": whole["callbacks"]} and len(part["model"]["layers"]) == 7
+    odd = "# a comment\nmodel: {name: x}\ndata:\n  dataset: mnist\ncallbacks:\n  min_delta: 0.5\n"
+    assert yaml.safe_load(mod.top_sections(odd, ("model", "callbacks"))) == {"model": {"name": "x"},
+                                                                              "callbacks": {"min_delta": 0.5}}

@@ -37,10 +37,9 @@ SLOW = 120.0  # seconds a request waits for activation maximisation / a first pa
 
 
 def _rows(ctx: RunContext) -> list:
-    memo = ctx.__dict__.setdefault("_memo", {})
-    if "rows" not in memo:  # torchinfo's trace: once per loaded run
-        memo["rows"] = architecture_rows(ctx.model, ctx.input_shape)
-    return memo["rows"]
+    if "rows" not in ctx.memo:  # torchinfo's trace: once per loaded run
+        ctx.memo["rows"] = architecture_rows(ctx.model, ctx.input_shape)
+    return ctx.memo["rows"]
 
 
 def _show(d: Dashboard, ctx: RunContext, view: str, key: str, extra: str = "") -> str:

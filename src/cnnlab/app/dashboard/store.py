@@ -95,6 +95,7 @@ class RunContext:
         self.weights = self.view.loaded.run.weights_path()
         self.digest = file_digest(self.weights, "sha256")
         self.cache = DiskCache(row.path / CACHE)
+        self.memo: dict[str, Any] = {}  # small results kept with the loaded run (e.g. its layer rows)
         cfg = self.view.loaded.cfg
         self.predictor = Predictor(TorchEngine(self.view.model, self.view.normalizer), self.view.classes,
                                    self.view.input_shape, resize=cfg.data.resize)
