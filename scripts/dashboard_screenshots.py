@@ -6,7 +6,7 @@ third training that is photographed while it runs (then stopped with Ctrl-C, so 
 interrupted run). Then drives Debian's Chromium through each page with Playwright.
 
     PYTHONPATH=src .venv/bin/python scripts/dashboard_screenshots.py [--runs /tmp/dash-runs] [--out docs/dashboard]
-        [--dataset fashion-mnist] [--epochs 3]
+        [--dataset fashion-mnist-sample] [--epochs 8]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def prepare(runs: Path, dataset: str, epochs: int) -> None:
                       "--out", str(runs / "fashion_mnist_cnn"), "--overwrite").wait() == 0
     if not (runs / "compare-filters" / "compare.json").is_file():
         assert cnnlab("compare", "fashion_mnist_cnn32", "--vary", "model.layers.0.filters=16,64", "--batch-size", "128",
-                      "--dataset", dataset, "--epochs", "2", "--out", str(runs / "compare-filters"),
+                      "--dataset", dataset, "--epochs", "4", "--out", str(runs / "compare-filters"),
                       "--overwrite").wait() == 0
 
 
@@ -72,13 +72,14 @@ def api(base: str, path: str) -> dict:
 def live_shots(page: Page, srv: Background, runs: Path, out: Path, dataset: str) -> None:
     """Starts a training, photographs its page during epoch 2, then stops it with Ctrl-C."""
     live = runs / "fashion_mnist_cnn-live"
-    proc = cnnlab("train", "--config", "fashion_mnist_cnn", "--dataset", dataset, "--epochs", "4", "--out", str(live),
+    proc = cnnlab("train", "--config", "fashion_mnist_cnn", "--dataset", dataset, "--epochs", "8", "--out", str(live),
                   "--overwrite")
     try:
-        while lines(live / "metrics.jsonl") < 2 and proc.poll() is None:
+        while lines(live / "metrics.jsonl") < 3 and proc.poll() is None:
             time.sleep(0.5)
-        time.sleep(4)  # a few batches into epoch 3: the progress bar has something to show
-        shot(page, srv.url + "runs/fashion_mnist_cnn-live", out / "live.png", wait="#curves[data-epochs='2']",
+        shot(page, srv.url + "runs/fashion_mnist_cnn-live", out / "live.png", wait="#curves[data-epochs='3']",
+             before=lambda pg: pg.wait_for_function(  # some batches into epoch 4: the bar has something to show
+                 "parseFloat(document.querySelector('#progress-fill')?.style.width || '0') > 5", timeout=300_000),
              full=False)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -96,8 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="/tmp/cnnlab-dashboard-runs", help="RUNS_DIR to fill and show (kept)")
     ap.add_argument("--out", default="docs/dashboard")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--dataset", default="fashion-mnist-sample", help="bundled: no download, quick to train")
+    ap.add_argument("--epochs", type=int, default=8)
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

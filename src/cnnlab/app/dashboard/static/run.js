@@ -34,7 +34,8 @@ function curvesPanel(d) {
   const bar = h("div", { class: "progress", hidden: true }, h("div", { class: "hint", id: "progress-text" }),
     h("div", { class: "track" }, h("div", { class: "fill", id: "progress-fill", style: { width: "0%" } })));
   const epochs = h("tbody", { id: "epochs" });
-  const wrap = h("div", { id: "curves", "data-epochs": String(history.length) }, bar, box,
+  const first = history.length ? null : h("p", { class: "hint", id: "no-epoch" }, "The first point appears when epoch 1 ends.");
+  const wrap = h("div", { id: "curves", "data-epochs": String(history.length) }, bar, first, box,
     h("details", {}, h("summary", {}, "every epoch"), h("table", {},
       h("thead", {}, h("tr", {}, ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"].map(t => h("th", { class: "num" }, t)))),
       epochs)));
@@ -60,6 +61,7 @@ function epochRow(m) {
 
 function addEpoch(m) {
   history.push(m);
+  $("#no-epoch")?.remove();
   charts.loss?.push(m.epoch, m.train_loss ?? null, m.val_loss ?? null);
   charts.acc?.push(m.epoch, m.train_acc ?? null, m.val_acc ?? null);
   charts.lr?.push(m.epoch, m.lr ?? null);
