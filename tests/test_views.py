@@ -15,6 +15,7 @@ from cnnlab.views import (
     ViewContext,
     applicable,
     augment_preview,
+    cell_images,
     random_predictions,
     render,
     show,
@@ -131,3 +132,15 @@ def test_all_draws_every_view_it_can_and_lists_the_others(small_cnn_run, tmp_pat
     monkeypatch.setattr("cnnlab.views.applicable", lambda ctx: ["kernels"])
     with pytest.raises(CnnlabError, match="no view could be drawn: kernels not drawn: this view cannot be drawn"):
         show(small_cnn_run, "all", out=tmp_path)
+
+
+def test_a_confusion_cell_lists_its_images_highest_loss_first():
+    probs = torch.tensor([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.05, 0.95], [0.3, 0.7]])
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    idx, losses = cell_images(probs, labels, 0, 1)  # true 0, predicted 1: images 0, 1, 3
+    assert idx.tolist() == [3, 0, 1]  # p(true) 0.05 < 0.2 < 0.4: the most confident mistake first
+    np.testing.assert_allclose(losses.numpy(), -np.log([0.05, 0.2, 0.4]), rtol=1e-6)
+    assert cell_images(probs, labels, 0, 0)[0].tolist() == [2]
+    assert cell_images(probs, labels, 1, 0)[0].tolist() == []
+    with pytest.raises(CnnlabError, match=r"confusion cell \(2, 0\) does not exist; classes are 0..1"):
+        cell_images(probs, labels, 2, 0)

@@ -147,6 +147,30 @@ def top_mistakes(probs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Ten
     return wrong[order][:n]
 
 
+def cell_images(probs: torch.Tensor, labels: torch.Tensor, true: int, pred: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images of one confusion-matrix cell (true class ``true``, predicted ``pred``), highest loss
+    first: in a mistake cell the most confident mistakes lead (fastai's top losses, one cell at a time).
+
+    Args:
+        probs: (N, classes) softmax probabilities.
+        labels: (N,) true classes.
+        true, pred: the cell's row and column.
+
+    Returns:
+        (indices, losses): int64 (M,) test indices and float (M,) cross-entropy ``-log p[true]``.
+
+    Raises:
+        CnnlabError: a class out of range.
+    """
+    k = probs.shape[1]
+    if not (0 <= true < k and 0 <= pred < k):
+        raise CnnlabError(f"confusion cell ({true}, {pred}) does not exist; classes are 0..{k - 1}")
+    idx = torch.nonzero((labels == true) & (probs.argmax(1) == pred)).flatten()
+    losses = -torch.log(probs[idx, true].double().clamp_min(1e-300))
+    order = losses.argsort(descending=True, stable=True)
+    return idx[order], losses[order]
+
+
 @VIEWS.register("curves")
 def _curves(ctx: ViewContext, opts: ShowOptions) -> dict[str, Figure]:
     if not ctx.history:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cnnlab.data import datasets as ds
 from cnnlab.errors import CnnlabError
@@ -111,6 +112,17 @@ def test_bundled_sample_is_verified_and_stratified():
                for f in ds.DATASETS.get("fashion-mnist-sample").files) < 5e6
 
 
+def test_the_test_split_alone_reads_no_training_file(monkeypatch):
+    _, test = ds.load_dataset("fashion-mnist-sample")
+    read = []
+    original = ds.read_idx
+    monkeypatch.setattr(ds, "read_idx", lambda path: read.append(Path(path).name) or original(path))
+    alone = ds.load_test_split("fashion-mnist-sample")
+    assert read == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert torch.equal(alone.images, test.images) and torch.equal(alone.labels, test.labels)
+    assert alone.name == test.name == "fashion-mnist-sample:test"
+
+
 @pytest.mark.realdata
 def test_real_datasets_match_their_published_facts(real_data):
     train, test = ds.load_dataset("mnist", real_data)
@@ -123,3 +135,5 @@ def test_real_datasets_match_their_published_facts(real_data):
     train, test = ds.load_dataset("cifar-10", real_data)  # the fixture guarantees it (or skips, or fails in CI)
     assert train.images.shape == (50000, 3, 32, 32) and train.labels[:5].tolist() == [6, 9, 9, 4, 1]
     assert test.class_counts() == [1000] * 10
+    alone = ds.load_test_split("cifar-10", real_data)
+    assert torch.equal(alone.images, test.images) and torch.equal(alone.labels, test.labels)

@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect.activations import capture, channel_maps, execution_order, feature_map_grid
+from cnnlab.inspect.activations import capture, channel_maps, degenerate, execution_order, feature_map_grid
 
 NORM = Normalizer((0.5,), (0.25,))
 
@@ -94,3 +94,14 @@ def test_channel_maps_are_one_images_captured_channels(keras_cnn_maps, images_ma
     maps = channel_maps(keras_cnn_maps, images_maps[2], NORM, "conv2d_1")
     assert maps.shape == (6, 4, 4) and maps.dtype == np.float32
     np.testing.assert_allclose(maps, capture(keras_cnn_maps, NORM(images_maps[2:3]), ["conv2d_1"])["conv2d_1"][0])
+
+
+def test_degenerate_maps_are_named_not_drawn():
+    assert degenerate(np.zeros((5, 5))) == "constant: every value is 0"
+    assert degenerate(torch.full((3, 4), 2.5)) == "constant: every value is 2.5"
+    assert degenerate(np.array([[0.7312]])) == "1×1: a single value (0.7312)"
+    assert degenerate(np.array([[1.0, np.nan]])) == "not finite (NaN or inf values)"
+    assert degenerate(np.zeros((0, 3))) == "empty"
+    assert degenerate(np.array([[1e6, 1e6 + 0.1]])) == "constant: every value is 1e+06"  # rounding-level spread
+    assert degenerate(np.array([[0.0, 1e-3]])) is None
+    assert degenerate(np.arange(6.0).reshape(2, 3)) is None

@@ -223,7 +223,7 @@ def test_wrong_checksum_is_an_error_and_leaves_nothing_in_the_cache(server, monk
     with pytest.raises(CnnlabError, match="sha256") as err:
         pretrained_path("alexnet")
     assert spec.url in str(err.value) and "model.weights" in str(err.value) and "\n" not in str(err.value)
-    assert not any((_cache / "weights").iterdir())  # no file, no partial download
+    assert not (_cache / "weights").exists()  # no file, no partial download, not even the folder the download made
 
 
 def test_offline_and_unreachable_errors_say_what_to_fetch_and_where(monkeypatch, _cache):

@@ -56,6 +56,7 @@ def test_run_json_records_the_finished_run(dnn_run):
     assert len(meta["classes"]) == 10 and meta["params"] == 101_770
     assert meta["normalizer"] == {"mean": [0.0], "std": [1.0]}  # plain x / 255, as the tutorials
     assert meta["test_acc"] == json.loads((dnn_run / "results.json").read_text())["test_acc"]
+    assert (meta["model"], meta["model_layers"], meta["min_delta"]) == ("dnn_128", 0, 0.0)  # for a runs table
 
 
 def test_stop_at_ends_training_early(tmp_path):

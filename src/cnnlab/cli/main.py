@@ -34,6 +34,7 @@ EPILOG = """examples:
   cnnlab train --config fashion_mnist_cnn --log tensorboard --log mlflow   log to TensorBoard / MLflow too
   cnnlab export-metrics runs/* --format tensorboard   older runs' metrics as TensorBoard event files
   cnnlab lr-find configs/cifar10_basic.yaml           learning-rate range test: loss vs lr, suggested rate
+  cnnlab dashboard runs --open                          a local web page: live curves, compare, explorer
 data: --data-dir, then $CNNLAB_DATA, then ~/.cache/cnnlab, then a verified download."""
 
 
@@ -63,7 +64,7 @@ RUN_DATA_HELP = ("where the run's data is now, if it moved: a folder holding <da
 COMMANDS = {"train": "train", "demo": "experiments", "compare": "experiments", "evaluate": "inspecting", "show": "inspecting",
             "report": "inspecting", "augment-preview": "inspecting", "predict": "serving", "export": "serving",
             "datasets": "catalog", "models": "catalog", "summary": "catalog", "import-keras": "interop",
-            "export-metrics": "interop", "lr-find": "tuning"}
+            "export-metrics": "interop", "lr-find": "tuning", "dashboard": "dashboard"}
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -236,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(p)  # applied to every variant
     p.add_argument("--out", metavar="DIR", help="folder for the runs and tables (default runs/compare-<base name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier compare folder given by --out")
+
+    p = sub.add_parser("dashboard", help="a local web page to watch, compare and see inside the runs of a folder",
+                       description="Serves a dashboard of every run under RUNS_DIR until Ctrl-C and prints its URL: "
+                                   "the runs table, live curves of running runs, each run's results and confusion "
+                                   "cells, the explorer (activations, kernels, pixel arithmetic, Grad-CAM and other "
+                                   "attributions for test, uploaded or drawn images), units, architecture and "
+                                   "compare. It reads runs and writes only RUN/.cache/dashboard/.")
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="folder of runs (default runs)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); any other prints a warning")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
     return ap
 
 
@@ -259,7 +272,8 @@ ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
              "config": "--config", "classes": "--classes", "dataset": "--dataset", "start_lr": "--start-lr",
-             "end_lr": "--end-lr", "steps": "--steps", "num_classes": "--num-classes"}
+             "end_lr": "--end-lr", "steps": "--steps", "num_classes": "--num-classes", "port": "--port",
+             "host": "--host", "runs_dir": "RUNS_DIR"}
 KEY_FLAGS = {key: opt for opt in OPTIONS for key in opt.keys[:1]}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import DataConfig
-from cnnlab.data.datasets import load_dataset
+from cnnlab.data.datasets import load_dataset, load_test_split
 from cnnlab.data.folder import load_folder
 from cnnlab.data.listing import FolderSpec
 from cnnlab.data.tensors import IMAGENET, RAW, ImageData, Normalizer, constant_channels, split
@@ -97,7 +97,7 @@ def load_test_data(cfg: DataConfig) -> ImageData:
                           "so it has no test images; import it again with `dataset`")
     if cfg.dataset.startswith("folder:"):
         return _folder_data(cfg, lambda s: None)[1]
-    return load_dataset(cfg.dataset, cfg.data_dir)[1]
+    return load_test_split(cfg.dataset, cfg.data_dir)
 
 
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:

@@ -192,3 +192,30 @@ def channel_maps(model: nn.Module, image_u8: torch.Tensor, normalizer: Normalize
     if image_u8.shape[0] != 1:
         raise ValueError(f"channel_maps takes one image, got a batch of {image_u8.shape[0]}")
     return _feature_maps(model, image_u8, normalizer, [layer])[layer][0].float().numpy()
+
+
+def degenerate(values: np.ndarray | torch.Tensor, *, rtol: float = 1e-6) -> str | None:
+    """Why a 2-D map (a channel, a heat map) should not be drawn as a picture, or None if it can be.
+
+    Drawing min-max scales a map; a constant map would then show its float rounding as loud noise, and
+    a 1×1 map is a single number stretched over a square. Both deserve words instead.
+
+    Args:
+        values: (H, W) values.
+        rtol: spread below ``rtol × max(1, |largest value|)`` counts as constant.
+
+    Returns:
+        e.g. ``"constant: every value is 0"``, ``"1×1: a single value (0.731)"``, ``"not finite (NaN or
+        inf values)"``, or None.
+    """
+    a = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    if a.size == 0:
+        return "empty"
+    if not np.isfinite(a).all():
+        return "not finite (NaN or inf values)"
+    if a.size == 1:
+        return f"{'×'.join(map(str, a.shape or (1,)))}: a single value ({float(a.ravel()[0]):.4g})"
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo <= rtol * max(1.0, abs(hi), abs(lo)):
+        return f"constant: every value is {hi:.4g}"
+    return None

@@ -30,6 +30,7 @@ from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
 from cnnlab.runs.loggers import MLflowLogger, TensorBoardLogger, publish
+from cnnlab.runs.progress import RunProgress
 from cnnlab.runs.run_dir import (
     META,
     RESULTS,
@@ -313,7 +314,8 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log,
              extra: Sequence[Callback] = ()) -> Trainer:
     """The trainer of a run: :func:`build_trainer` with the config's callbacks (and ``extra``), writing into ``run``."""
-    callbacks = [*build_callbacks(cfg, progress, log, run), *extra, HistoryWriter(run)]
+    # progress.json: live batch progress for the dashboard
+    callbacks = [*build_callbacks(cfg, progress, log, run), *extra, HistoryWriter(run), RunProgress(run)]
     return build_trainer(cfg, data, callbacks, run.checkpoints, log)
 
 
@@ -393,7 +395,9 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
                 "threads": torch.get_num_threads()},
         params=params, epochs_planned=trainer.epochs, monitor=cfg.callbacks.monitor,
         mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), min_delta=cfg.callbacks.min_delta,
-        command=command or "Python: cnnlab.train / cnnlab.runs.experiment.train")
+        command=command or "Python: cnnlab.train / cnnlab.runs.experiment.train",
+        # what a runs table shows without parsing config.yaml (the dashboard)
+        model=cfg.model.name if not cfg.model.layers else None, model_layers=len(cfg.model.layers or ()))
     if data.report is not None:
         run.write_json("data_report.json", data.report.to_dict())
     log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")

@@ -123,15 +123,18 @@ class RunDir:
         write_atomic(self.file(HISTORY), buf.getvalue())
 
     def read_history(self) -> list[dict[str, Any]]:
-        if not self.file(METRICS).is_file():
+        path = self.file(METRICS)
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, IsADirectoryError):  # no epoch finished yet (one try, no extra stat)
             return []
         rows = []
-        for i, line in enumerate(self.file(METRICS).read_text().splitlines()):
+        for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except ValueError:
-                    raise CnnlabError(f"{self.file(METRICS)} line {i + 1} is not JSON; the run directory is damaged") from None
+                    raise CnnlabError(f"{path} line {i + 1} is not JSON; the run directory is damaged") from None
         return rows
 
     def write_json(self, name: str, data: Any) -> None:
