@@ -76,6 +76,7 @@ class TrainResult:
         test: the final test-set evaluation (None when the run failed).
         stop_reason: why training stopped early, or None.
         failed: why training failed (e.g. diverged), or None.
+        lead: whether this process is rank 0 of its job (the one that writes and prints; True alone).
     """
 
     run: RunDir
@@ -83,6 +84,7 @@ class TrainResult:
     test: Evaluation | None
     stop_reason: str | None
     failed: str | None
+    lead: bool = True
 
 
 def train(
@@ -151,7 +153,7 @@ def train(
                 if lead:
                     run.update_meta(status="failed", failure=trainer.failure)
                 log(f"Stopped: {trainer.failure}")
-                return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure)
+                return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure, lead)
             test = _finish(run, cfg, data, trainer, log, lead)
             if lead:
                 run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
@@ -159,7 +161,7 @@ def train(
                                 test_loss=test.loss)
             if trainer.stop_reason:
                 log(f"Stopped early: {trainer.stop_reason}")
-            return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
+            return TrainResult(run, trainer.history, test, trainer.stop_reason, None, lead)
         finally:
             if lock is not None:
                 lock.release()
