@@ -141,3 +141,23 @@ def test_torchrun_starts_the_same_training(tmp_path):
     assert proc.stdout.count("Epoch 1/1") == 1 and proc.stdout.count("Test accuracy:") == 1  # rank 0 prints
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["world_size"] == 2 and [m["epoch"] for m in epochs(tmp_path / "r")] == [1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_both_ranks_with_a_checkpoint_then_resumes(tmp_path):
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--dataset", "fashion-mnist-sample", "--model", "cnn_32_64",
+           "--epochs", "3", "--batch-size", "64", "--nproc", "2", "--no-progress", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while len(epochs(run)) < 1:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "epoch 1 never finished"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # to the launcher only, as a scheduler would
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Stopped by SIGTERM in epoch 2, batch" in out and f"cnnlab train --resume {run}" in out
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    result = train(experiment_config(run / "config.yaml"), resume=run, progress=False, log=lambda s: None)
+    assert result.failed is None and [m["epoch"] for m in epochs(run)] == [1, 2, 3]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from cnnlab.config import Config
 from cnnlab.errors import CnnlabError
 from cnnlab.training import distributed
 from cnnlab.training.distributed import Place
+from cnnlab.training.trainer import TrainingInterrupted
 
 T = TypeVar("T")
 
@@ -49,8 +52,9 @@ def _worker(local_rank: int, fn: Callable, nproc: int, port: int, box: Any, args
         if local_rank == 0:
             box.put(("result", pickle.dumps(result)))
     except BaseException as exc:  # report, then fail this process: torch.multiprocessing ends the others
-        box.put(("error", time.time(), local_rank, isinstance(exc, CnnlabError), f"{type(exc).__name__}: {exc}",
-                 traceback.format_exc()))
+        kind = "user" if isinstance(exc, CnnlabError) else "signal" if isinstance(exc, KeyboardInterrupt) else ""
+        box.put(("error", time.time(), local_rank, kind, getattr(exc, "signum", int(signal.SIGINT)),
+                 f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         raise
 
 
@@ -66,8 +70,12 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
     Returns:
         What ``fn`` returned on rank 0.
 
+    A SIGTERM sent to this process is passed on to the ranks (they finish the step, rank 0 saves, all stop);
+    Ctrl-C reaches them directly (same process group).
+
     Raises:
         CnnlabError: a rank's user error (the earliest), one line.
+        TrainingInterrupted: the ranks stopped on a signal (after saving).
         WorkerFailed: a rank's other error (the earliest), with its traceback.
     """
     ctx = mp.get_context("spawn")
@@ -75,6 +83,14 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
     procs = mp.start_processes(_worker, args=(fn, nproc, _free_port(), box, args, kwargs), nprocs=nproc,
                                join=False, start_method="spawn")
     messages: list[tuple] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGTERM, forward) if main else None
 
     def drain() -> None:
         while not box.empty():
@@ -89,22 +105,33 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
             drain()
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         drain()
-        errors = sorted(m for m in messages if m[0] == "error")
-        if not errors:
-            raise WorkerFailed(str(exc)) from None
-        _, _, rank, user, message, trace = errors[0]
-        if user:
-            raise CnnlabError(message.partition(": ")[2]) from None
-        raise WorkerFailed(f"rank {rank} failed: {message}\n{trace}") from None
+        _raise_first(messages, str(exc))
     except KeyboardInterrupt:  # the children got the signal too: let them save their checkpoint
         for p in procs.processes:
             p.join(timeout=60)
+        drain()
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     drain()
     results = [m for m in messages if m[0] == "result"]
-    if not results:
-        raise WorkerFailed("rank 0 ended without a result")
+    if not results:  # a rank stopped on a signal ends "cleanly" for torch.multiprocessing
+        _raise_first(messages, "rank 0 ended without a result")
     return pickle.loads(results[0][1])
+
+
+def _raise_first(messages: list[tuple], fallback: str) -> None:
+    """Raises the earliest error the ranks reported (see :func:`spawn`)."""
+    errors = sorted(m for m in messages if m[0] == "error")
+    if not errors:
+        raise WorkerFailed(fallback)
+    _, _, rank, kind, signum, message, trace = errors[0]
+    if kind == "user":
+        raise CnnlabError(message.partition(": ")[2])
+    if kind == "signal":
+        raise TrainingInterrupted(signum, None)
+    raise WorkerFailed(f"rank {rank} failed: {message}\n{trace}")
 
 
 @contextlib.contextmanager
