@@ -245,7 +245,7 @@ data = ImageData(x, labels, ("a", "b", "c"), "toy")
 torch.manual_seed(0)
 net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
 cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.05, precision="fp32", channels_last=False)
-t = Trainer(net, cfg, train_data=data, val_data=None, normalizer=Normalizer((0.0,), (1.0,)),
+t = Trainer(net, cfg, train_data=data, val_data=data, normalizer=Normalizer((0.0,), (1.0,)),  # + NCCL evaluation
             engine=Engine(torch.device("cuda"), None, False), rank=place.rank if place else 0, world_size=world)
 t.fit()
 if place is None or place.lead:

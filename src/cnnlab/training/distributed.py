@@ -149,9 +149,12 @@ def from_lead(obj: Any) -> Any:
     return box[0]
 
 
-def any_rank(flag: int | None) -> int | None:
-    """The largest ``flag`` any rank holds (None = 0): a signal seen by one rank stops all at the same step."""
-    t = torch.tensor([flag or 0], dtype=torch.long)
+def any_rank(flag: int | None, device: torch.device | str = "cpu") -> int | None:
+    """The largest ``flag`` any rank holds (None = 0): a signal seen by one rank stops all at the same step.
+
+    ``device``: where the group's backend reduces (NCCL: the rank's GPU).
+    """
+    t = torch.tensor([flag or 0], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t) or None
 

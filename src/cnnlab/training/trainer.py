@@ -194,7 +194,7 @@ class Trainer:
                 self.lr = set_lr(self.optimizer, self.cfg.lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
             self.dispatch("on_train_batch_end", i, loss)
             if self.world_size > 1:  # a signal seen by one rank stops every rank after this same step
-                self.interrupt = distributed.any_rank(self.interrupt)
+                self.interrupt = distributed.any_rank(self.interrupt, self.engine.device)
             if self.interrupt is not None:
                 raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))
 
