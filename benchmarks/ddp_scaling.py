@@ -18,6 +18,7 @@ from ``--gpu-step-ms`` (an assumption, printed as one). This 2-vCPU machine beha
 its 2-process figure measures DDP's overhead, not a speed-up.
 
 Usage: python benchmarks/ddp_scaling.py [--steps 40] [--batch 128] [--json docs/results/ddp_scaling.json]
+       [--plot docs/ddp_scaling.png] [--replot]   (--replot: draw --plot from the --json file, measure nothing)
 """
 
 from __future__ import annotations
@@ -155,6 +156,33 @@ def model_table(params: int, step_s: float, args: argparse.Namespace) -> list[di
     return rows
 
 
+def plot(result: dict, path: str) -> None:
+    """Measured img/s here (left) and the model's efficiency for N GPUs x M nodes (right), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    rows = [("1 proc\n2 threads", result["one_process"]), ("1 proc\n1 thread", result["one_process_1_thread"]),
+            ("2 procs DDP\n1 thread each", result["two_processes"])]
+    a.bar([r[0] for r in rows], [r[1]["img_s"] for r in rows], color=["#bbb", "#888", "#4a7"])
+    a.set_ylabel("img/s")
+    a.set_title(f"measured: {result['model']}, fp32, gloo, 2 vCPUs (overhead, not speed-up)", fontsize=9)
+    g = result["gpu_model"]
+    for m in (1, 2, 4):
+        pts = [r for r in g["rows"] if r["nodes"] == m]
+        b.plot([r["world"] for r in pts], [r["efficiency_no_overlap"] for r in pts], "o-", label=f"{m} node(s)")
+    b.set_xscale("log", base=2)
+    b.set_xlabel("GPUs in all")
+    b.set_ylabel("compute / step time (no overlap)")
+    b.set_ylim(0, 1.05)
+    b.set_title(f"model: {result['params']:,} params, {g['compute_source']}", fontsize=9)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cnn_64x2")
@@ -169,7 +197,12 @@ def main() -> None:
     ap.add_argument("--gpu-step-ms", type=float, default=2.0, help="model: GPU compute per step when no "
                     "gpu_train_speed_fp32.json exists (assumed)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plot", help="draw the figures into this PNG")
+    ap.add_argument("--replot", action="store_true", help="only draw --plot from the existing --json file")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.json).read_text()), args.plot)
+        return
     ones, singles, twos = [], [], []
     for r in range(args.rounds):
         ones.append(measure(1, args))
@@ -219,6 +252,8 @@ def main() -> None:
                   "gpu_model": {"compute_source": source, "intra_gbs": args.intra_gbs, "inter_gbs": args.inter_gbs,
                                 "latency_us": args.latency_us, "rows": rows}}
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        if args.plot:
+            plot(result, args.plot)
 
 
 if __name__ == "__main__":
