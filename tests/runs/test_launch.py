@@ -13,8 +13,9 @@ import pytest
 
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.experiment import train
-from cnnlab.runs.launch import lead_decides, lead_first
+from cnnlab.runs.launch import check_launch, lead_decides, lead_first
 from cnnlab.runs.options import experiment_config
+from cnnlab.training.distributed import Place, threads_per_rank
 
 SMALL = {"dataset": "fashion-mnist-sample", "model": "dnn_128", "batch_size": 256, "precision": "fp32"}
 
@@ -37,6 +38,20 @@ def test_a_global_batch_that_does_not_divide_is_refused_before_any_process_start
     assert not (tmp_path / "r").exists()
 
 
+def test_what_a_distributed_run_cannot_do_is_said_before_it_starts():
+    notes: list[str] = []
+    check_launch(experiment_config(**SMALL, nproc=2, sync_bn=True, overrides=[("train.device", "cpu")]), None,
+                 notes.append)
+    assert notes == ["note: `train.sync_bn` needs CUDA (SyncBatchNorm cannot run on CPU); each process normalises "
+                     "by its own batch and DDP broadcasts rank 0's BatchNorm running statistics"]
+    notes.clear()
+    check_launch(experiment_config(**SMALL, nproc=2), Place(0, 4, 0, 4), notes.append)  # under torchrun
+    assert notes == ["note: `train.nproc` 2 is ignored: a launcher started this job with 4 process(es)"]
+    with pytest.raises(CnnlabError, match=r"`model.freeze` is not supported with several processes"):
+        check_launch(experiment_config(**SMALL, nproc=2, freeze="backbone"), None, notes.append)
+    check_launch(experiment_config(**SMALL, freeze="backbone"), None, notes.append)  # alone: fine
+
+
 @pytest.mark.slow
 def test_nproc_2_trains_one_run_written_and_printed_once(tmp_path):
     lines: list[str] = []
@@ -48,6 +63,8 @@ def test_nproc_2_trains_one_run_written_and_printed_once(tmp_path):
     assert any(line.endswith("2 processes x batch 128") for line in lines)
     meta = json.loads((run / "run.json").read_text())
     assert meta["world_size"] == 2 and meta["status"] == "done"
+    # each rank takes cores // 2 threads (or the user's OMP_NUM_THREADS)
+    assert meta["engine"]["threads"] == (threads_per_rank(Place(0, 2, 0, 2)) or int(os.environ["OMP_NUM_THREADS"]))
     assert result.test.acc == json.loads((run / "results.json").read_text())["test_acc"] == meta["test_acc"]
     assert int(result.test.confusion.sum()) == 1000  # every test image counted once, none padded
     # measured 0.784 (2 epochs of dnn_128, global batch 256, on the 6,000-image sample); a broken step stays ~0.1
