@@ -101,7 +101,9 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
                 messages.append(item)
 
     try:
-        while not procs.join(timeout=0.2):
+        # when a rank fails, the others get 3 s to end, then SIGTERM, 3 s more, then SIGKILL (a rank stuck
+        # outside a collective would otherwise keep the job for torch's default 30 s grace)
+        while not procs.join(timeout=0.2, grace_period=3.0):
             drain()
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         drain()
