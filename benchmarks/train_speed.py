@@ -3,9 +3,14 @@
 In one process: (a) an eager PyTorch port of the tutorial's Keras code (fp32, batch 32, Adam, no tricks),
 (b) cnnlab's engine at its default recipe (the config's batch size, bf16 autocast where native,
 channels-last, fused Adam, resident uint8 data). Then, when ../shared/peers/keras_seed.sh exists, the
-tutorial's own Keras code (its ``throughput`` mode, same epoch). Prints img/s and the ratios.
+tutorial's own Keras code (its ``throughput`` mode, same epoch). Prints img/s and the ratios, and the
+inference img/s of cnnlab's evaluation path (uint8 in, normalise, forward, loss and confusion) on the test set.
+
+``--device cuda`` runs both on the GPU (timings end with ``torch.cuda.synchronize``); ``--precision`` picks
+cnnlab's bf16 or fp32; ``--dataset fashion-mnist-sample --tile 10`` stands in for the real set offline.
 
 Usage: python benchmarks/train_speed.py [--config configs/fashion_mnist_cnn.yaml] [--repeats 3] [--no-keras]
+       [--device cpu|cuda] [--precision auto|bf16|fp32] [--dataset fashion-mnist] [--tile 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,24 +30,33 @@ from torch import nn
 
 from cnnlab.config import load_config
 from cnnlab.data.datasets import load_dataset, locate
-from cnnlab.data.tensors import Normalizer
+from cnnlab.data.tensors import ImageData, Normalizer
 from cnnlab.models import create_model
 from cnnlab.training.engine import available_cores, make_engine
 from cnnlab.training.optim import make_optimizer, make_param_groups
-from cnnlab.training.trainer import train_one_epoch
+from cnnlab.training.trainer import evaluate, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "peers" / "keras_seed.sh"
 
 
-def plain_port_epoch(x_u8: torch.Tensor, y: torch.Tensor, batch: int = 32) -> float:
+def sync(device: torch.device) -> None:
+    """Waits for queued GPU work, so that a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_port_epoch(x_u8: torch.Tensor, y: torch.Tensor, batch: int = 32, device: str = "cpu") -> float:
     """The tutorial's model.fit(epochs=1) written as a textbook PyTorch loop; returns img/s."""
     torch.manual_seed(0)
+    dev = torch.device(device)
     model = nn.Sequential(nn.Conv2d(1, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10))
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    x = x_u8.float() / 255.0  # the tutorial's training_images / 255.0, done up front like Keras
-    perm = torch.randperm(len(x))
+    x = x_u8.to(dev).float() / 255.0  # the tutorial's training_images / 255.0, done up front like Keras
+    y = y.to(dev)
+    perm = torch.randperm(len(x), device=dev)
+    sync(dev)
     start = time.perf_counter()
     for i in range(0, len(x), batch):
         idx = perm[i:i + batch]
@@ -50,22 +64,37 @@ def plain_port_epoch(x_u8: torch.Tensor, y: torch.Tensor, batch: int = 32) -> fl
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync(dev)
     return len(x) / (time.perf_counter() - start)
 
 
-def cnnlab_epoch(cfg, train) -> float:
-    """One epoch through cnnlab's ``train_one_epoch`` at the config's recipe; returns img/s."""
+def cnnlab_epoch(cfg, train, test=None) -> tuple[float, float | None]:
+    """One epoch through cnnlab's ``train_one_epoch`` at the config's recipe, then (with ``test``) one pass of
+    ``evaluate`` over it; returns (training img/s, inference img/s or None)."""
     engine = make_engine(cfg.train)
     torch.manual_seed(0)
-    model = create_model(cfg.model.name, num_classes=10, input_shape=(1, 28, 28)).to(memory_format=torch.channels_last)
+    model = create_model(cfg.model.name, num_classes=10, input_shape=(1, 28, 28)).to(engine.device)
+    model = model.to(memory_format=torch.channels_last) if engine.channels_last else model
     opt = make_optimizer(make_param_groups(model, cfg.train), cfg.train, engine.device)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # the order is drawn on the CPU, as the trainer does
+    train = train.to(engine.device)
     warm = train.subset(torch.arange(2048))
     train_one_epoch(model, opt, warm, batch_size=cfg.train.batch_size, normalizer=Normalizer(), engine=engine, generator=gen)
+    sync(engine.device)
     start = time.perf_counter()
     train_one_epoch(model, opt, train, batch_size=cfg.train.batch_size, normalizer=Normalizer(), engine=engine,
                     generator=gen, label_smoothing=cfg.train.label_smoothing)
-    return len(train) / (time.perf_counter() - start)
+    sync(engine.device)
+    train_rate = len(train) / (time.perf_counter() - start)
+    if test is None:
+        return train_rate, None
+    test = test.to(engine.device)
+    evaluate(model, test, normalizer=Normalizer(), engine=engine, batch_size=cfg.train.eval_batch_size)  # warm-up
+    sync(engine.device)
+    start = time.perf_counter()
+    evaluate(model, test, normalizer=Normalizer(), engine=engine, batch_size=cfg.train.eval_batch_size)
+    sync(engine.device)
+    return train_rate, len(test) / (time.perf_counter() - start)
 
 
 def keras_epoch() -> float | None:
@@ -86,24 +115,40 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats of (a) and (b); medians reported")
     ap.add_argument("--no-keras", action="store_true")
     ap.add_argument("--json", help="also write the numbers to this JSON file")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device (default: the config's)")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="train.precision (default: the config's)")
+    ap.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or fashion-mnist-sample offline")
+    ap.add_argument("--tile", type=int, default=1, help="repeat the training images this many times (the sample)")
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    train, _ = load_dataset("fashion-mnist")
+    sets = [(f"train.{k}", v) for k in ("device", "precision") if (v := getattr(args, k)) is not None]
+    cfg = load_config(args.config, sets)
+    train, test = load_dataset(args.dataset)
+    if args.tile > 1:
+        train = ImageData(train.images.repeat(args.tile, 1, 1, 1), train.labels.repeat(args.tile), train.classes,
+                          train.name)
     torch.set_num_threads(available_cores())
-    plain, ours = [], []
-    for r in range(args.repeats):  # alternate, so machine noise hits both alike
-        plain.append(plain_port_epoch(train.images, train.labels))
-        ours.append(cnnlab_epoch(cfg, train))
-        print(f"repeat {r + 1}: plain port {plain[-1]:,.0f} img/s, cnnlab {ours[-1]:,.0f} img/s", flush=True)
-    p, o = statistics.median(plain), statistics.median(ours)
     engine = make_engine(cfg.train)
-    print(f"\nFashion-MNIST, tutorial CNN, one epoch of 60,000 images, {torch.get_num_threads()} threads")
-    print(f"(a) plain PyTorch port, fp32, batch 32:        {p:8,.0f} img/s  ({60000 / p:5.1f} s/epoch)")
+    plain, ours, infer = [], [], []
+    for r in range(args.repeats):  # alternate, so machine noise hits both alike
+        plain.append(plain_port_epoch(train.images, train.labels, device=str(engine.device)))
+        rate, inf = cnnlab_epoch(cfg, train, test)
+        ours.append(rate)
+        infer.append(inf)
+        print(f"repeat {r + 1}: plain port {plain[-1]:,.0f} img/s, cnnlab {ours[-1]:,.0f} img/s, "
+              f"inference {inf:,.0f} img/s", flush=True)
+    p, o, i = statistics.median(plain), statistics.median(ours), statistics.median(infer)
+    n = len(train)
+    where = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"\n{train.name}, tutorial CNN, one epoch of {n:,} images, {engine.device.type} ({where})")
+    print(f"(a) plain PyTorch port, fp32, batch 32:        {p:8,.0f} img/s  ({n / p:5.1f} s/epoch)")
     print(f"(b) cnnlab engine ({engine.precision}, batch {cfg.train.batch_size}):          {o:8,.0f} img/s  "
-          f"({60000 / o:5.1f} s/epoch)  = {o / p:.2f}x (a)")
+          f"({n / o:5.1f} s/epoch)  = {o / p:.2f}x (a)")
+    print(f"(i) cnnlab inference ({engine.precision}, batch {cfg.train.eval_batch_size}):  {i:8,.0f} img/s")
     result = {"plain_img_s": p, "cnnlab_img_s": o, "ratio_plain": o / p, "batch": cfg.train.batch_size,
-              "precision": engine.precision, "repeats": args.repeats}
-    k = None if args.no_keras else keras_epoch()
+              "precision": engine.precision, "repeats": args.repeats, "inference_img_s": i,
+              "device": engine.device.type, "device_name": where, "dataset": train.name, "images": n,
+              "torch": torch.__version__}
+    k = None if args.no_keras or engine.device.type == "cuda" else keras_epoch()
     if k:
         print(f"(k) Keras peer (tutorial code, batch 32):     {k:8,.0f} img/s  ({60000 / k:5.1f} s/epoch)")
         print(f"cnnlab / Keras = {o / k:.2f}x   plain port / Keras = {p / k:.2f}x")

@@ -59,6 +59,9 @@ def test_stop_at_from_the_command_line(tmp_path, capsys):
     (["train", "--dataset", "fashion-mnist-sample", "--set", "model.layers.0.kernel_size=30"], "larger than its 28x28 input"),
     (["train", "--dataset", "fashion-mnist-sample", "--stop-at", "val_f1=0.9"], "unknown metric 'val_f1'"),
     (["train", "--resume", "/nonexistent/run"], "is not a directory"),
+    (["train", "--dataset", "fashion-mnist-sample", "--nproc", "2", "--batch-size", "255"],
+     "error: --batch-size 255 does not divide among 2 processes (it is the global batch); use a multiple of 2"),
+    (["train", "--dataset", "fashion-mnist-sample", "--nproc", "0"], "error: --nproc must be ≥ 1 and ≤ 1024, got 0"),
 ])
 def test_user_mistakes_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -110,8 +113,8 @@ def test_resume_extends_a_run_and_refuses_options_that_cannot_apply(dnn_run, tmp
     assert main(["train", "--resume", str(run), "--model", "cnn_32x1", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == ("error: --resume continues a run with its own model, data and starting "
                                        "weights, so --model, --out cannot apply; drop them (--epochs extends the "
-                                       "run; --batch-size, --lr, --precision, --stop-at, --data-dir change how it "
-                                       "goes on)\n")
+                                       "run; --batch-size, --lr, --precision, --stop-at, --data-dir, --nproc, "
+                                       "--dist-timeout change how it goes on)\n")
     assert main(["train", "--resume", str(run), "--overwrite"]) == 2
     assert "so --overwrite cannot apply; drop it " in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0

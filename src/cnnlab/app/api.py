@@ -65,7 +65,9 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         callbacks: your own :class:`~cnnlab.training.callbacks.Callback` objects, run beside the config's.
         **options: the CLI's training flags as keywords: ``model``, ``dataset``, ``epochs``, ``batch_size``,
             ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``stop_at``,
-            ``loggers`` (``"tensorboard"``, ``"mlflow"`` or both; the CLI's ``--log``), ``data_dir``.
+            ``loggers`` (``"tensorboard"``, ``"mlflow"`` or both; the CLI's ``--log``), ``nproc`` (data-parallel
+            processes on this machine; ``callbacks`` must then be picklable), ``sync_bn``, ``dist_timeout``,
+            ``data_dir``.
 
     Returns:
         The trained :class:`Run` (also when training failed: ``run.status`` says so).

@@ -22,6 +22,8 @@ def progress(args: argparse.Namespace) -> bool | None:
 
 def finish(result, what_next: bool = True) -> int:
     run = result.run
+    if not result.lead:  # another rank of a torchrun job: rank 0 prints
+        return 1 if result.failed else 0
     if result.failed:
         last = run.checkpoints / "last"
         kept = f"the last good checkpoint is in {last}" if last.exists() else "no epoch finished, so nothing was kept"

@@ -183,6 +183,12 @@ class TrainConfig:
         threads: CPU threads (0 = one per available core).
         tta: test-time augmentation of the final test and ``cnnlab evaluate`` (per-epoch validation stays
             plain, as Keras's): ``hflip`` averages the flipped prediction.
+        nproc: processes to start on this machine (data-parallel, ``DistributedDataParallel``); 1 trains in
+            this process. Under ``torchrun`` the launcher decides and this is ignored.
+        dist_timeout: seconds a distributed collective waits for the other processes before the job fails
+            (a rank that died ends the job this soon, not after PyTorch's 30 minutes).
+        sync_bn: BatchNorm statistics over the global batch (``SyncBatchNorm``, CUDA only; on CPU each process
+            normalises by its own batch and DDP broadcasts rank 0's running statistics).
     """
 
     epochs: int = _in(5, ge=1)
@@ -203,6 +209,9 @@ class TrainConfig:
     device: str = _choice("auto", "cpu", "cuda")
     threads: int = _in(0, ge=0)
     tta: str | None = field(default=None, metadata={"choices": (None, "hflip")})
+    nproc: int = _in(1, ge=1, le=1024)
+    dist_timeout: float = _in(60.0, gt=0)
+    sync_bn: bool = False
 
     @property
     def peak_lr(self) -> float:

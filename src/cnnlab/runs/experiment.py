@@ -29,6 +29,7 @@ from cnnlab.models.registry import model_meta, model_names
 from cnnlab.models.summary import summary_text
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.history import HistoryWriter
+from cnnlab.runs.launch import check_launch, lead_decides, lead_first, process_group, rank_threads, spawn
 from cnnlab.runs.loggers import MLflowLogger, TensorBoardLogger, publish
 from cnnlab.runs.progress import RunProgress
 from cnnlab.runs.run_dir import (
@@ -51,10 +52,11 @@ from cnnlab.training.callbacks import (
     StopAtTarget,
     resolve_mode,
 )
+from cnnlab.training.distributed import Place, place_from_env
 from cnnlab.training.engine import make_engine, seed_everything
 from cnnlab.training.metrics import Evaluation, format_accuracy
 from cnnlab.training.optim import make_param_groups
-from cnnlab.training.trainer import Trainer, TrainingInterrupted, evaluate
+from cnnlab.training.trainer import Trainer, TrainingInterrupted
 from cnnlab.training.transfer import BackboneFreeze
 
 Log = Callable[[str], None]
@@ -62,6 +64,10 @@ Log = Callable[[str], None]
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0: only rank 0 prints."""
 
 
 @dataclass
@@ -74,6 +80,7 @@ class TrainResult:
         test: the final test-set evaluation (None when the run failed).
         stop_reason: why training stopped early, or None.
         failed: why training failed (e.g. diverged), or None.
+        lead: whether this process is rank 0 of its job (the one that writes and prints; True alone).
     """
 
     run: RunDir
@@ -81,6 +88,7 @@ class TrainResult:
     test: Evaluation | None
     stop_reason: str | None
     failed: str | None
+    lead: bool = True
 
 
 def train(
@@ -107,6 +115,10 @@ def train(
         callbacks: more callbacks (:class:`~cnnlab.training.callbacks.Callback`), run with the config's own in
             the order their ``order`` attributes give; their state is checkpointed under their ``state_key``.
 
+    Distributed: with ``train.nproc`` N > 1 (and no launcher around), N processes are started here and rank
+    0's result returned (``callbacks`` must then be picklable); under ``torchrun`` (``RANK``/``WORLD_SIZE`` in
+    the environment) this process is one rank. Rank 0 alone writes the run directory and logs.
+
     Raises:
         CnnlabError: anything wrong with the config, the data or the run directory (one line, naming the
             config key); nothing is half-written.
@@ -115,63 +127,87 @@ def train(
     if resume is not None and cfg.data.dataset.startswith("folder:") and cfg.data.data_dir:
         cfg = replace(cfg, data=relocate(cfg.data, cfg.data.data_dir))  # the images of a run that moved
     cfg = resolve_config(cfg, log)
-    run = _check_run(cfg, out, overwrite, resume)  # refused before any work; nothing is created yet
-    lock = RunLock(run.path).acquire() if resume is not None else None  # one writer per run
-    try:
-        seed_everything(cfg.train.seed)
-        data = prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg))
-        trainer = _trainer(cfg, data, run, progress, log, callbacks)
-        fresh = False
-        if resume is not None:
-            _resume(run, cfg, trainer, log)
-        else:  # every check passed: only now does the run folder appear
-            fresh = not run.path.is_dir()
-            run = RunDir.create(run.path, overwrite=overwrite)
-            lock = RunLock(run.path).acquire()
-        with _stop_on_signals(trainer):
-            _fit(run, cfg, data, trainer, log, command, discard=None if resume is not None else fresh)
-        if trainer.failure:
-            run.update_meta(status="failed", failure=trainer.failure)
-            log(f"Stopped: {trainer.failure}")
-            return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure)
-        test = _finish(run, cfg, data, trainer, log)
-        run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
-                        wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc, test_loss=test.loss)
-        publish(run, [run.file(SUMMARY), run.file(RESULTS)], {"test_acc": test.acc, "test_loss": test.loss}, log)
-        if trainer.stop_reason:
-            log(f"Stopped early: {trainer.stop_reason}")
-        return TrainResult(run, trainer.history, test, trainer.stop_reason, None)
-    finally:
-        if lock is not None:
-            lock.release()
+    place = place_from_env()
+    check_launch(cfg, place, log)
+    if place is None and cfg.train.nproc > 1:
+        return spawn(train, cfg.train.nproc, cfg, out=out, overwrite=overwrite, resume=resume, progress=progress,
+                     callbacks=callbacks, command=command, log=log)
+    lead = place is None or place.lead
+    if not lead:
+        log, progress = _silent, False
+    with process_group(place, cfg.train.device, cfg.train.dist_timeout):
+        # refused before any work; nothing is created yet
+        run = lead_decides(place, lambda: _check_run(cfg, out, overwrite, resume))
+        lock = RunLock(run.path).acquire() if resume is not None and lead else None  # one writer per run
+        try:
+            seed_everything(cfg.train.seed)
+            data = lead_first(place, lambda: prepare_data(cfg.data, log=log, weights=weights_normalizer(cfg)))
+            trainer = _trainer(cfg, data, run, progress, log, callbacks, place)
+            discard = None  # a resumed run is never removed
+            if resume is not None:
+                _resume(run, cfg, trainer, log, lead)
+            else:  # every check passed: only now does the run folder appear
+                discard = lead and not run.path.is_dir()  # True: the folder is ours to remove again
+                run = lead_first(place, lambda: RunDir.create(run.path, overwrite=overwrite) if lead else run)
+                lock = RunLock(run.path).acquire() if lead else None
+            with _stop_on_signals(trainer):
+                _fit(run, cfg, data, trainer, log, command, lead=lead, discard=discard if lead else None)
+            if trainer.failure:
+                if lead:
+                    run.update_meta(status="failed", failure=trainer.failure)
+                log(f"Stopped: {trainer.failure}")
+                return TrainResult(run, trainer.history, None, trainer.stop_reason, trainer.failure, lead)
+            test = _finish(run, cfg, data, trainer, log, lead)
+            if lead:
+                run.update_meta(status="done", epochs=trainer.epoch, stop_reason=trainer.stop_reason,
+                                wall_seconds=round(time.perf_counter() - t0, 2), test_acc=test.acc,
+                                test_loss=test.loss)
+                publish(run, [run.file(SUMMARY), run.file(RESULTS)], {"test_acc": test.acc, "test_loss": test.loss},
+                        log)
+            if trainer.stop_reason:
+                log(f"Stopped early: {trainer.stop_reason}")
+            return TrainResult(run, trainer.history, test, trainer.stop_reason, None, lead)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log) -> None:
+
+
+def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log, lead: bool = True) -> None:
     trainer.resume("last", log=log)
     if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
         raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
                           f"above {trainer.epoch}")
-    _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
-    run.write_history(trainer.history)
+    if lead:
+        _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
+        run.write_history(trainer.history)
+    before = int(run.meta.get("world_size", 1))
+    if before != trainer.world_size:  # the state is global: only each process's share changes
+        log(f"note: this run trained with {before} process(es) and continues with {trainer.world_size}; the global "
+            "batch, the data order and the learning rate stay the same")
     where = f", batch {trainer.progress.step} of epoch {trainer.epoch + 1}" if trainer.progress else ""
     log(f"Resuming {run.path} after epoch {trainer.epoch}/{trainer.epochs}{where}")
 
 
 def _fit(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, command: str | None, *,
-         discard: bool | None) -> None:
-    """``trainer.fit()``, keeping run.json's status true whatever ends it.
+         lead: bool = True, discard: bool | None = None) -> None:
+    """``trainer.fit()``, keeping run.json's status true whatever ends it (rank 0 writes it).
 
-    ``discard`` is None for a resumed run; for a new one, a failure before anything was learned or saved
-    removes what the run wrote (True: the folder too, False: its contents only, the folder was the user's).
+    ``discard`` is None for a resumed run (and on the other ranks); for a new one, a failure before anything was
+    learned or saved removes what the run wrote (True: the folder too, False: its contents only, the folder was
+    the user's).
     """
+    update = run.update_meta if lead else (lambda **kw: None)
     try:
-        run.write_config(cfg)
-        _record_start(run, cfg, data, trainer, log, command)
+        if lead:
+            run.write_config(cfg)
+            _record_start(run, cfg, data, trainer, log, command)
         trainer.fit()
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"epoch {trainer.epoch + 1}, batch {trainer.progress.step}" if trainer.progress else "an epoch's end"
-        run.update_meta(status="interrupted", interrupted_by=name)
+        update(status="interrupted", interrupted_by=name)
         log(f"Stopped by {name} in {where}; saved {stop.checkpoint or 'nothing (no checkpoint folder)'}; "
             f"continue with: cnnlab train --resume {run.path}")
         raise
@@ -179,9 +215,9 @@ def _fit(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, comma
         if discard is not None and not trainer.history:  # nothing learned yet: leave nothing half-made behind
             run.discard(keep_folder=not discard)
         elif isinstance(exc, KeyboardInterrupt):
-            run.update_meta(status="interrupted")
+            update(status="interrupted")
         else:
-            run.update_meta(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            update(status="failed", failure=f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
 
 
@@ -312,15 +348,18 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
 
 
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log,
-             extra: Sequence[Callback] = ()) -> Trainer:
-    """The trainer of a run: :func:`build_trainer` with the config's callbacks (and ``extra``), writing into ``run``."""
-    # progress.json: live batch progress for the dashboard
-    callbacks = [*build_callbacks(cfg, progress, log, run), *extra, HistoryWriter(run), RunProgress(run)]
-    return build_trainer(cfg, data, callbacks, run.checkpoints, log)
+             extra: Sequence[Callback] = (), place: Place | None = None) -> Trainer:
+    """The trainer of a run (for this rank): :func:`build_trainer` with the config's callbacks (and ``extra``);
+    rank 0 alone writes into ``run`` (history, progress.json for the dashboard, loggers)."""
+    lead = place is None or place.lead
+    callbacks = [*build_callbacks(cfg, progress, log, run if lead else None), *extra]
+    if lead:  # one writer
+        callbacks += [HistoryWriter(run), RunProgress(run)]
+    return build_trainer(cfg, data, callbacks, run.checkpoints, log, place)
 
 
 def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint_dir: Path | None,
-                  log: Log = _print) -> Trainer:
+                  log: Log = _print, place: Place | None = None) -> Trainer:
     """The model with its initial weights (``model.pretrained`` / ``model.weights``), its parameter groups and
     backbone freezing (transfer learning), the augmentation and the engine: a :class:`Trainer` for ``cfg``.
 
@@ -330,6 +369,7 @@ def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint
         callbacks: the trainer's callbacks (a frozen backbone adds its own).
         checkpoint_dir: where checkpoints go (None: none are written).
         log: receives notes about the initial weights and freezing.
+        place: this process's rank and world (None: a single process).
     """
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
@@ -341,9 +381,13 @@ def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint
         groups = make_param_groups(model, cfg.train, head=head, backbone_lr=cfg.model.backbone_lr)
         if cfg.model.freeze == "backbone":
             callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log, train_bn=cfg.model.train_bn))
+    engine = make_engine(cfg.train)
+    if place is not None:
+        rank_threads(place, cfg.train.threads)
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
-                   engine=make_engine(cfg.train), augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
-                   checkpoint_dir=checkpoint_dir, param_groups=groups)
+                   engine=engine, augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
+                   checkpoint_dir=checkpoint_dir, param_groups=groups,
+                   rank=place.rank if place else 0, world_size=place.world_size if place else 1)
 
 
 def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print,
@@ -393,7 +437,7 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
         input_shape=list(data.train.shape), classes=list(data.train.classes), normalizer=data.normalizer.to_dict(),
         engine={"device": str(engine.device), "precision": engine.precision, "channels_last": engine.channels_last,
                 "threads": torch.get_num_threads()},
-        params=params, epochs_planned=trainer.epochs, monitor=cfg.callbacks.monitor,
+        params=params, world_size=trainer.world_size, epochs_planned=trainer.epochs, monitor=cfg.callbacks.monitor,
         mode=resolve_mode(cfg.callbacks.monitor, cfg.callbacks.mode), min_delta=cfg.callbacks.min_delta,
         command=command or "Python: cnnlab.train / cnnlab.runs.experiment.train",
         # what a runs table shows without parsing config.yaml (the dashboard)
@@ -403,24 +447,27 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
     log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")
     log(f"Model: {cfg.model.name if not cfg.model.layers else 'layers from config'} - {params:,} params - "
         f"{engine.device.type} {engine.precision}{' channels_last' if engine.channels_last else ''} "
-        f"{torch.get_num_threads()} threads - batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr:g}")
+        f"{torch.get_num_threads()} threads - batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr:g}"
+        + (f" - {trainer.world_size} processes x batch {trainer.batch_size}" if trainer.world_size > 1 else ""))
 
 
-def _finish(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log) -> Evaluation:
-    """Restores the best weights if asked, saves the final weights, evaluates on the test set, writes results."""
+def _finish(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, lead: bool = True) -> Evaluation:
+    """Restores the best weights if asked, saves the final weights, evaluates on the test set (every rank its
+    share), writes results (rank 0)."""
     restored = False
     if cfg.callbacks.restore_best and (run.checkpoints / "best").exists():
         load_into(trainer.model, load_weights_file(run.checkpoints / "best" / "model.safetensors"), "checkpoints/best")
         log("Restored the weights of the best epoch")
         restored = True
-    save_weights(trainer.model, run.file(WEIGHTS))
+    if lead:
+        save_weights(trainer.model, run.file(WEIGHTS))
     if data.val is data.test and trainer.last_eval is not None and not restored and not cfg.train.tta:
         test = trainer.last_eval  # the last epoch already evaluated these weights on the test set
     else:
-        test = evaluate(trainer.model, data.test, normalizer=data.normalizer, engine=trainer.engine,
-                        batch_size=cfg.train.eval_batch_size, tta=cfg.train.tta)
-    run.write_json(RESULTS, test.to_dict())
-    _write_summary(run, trainer.model, data, test, trainer.epoch)
+        test = trainer.evaluate(data.test, tta=cfg.train.tta)
+    if lead:
+        run.write_json(RESULTS, test.to_dict())
+        _write_summary(run, trainer.model, data, test, trainer.epoch)
     return test
 
 

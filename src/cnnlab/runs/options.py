@@ -92,6 +92,12 @@ OPTIONS: tuple[Option, ...] = (
            lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
     Option("loggers", "list", "also log to TensorBoard (RUN_DIR/tensorboard) or MLflow ($MLFLOW_TRACKING_URI, else "
            "./mlflow.db) (repeatable)", _loggers, choices=LOGGERS, metavar="tensorboard|mlflow", cli="--log"),
+    Option("nproc", "int", "processes on this machine (data-parallel DDP; --batch-size is the global batch, split "
+           "among them)", _to("train.nproc"), metavar="N"),
+    Option("sync_bn", "flag", "BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)",
+           _to("train.sync_bn")),
+    Option("dist_timeout", "float", "seconds a distributed process waits for the others before the job fails",
+           _to("train.dist_timeout"), metavar="SECONDS"),
     Option("data_dir", "str", "folder holding <dataset>/<official files> (with --resume of a folder dataset: "
            "the images' new folder)", _to("data.data_dir"), metavar="DIR"),
 )
@@ -155,7 +161,7 @@ def experiment_config(config: str | Path | Config | None = None, *, recipe: str 
 
 # What a resumed run can change: how long and how it trains, and where its data is now. The others would make
 # another experiment (another model, data or starting weights) than the checkpoint holds.
-RESUME_OPTIONS = ("epochs", "batch_size", "lr", "precision", "stop_at", "data_dir")
+RESUME_OPTIONS = ("epochs", "batch_size", "lr", "precision", "stop_at", "data_dir", "nproc", "dist_timeout")
 
 
 def resume_config(run_dir: str | Path, *, overrides: Iterable[Override] = (), refused: Iterable[str] = (),

@@ -133,9 +133,33 @@ def evaluate(
     keep_probs: bool = False,
 ) -> Evaluation:
     """Loss, accuracy and confusion matrix of ``model`` on ``data`` (eval mode, no dropout)."""
+    loss_sum, conf, probs = evaluate_sums(model, data, normalizer=normalizer, engine=engine, batch_size=batch_size,
+                                          tta=tta, keep_probs=keep_probs)
+    n = max(len(data), 1)
+    return Evaluation(float(loss_sum) / n, float(conf.diag().sum()) / n, conf, data.classes, probs)
+
+
+@torch.inference_mode()
+def evaluate_sums(
+    model: nn.Module,
+    data: ImageData,
+    *,
+    normalizer: Normalizer,
+    engine: Engine,
+    batch_size: int = 1000,
+    tta: str | None = None,
+    keep_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The sums behind :func:`evaluate`: (cross-entropy summed over the images as a float64 scalar on the
+    engine's device, (classes, classes) int64 confusion matrix, (N, classes) probabilities or None).
+
+    Sums, not means, so that shards of a set add up to the whole set's result (distributed evaluation); the
+    loss accumulates in float64 so that adding the per-batch float32 sums in another grouping changes nothing
+    in practice.
+    """
     was = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=engine.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     preds, probs = [], []
     try:
         for xb, yb in batches(data, batch_size):
@@ -146,14 +170,12 @@ def evaluate(
                 if tta == "hflip":  # average the probabilities of the image and its mirror
                     p = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
                     logits = p.log()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             preds.append(logits.argmax(1).cpu())
             if keep_probs:
                 probs.append(logits.softmax(1).cpu())
     finally:
         model.train(was)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    n = max(len(data), 1)
     conf = confusion_matrix(data.labels, pred, data.num_classes)
-    return Evaluation(float(loss_sum) / n, float(conf.diag().sum()) / n, conf, data.classes,
-                      torch.cat(probs) if keep_probs and probs else None)
+    return loss_sum, conf, torch.cat(probs) if keep_probs and probs else None

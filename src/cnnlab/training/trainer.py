@@ -24,6 +24,7 @@ from torch import nn
 from cnnlab.config import TrainConfig
 from cnnlab.data.tensors import ImageData, Normalizer, epoch_order, seed_of, shard
 from cnnlab.errors import CnnlabError
+from cnnlab.training import distributed
 from cnnlab.training.callbacks import HOOKS, Callback, StopTraining, overrides
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.engine import Engine
@@ -62,8 +63,11 @@ class Trainer:
         checkpoint_dir: where ``last``/``best`` checkpoints go (None: no checkpoints).
         param_groups: the optimiser's parameter groups (default: every trainable parameter at
             ``cfg.lr``); transfer learning passes head and backbone groups with their ``lr_scale``.
-        rank: this process's rank in a distributed run (0 alone).
-        world_size: the number of processes sharing each epoch (1 alone).
+        rank: this process's rank in a distributed run (0 alone; rank 0 alone writes checkpoints).
+        world_size: the number of processes sharing each epoch (1 alone). Above 1 the process group must be
+            started (:func:`cnnlab.training.distributed.start`): the model trains wrapped in
+            ``DistributedDataParallel``, each rank takes ``cfg.batch_size / world_size`` images per step, and
+            metrics, stop decisions and signals are agreed among the ranks.
 
     Attributes:
         epoch: completed epochs.
@@ -108,10 +112,13 @@ class Trainer:
         groups = param_groups or make_param_groups(self.model, cfg)
         self.optimizer = make_optimizer(groups, cfg, engine.device)
         self.rank, self.world_size = rank, world_size
+        self.batch_size = distributed.per_rank_batch(cfg.batch_size, world_size)
+        # the module that trains: DDP around the model (which stays what is saved, evaluated and inspected)
+        self.net = distributed.wrap(self.model, engine, cfg.sync_bn) if world_size > 1 else self.model
         self.aug_generator = torch.Generator()  # reseeded from (seed, epoch, rank) at each epoch's start
         self.epochs = cfg.epochs
         n = len(train_data) // world_size  # each rank's share: perm[:N - N % W][rank::W]
-        self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size > 1)
+        self.steps_per_epoch = n // self.batch_size + (n % self.batch_size > 1)
         if self.steps_per_epoch == 0:  # a last batch of one image is dropped (BatchNorm): no step would run
             raise CnnlabError(f"the training set has {n} image{'s' if n != 1 else ''}: no optimiser step can run; "
                               "give it at least 2 images (a smaller `data.val_split`, more data)")
@@ -169,6 +176,8 @@ class Trainer:
         if self.progress is None:  # a fresh epoch (a resumed one has its progress and augmentation stream)
             self.progress = EpochProgress.start(self.engine.device)
             self.aug_generator.manual_seed(seed_of(self.cfg.seed, self.epoch, self.rank, 1))
+            if self.world_size > 1:  # dropout draws from the global stream: one per (seed, epoch, rank)
+                torch.manual_seed(seed_of(self.cfg.seed, self.epoch, self.rank, 2))
         self.dispatch("on_train_epoch_start")
         start = time.perf_counter()
         total = self.epochs * self.steps_per_epoch
@@ -184,24 +193,27 @@ class Trainer:
                 step = base + i + 1
                 self.lr = set_lr(self.optimizer, self.cfg.peak_lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
             self.dispatch("on_train_batch_end", i, loss)
+            if self.world_size > 1:  # a signal seen by one rank stops every rank after this same step
+                self.interrupt = distributed.any_rank(self.interrupt, self.engine.device)
             if self.interrupt is not None:
                 raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))
 
         order = shard(epoch_order(len(self.train_data), self.cfg.seed, self.epoch), self.rank, self.world_size)
         starts = self._hooks["on_train_batch_start"]
         loss, acc = train_one_epoch(
-            self.model, self.optimizer, self.train_data, batch_size=self.cfg.batch_size, normalizer=self.normalizer,
+            self.net, self.optimizer, self.train_data, batch_size=self.batch_size, normalizer=self.normalizer,
             engine=self.engine, generator=self.aug_generator, label_smoothing=self.cfg.label_smoothing,
             l2=self.cfg.l2, augment=self.augment, order=order, progress=self.progress,
             on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
             on_batch_end=batch_end, set_train_mode=False)
+        if self.world_size > 1:  # the epoch's sums over every rank: each rank logs the same numbers
+            loss, acc = distributed.epoch_metrics(self.progress)
         self.progress = None
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
         if self.val_data is not None and math.isfinite(loss):
-            self.last_eval = evaluate(self.model, self.val_data, normalizer=self.normalizer, engine=self.engine,
-                                      batch_size=self.cfg.eval_batch_size)
+            self.last_eval = self.evaluate(self.val_data)
             logs.update(val_loss=self.last_eval.loss, val_acc=self.last_eval.acc)
         logs.update(seconds=time.perf_counter() - start, lr=lr_used)
         self.epoch += 1
@@ -215,6 +227,14 @@ class Trainer:
                     self.epoch -= 1
                     raise
                 self.request_stop(stop.reason)  # a plain stop: the later callbacks still record this epoch
+        if self.world_size > 1:  # rank 0 decides (the ranks saw the same metrics; this makes it certain)
+            self.stop_reasons = distributed.from_lead(self.stop_reasons)
+
+    def evaluate(self, data: ImageData, tta: str | None = None) -> Evaluation:
+        """``data`` through the model (unwrapped), split among the ranks and summed when distributed."""
+        run = distributed.evaluate_shared if self.world_size > 1 else evaluate
+        return run(self.model, data, normalizer=self.normalizer, engine=self.engine,
+                   batch_size=self.cfg.eval_batch_size, tta=tta)
 
     # ------------------------------------------------------------------------------ state and resume
 
@@ -244,6 +264,9 @@ class Trainer:
         _restore_layouts(self.optimizer)
         progress = state.get("progress")
         self.progress = EpochProgress.from_state(progress, self.engine.device) if progress else None
+        if self.progress is not None and self.rank > 0:  # the saved sums are every rank's: count them once
+            self.progress = EpochProgress(self.progress.step, torch.zeros_like(self.progress.loss_sum),
+                                          torch.zeros_like(self.progress.correct))
         self.aug_generator.set_state(state["aug_generator"])
         saved_world = int(state.get("world_size", 1))
         if progress and saved_world != self.world_size:
@@ -263,7 +286,15 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         keep = self.checkpoint_dir / "previous" if kind == "last" else None
-        return save_checkpoint(self.checkpoint_dir / kind, self.model, self.state_dict(), keep_previous=keep)
+        state = self.state_dict()
+        if self.world_size == 1:
+            return save_checkpoint(self.checkpoint_dir / kind, self.model, state, keep_previous=keep)
+        if self.progress is not None:  # part-way through an epoch: keep the sums of every rank
+            state["progress"] = distributed.global_progress(self.progress).state_dict()
+        path = save_checkpoint(self.checkpoint_dir / kind, self.model, state, keep_previous=keep) if self.rank == 0 \
+            else self.checkpoint_dir / kind
+        distributed.barrier()  # outside the if: no rank reads or goes on before rank 0 has written
+        return path
 
     def resume(self, kind: str = "last", log: Callable[[str], None] | None = None) -> None:
         """Restores model and training state from ``checkpoints/<kind>`` (or ``previous``, with a note to ``log``,
