@@ -273,3 +273,33 @@ def test_log_receives_every_line_and_extra_callbacks_run(tmp_path):
     assert [line.split(" - ")[0] for line in lines if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["command"].startswith("Python") and meta["min_delta"] == 0.0
+
+
+HOLD = ("import sys, time\nfrom cnnlab.runs.run_dir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_run_in_training_refuses_a_second_resume_and_an_overwrite(dnn_run, tmp_path):
+    from cnnlab.runs.options import resume_config
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    # a trainer of this run, as far as the lock can tell
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert proc.stdout.readline() == b"held\n"
+        busy = rf"run is being trained by process {proc.pid} on .*; wait for it to end or stop it"
+        with pytest.raises(CnnlabError, match=busy):
+            quiet(resume_config(run, epochs=3), resume=run)
+        with pytest.raises(CnnlabError, match=busy):
+            quiet(experiment_config(**{**OPTIONS, "epochs": 1}), out=run, overwrite=True)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+        assert (run / ".lock").read_text().split()[0] == str(proc.pid)  # the owner is still named
+    finally:
+        proc.kill()
+        proc.wait()
+    # its owner killed, the stale lock is taken over and the resume goes ahead
+    assert quiet(resume_config(run, epochs=3), resume=run).failed is None
+    assert [m["epoch"] for m in _epochs(run)] == [1, 2, 3]
+    assert (run / ".lock").read_text() == ""  # released at the end
