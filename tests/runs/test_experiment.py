@@ -17,7 +17,14 @@ from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.experiment import build_callbacks, save_weights, train
 from cnnlab.runs.options import experiment_config
-from cnnlab.training.callbacks import EarlyStopping, ModelCheckpoint, NanGuard, ProgressBar, StopAtTarget
+from cnnlab.training.callbacks import (
+    CheckpointEvery,
+    EarlyStopping,
+    ModelCheckpoint,
+    NanGuard,
+    ProgressBar,
+    StopAtTarget,
+)
 
 
 def quiet(cfg, **kwargs):
@@ -82,15 +89,21 @@ def test_callbacks_follow_the_config():
     cfg = load_config(None, [("callbacks.stop_at", ["val_acc=0.9"]), ("callbacks.early_stopping", 3),
                              ("callbacks.monitor", "val_acc")])
     callbacks = build_callbacks(cfg, progress=False)
-    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint,
+                                              CheckpointEvery, ProgressBar]
     stop, early, checkpoint = callbacks[1:4]
     assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.9)
     assert (early.monitor, early.mode, early.patience) == ("val_acc", "max", 3)
     assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
     assert not callbacks[-1].live
     plain = build_callbacks(load_config())
-    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar]
+    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, CheckpointEvery, ProgressBar]
     assert (plain[1].monitor, plain[1].mode) == ("val_loss", "min")
+    assert (plain[2].steps, plain[2].seconds) == (0, 300.0)  # the default: part-way every 5 minutes
+    by_steps = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "500steps")]))[2]
+    assert (by_steps.steps, by_steps.seconds) == (500, 0.0)
+    off = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "off")]))
+    assert [type(cb) for cb in off] == [NanGuard, ModelCheckpoint, ProgressBar]
 
 
 def test_save_weights_round_trips_the_state_dict(tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.config import Config, flatten, to_dict
+from cnnlab.config import Config, flatten, parse_every, to_dict
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data, relocate
 from cnnlab.data.tensors import Normalizer
@@ -40,6 +40,7 @@ from cnnlab.runs.run_dir import (
 )
 from cnnlab.training.callbacks import (
     Callback,
+    CheckpointEvery,
     EarlyStopping,
     ModelCheckpoint,
     NanGuard,
@@ -266,14 +267,19 @@ def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: L
 
 
 def build_callbacks(cfg: Config, progress: bool | None = None, log: Log | None = None) -> list[Callback]:
-    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress."""
+    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints (at epoch ends and
+    every ``callbacks.checkpoint_every``), progress."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
-    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log)]
-    return callbacks
+    callbacks.append(ModelCheckpoint(cb.monitor, mode, cb.min_delta))
+    every = parse_every(cb.checkpoint_every, "callbacks.checkpoint_every")
+    if every is not None:
+        kind, amount = every
+        callbacks.append(CheckpointEvery(steps=int(amount)) if kind == "steps" else CheckpointEvery(seconds=amount))
+    return [*callbacks, ProgressBar(live=progress, log=log)]
 
 
 def _augmenter(cfg: Config, shape: tuple[int, int, int]) -> Augmenter | None:
