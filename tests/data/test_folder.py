@@ -290,3 +290,18 @@ def test_inspect_folder_from_headers(tmp_path, cache):
     assert "40×30" in lines and "unreadable: 4" in lines
     json.dumps(info.to_dict())
     assert not cache.exists()  # nothing decoded or cached
+
+
+def test_symlink_loops_in_a_folder_are_skipped_not_followed(tmp_path):
+    root = tmp_path / "pets"
+    img(root / "cat" / "a.png", RED)
+    img(root / "dog" / "b.png", BLUE)
+    os.symlink("..", root / "cat" / "up")  # a folder loop: os.walk does not follow links to folders
+    os.symlink(root, root / "dog" / "again")
+    os.symlink("self.png", root / "dog" / "self.png")  # a file link to itself
+    os.symlink("y.png", root / "dog" / "x.png")
+    os.symlink("x.png", root / "dog" / "y.png")
+    ds = load(root, image_size=4)
+    assert ds.files == ("cat/a.png", "dog/b.png") and ds.data.labels.tolist() == [0, 1]
+    assert dict(ds.report.skipped) == {name: "a symbolic link that loops or leads nowhere"
+                                       for name in ("dog/self.png", "dog/x.png", "dog/y.png")}

@@ -122,11 +122,15 @@ def _collect(spec: FolderSpec) -> _Listing:
     if not root.is_dir():
         raise CnnlabError(f"image folder {root} does not exist; check the path (a trained run whose images moved "
                           "takes their new folder as `data_dir`)")
-    rels = [p.relative_to(root).as_posix() for p in list_images(root)]
+    found = list_images(root)
+    rels = [p.relative_to(root).as_posix() for p in found if p.is_file()]
+    # a symbolic link that loops or leads nowhere (os.walk does not follow links to folders, so no walk loops)
+    unreadable = [(p.relative_to(root).as_posix(), "a symbolic link that loops or leads nowhere")
+                  for p in found if not p.is_file()]
     mode = spec.labels
     if mode == "auto":
         mode = "subfolders" if any("/" in r for r in rels) else "filename"
-    listing = _Listing(root, mode)
+    listing = _Listing(root, mode, skipped=unreadable)
     if mode == "subfolders":
         for rel in rels:
             if "/" in rel:
