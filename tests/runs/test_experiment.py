@@ -312,7 +312,11 @@ def test_a_run_in_training_refuses_a_second_resume_and_an_overwrite(dnn_run, tmp
     finally:
         proc.kill()
         proc.wait()
-    # its owner killed, the stale lock is taken over and the resume goes ahead
-    assert quiet(resume_config(run, epochs=3), resume=run).failed is None
+    # its owner killed, the stale lock is taken over and the resume goes ahead, clearing what a killed writer left
+    (run / "checkpoints" / ".last.k1ll.tmp").mkdir()
+    lines = []
+    assert train(resume_config(run, epochs=3), resume=run, progress=False, log=lines.append).failed is None
+    assert "note: removed 1 half-written file(s) left by an interrupted writer: checkpoints/.last.k1ll.tmp" in lines
+    assert not (run / "checkpoints" / ".last.k1ll.tmp").exists()
     assert [m["epoch"] for m in _epochs(run)] == [1, 2, 3]
     assert (run / ".lock").read_text() == ""  # released at the end

@@ -213,3 +213,15 @@ def test_overwrite_is_refused_while_the_run_trains(tmp_path, holder):
     proc.kill()
     proc.wait()
     assert list(RunDir.create(run.path, overwrite=True).path.iterdir()) == []  # free again: replaced
+
+
+def test_remove_temp_files_clears_what_a_killed_writer_left(tmp_path):
+    run = _run(tmp_path / "run")
+    (run.path / ".metrics.jsonl.abc123.tmp").write_text("half")
+    (run.checkpoints / ".last.x1y2.tmp").mkdir(parents=True)
+    (run.checkpoints / ".last.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (run.checkpoints / "last").mkdir()
+    assert run.remove_temp_files() == [".metrics.jsonl.abc123.tmp", "checkpoints/.last.x1y2.tmp"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "run.json"]
+    assert [p.name for p in run.checkpoints.iterdir()] == ["last"]
+    assert run.remove_temp_files() == []

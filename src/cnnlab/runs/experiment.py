@@ -143,6 +143,8 @@ def train(
 
 
 def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log) -> None:
+    if removed := run.remove_temp_files():  # half-written files of a killed writer (we hold the lock)
+        log(f"note: removed {len(removed)} half-written file(s) left by an interrupted writer: {', '.join(removed)}")
     trainer.resume("last", log=log)
     if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
         raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "

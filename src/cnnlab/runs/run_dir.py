@@ -138,6 +138,21 @@ class RunDir:
         except ValueError as exc:
             raise CnnlabError(f"{self.file(name)} is not valid JSON ({exc})") from None
 
+    def remove_temp_files(self) -> list[str]:
+        """Removes the temporary files and folders (``.NAME.XXXX.tmp``) a killed writer left in the run and its
+        checkpoints; returns their names. Only for the holder of the run's :class:`RunLock`: another
+        writer's temporary files are live.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p.relative_to(self.path).as_posix())
+        return removed
+
     def weights_path(self) -> Path:
         """Final weights, or the last checkpoint's for a run that did not finish."""
         final = self.file(WEIGHTS)
