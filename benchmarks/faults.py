@@ -12,7 +12,7 @@ training, if later) and the kill.
 Kinds of kill: ``random`` (a uniform moment 0..``--window`` s after the process started training, or during
 its start-up) and ``in-write`` (the moment a checkpoint's temporary folder appears).
 
-Usage: python benchmarks/faults.py [--kills 25] [--seed 0] [--every 10steps] [--json out.json]
+Usage: python benchmarks/faults.py [--kills 25] [--seed 0] [--every 10steps] [--json out.json] [--keep]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -90,13 +91,13 @@ def _kill(proc: Proc, run: Path, kind: str, window: float, rng: random.Random) -
         while proc.p.poll() is None and not _in_write(run / "checkpoints", stale) and time.time() < deadline:
             time.sleep(0.0005)
     else:
-        start = time.time()
-        delay = rng.uniform(0, window)
+        start, delay = time.time(), rng.uniform(0, window)
+        startup = rng.random() < 0.1  # now and then during start-up (imports, data), before any training
         while proc.p.poll() is None and time.time() < deadline:
             since = proc.training_since()
-            if rng.random() < 0.1 and since is None and time.time() - start > delay:  # now and then in start-up
+            if startup and time.time() - start > delay:
                 break
-            if since is not None and time.time() >= since + delay:
+            if not startup and since is not None and time.time() >= since + delay:
                 break
             time.sleep(0.001)
     if proc.p.poll() is not None:
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--every", default="10steps", help="callbacks.checkpoint_every of the runs")
     ap.add_argument("--window", type=float, default=2.0, help="random kills: up to this many s into training")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", action="store_true", help="keep the runs (in a temporary folder)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="cnnlab-faults-"))
@@ -192,6 +194,8 @@ def main() -> None:
         print("unreadable:", stats["unreadable"], file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, **stats}, indent=1) + "\n")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

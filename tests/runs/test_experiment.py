@@ -320,3 +320,22 @@ def test_a_run_in_training_refuses_a_second_resume_and_an_overwrite(dnn_run, tmp
     assert not (run / "checkpoints" / ".last.k1ll.tmp").exists()
     assert [m["epoch"] for m in _epochs(run)] == [1, 2, 3]
     assert (run / ".lock").read_text() == ""  # released at the end
+
+
+def test_a_run_stopped_after_its_last_epoch_is_finished_by_a_resume(dnn_run, tmp_path):
+    from cnnlab.runs.options import resume_config
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    for name in ("model.safetensors", "results.json", "summary.txt"):  # killed during the test evaluation
+        (run / name).unlink()
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    lines = []
+    assert train(resume_config(run, epochs=2), resume=run, progress=False, log=lines.append).failed is None
+    assert "note: all 2 epochs were trained before the stop; finishing the run (final weights, test evaluation)" \
+        in lines
+    assert (run / "model.safetensors").read_bytes() == (dnn_run / "model.safetensors").read_bytes()
+    assert json.loads((run / "results.json").read_text()) == json.loads((dnn_run / "results.json").read_text())
+    assert [m["epoch"] for m in _epochs(run)] == [1, 2]
+    assert json.loads((run / "run.json").read_text())["status"] == "done"

@@ -147,8 +147,12 @@ def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log) -> None:
         log(f"note: removed {len(removed)} half-written file(s) left by an interrupted writer: {', '.join(removed)}")
     trainer.resume("last", log=log)
     if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
-        raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
-                          f"above {trainer.epoch}")
+        if run.meta.get("status") == "done":
+            raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
+                              f"above {trainer.epoch}")
+        # stopped after its last epoch's checkpoint but before the final weights and test results
+        log(f"note: all {trainer.epoch} epochs were trained before the stop; finishing the run (final weights, "
+            "test evaluation)")
     _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
     run.write_history(trainer.history)
     where = f", batch {trainer.progress.step} of epoch {trainer.epoch + 1}" if trainer.progress else ""
