@@ -109,6 +109,12 @@ def test_replace_folder_swaps_in_the_new_contents(tmp_path, umask_027):
     (first / "f").write_text("1")
     replace_folder(first, tmp_path / "fresh")  # no folder before: a plain rename
     assert (tmp_path / "fresh" / "f").read_text() == "1"
+    for n in (2, 3):  # keep: the replaced folder becomes `keep`, the older `keep` is dropped
+        nxt = temp_folder_beside(tmp_path / "fresh")
+        (nxt / "f").write_text(str(n))
+        replace_folder(nxt, tmp_path / "fresh", keep=tmp_path / "kept")
+    assert (tmp_path / "fresh" / "f").read_text() == "3" and (tmp_path / "kept" / "f").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "kept", "last"]
 
 
 def test_recover_folder_puts_back_the_old_folder_after_a_crash(tmp_path):

@@ -225,3 +225,13 @@ def test_remove_temp_files_clears_what_a_killed_writer_left(tmp_path):
     assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "run.json"]
     assert [p.name for p in run.checkpoints.iterdir()] == ["last"]
     assert run.remove_temp_files() == []
+
+
+def test_weights_path_finds_the_checkpoint_a_training_is_swapping(tmp_path):
+    run = _run(tmp_path / "run")
+    for name in ("previous", ".last.old", "last"):  # the names a checkpoint has during a swap, latest last
+        (run.checkpoints / name).mkdir(parents=True)
+        (run.checkpoints / name / "model.safetensors").write_bytes(b"w")
+        assert run.weights_path() == run.checkpoints / name / "model.safetensors"
+    (run.path / "model.safetensors").write_bytes(b"final")
+    assert run.weights_path() == run.path / "model.safetensors"

@@ -154,13 +154,12 @@ class RunDir:
         return removed
 
     def weights_path(self) -> Path:
-        """Final weights, or the last checkpoint's for a run that did not finish."""
-        final = self.file(WEIGHTS)
-        if final.is_file():
-            return final
-        last = self.checkpoints / "last" / "model.safetensors"
-        if last.is_file():
-            return last
+        """Final weights, or the last checkpoint's for a run that did not finish (or, while a training swaps a
+        new ``last`` in, the one it replaces)."""
+        for path in (self.file(WEIGHTS), *(self.checkpoints / name / WEIGHTS for name in ("last", ".last.old",
+                                                                                          "previous"))):
+            if path.is_file():
+                return path
         meta = self.meta if self.file(META).is_file() else {}
         if meta.get("status") == "failed":
             raise CnnlabError(f"{self.path} failed before its first epoch ended ({meta.get('failure', 'no reason')}); "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -94,10 +93,7 @@ def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any], *,
         (tmp / META_FILE).write_text(json.dumps(meta))
         digests = {name: file_digest(tmp / name) for name in (MODEL_FILE, STATE_FILE, META_FILE)}
         (tmp / DIGEST_FILE).write_text(json.dumps({"sha256": digests}))  # last: its presence means "complete"
-        if keep_previous is not None and folder.exists():
-            shutil.rmtree(keep_previous, ignore_errors=True)
-            os.replace(folder, keep_previous)
-        return replace_folder(tmp, folder)
+        return replace_folder(tmp, folder, keep=keep_previous)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
