@@ -151,3 +151,13 @@ def test_other_write_errors_are_not_dressed_as_a_full_disk(tmp_path, make_model,
     with pytest.raises(OSError, match="Input/output error"):
         save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("digest", ['{"sha256": []}', '{"sha256": {}}', '{"sha256": {"state.json": "x"}}', "[1]",
+                                    '{"sha256": {"../../etc/passwd": "x", "model.safetensors": "x", '
+                                    '"state.safetensors": "x", "state.json": "x"}}'])
+def test_a_digest_that_leaves_files_out_vouches_for_nothing(tmp_path, make_model, digest):
+    save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
+    (tmp_path / "ck" / "digest.json").write_text(digest)
+    with pytest.raises(CnnlabError, match=r"ck holds no usable checkpoint \(digest.json is damaged\)"):
+        load_checkpoint(tmp_path / "ck")

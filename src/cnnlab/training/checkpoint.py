@@ -115,6 +115,9 @@ def check_checkpoint(folder: Path) -> str | None:
         want = json.loads(digest.read_text())["sha256"]
     except (ValueError, KeyError, TypeError):
         return f"{DIGEST_FILE} is damaged"
+    # every file, and only these: a digest that leaves one out (or names another path) vouches for nothing
+    if not isinstance(want, dict) or set(want) != {MODEL_FILE, STATE_FILE, META_FILE}:
+        return f"{DIGEST_FILE} is damaged"
     for name, sha in want.items():
         if not (folder / name).is_file():
             return f"{name} is missing"
