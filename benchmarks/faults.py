@@ -83,6 +83,13 @@ def _unreadable(run: Path) -> list[str]:
     return bad
 
 
+def _status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def _kill(proc: Proc, run: Path, kind: str, window: float, rng: random.Random) -> tuple[float, str]:
     """Kills ``proc`` as ``kind`` says; returns (kill time, what it interrupted)."""
     deadline = time.time() + 120
@@ -135,16 +142,23 @@ def trial(run: Path, every: str, kills_left: int, window: float, rng: random.Ran
         kills_left -= 1
         stats["kills"].append({"kind": kind, "hit": what, "lost_s": round(_lost(proc, run, t), 3)})
         stats["unreadable"] += _unreadable(run)
+        stats["fallbacks"] += proc.text().count("is not usable")
+        if _status(run) == "done":  # killed on its way out, after the run was complete: nothing to resume
+            stats["kills"][-1]["hit"] = "exit"
+            proc = None
+            break
         has_checkpoint = any((run / "checkpoints" / n).exists() for n in ("last", ".last.old", "previous"))
         argv = ["--resume", str(run), "--no-progress"] if has_checkpoint else [*fresh, "--overwrite"]
-    proc.p.wait()
-    proc.reader.join(5)
-    stats["fallbacks"] += proc.text().count("is not usable")
-    stats["trials"].append({"rc": proc.p.returncode, "epochs": [json.loads(x)["epoch"] for x in
+    rc = 0
+    if proc is not None:
+        rc = proc.p.wait()
+        proc.reader.join(5)
+        stats["fallbacks"] += proc.text().count("is not usable")
+        if rc != 0:
+            print(proc.text(), file=sys.stderr)
+    stats["trials"].append({"rc": rc, "epochs": [json.loads(x)["epoch"] for x in
                                                                 (run / "metrics.jsonl").read_text().splitlines()]
                             if (run / "metrics.jsonl").is_file() else [], "run": str(run)})
-    if proc.p.returncode != 0:
-        print(proc.text(), file=sys.stderr)
 
 
 def main() -> None:
@@ -176,7 +190,7 @@ def main() -> None:
     lost = [k["lost_s"] for k in stats["kills"]]
     summary = {
         "kills": len(stats["kills"]),
-        "kills_by_moment": {h: sum(k["hit"] == h for k in stats["kills"]) for h in ("start-up", "training", "in-write")},
+        "kills_by_moment": {h: sum(k["hit"] == h for k in stats["kills"]) for h in ("start-up", "training", "in-write", "exit")},
         "trials": len(stats["trials"]),
         "trials_finished": sum(t["rc"] == 0 for t in stats["trials"]),
         "epochs_exactly_1_3": sum(t["epochs"] == [1, 2, 3] for t in stats["trials"]),
