@@ -33,7 +33,8 @@ def test_create_never_clobbers_and_overwrites_only_runs(tmp_path):
     assert "\n" not in str(err.value)
     assert (run.path / "metrics.jsonl").read_text() == "precious\n"
     again = RunDir.create(run.path, overwrite=True)
-    assert again.path == run.path and list(run.path.iterdir()) == []
+    assert again.path == run.path and [p.name for p in run.path.iterdir()] == [".lock"]  # held while emptied
+    assert again.lock is None and (run.path / ".lock").read_text() == ""
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -212,7 +213,14 @@ def test_overwrite_is_refused_while_the_run_trains(tmp_path, holder):
     assert (run.path / "metrics.jsonl").read_text() == "precious\n"
     proc.kill()
     proc.wait()
-    assert list(RunDir.create(run.path, overwrite=True).path.iterdir()) == []  # free again: replaced
+    fresh = RunDir.create(run.path, overwrite=True, lock=True)  # free again: replaced, and locked throughout
+    assert [p.name for p in fresh.path.iterdir()] == [".lock"]
+    with pytest.raises(CnnlabError, match=rf"run is being trained by process {os.getpid()} "):
+        RunLock(run.path).acquire()  # no one can start training it before the new run writes a file
+    fresh.lock.release()
+    new = RunDir.create(tmp_path / "new", lock=True)
+    assert new.lock is not None and (new.path / ".lock").read_text().startswith(f"{os.getpid()} ")
+    new.lock.release()
 
 
 def test_remove_temp_files_clears_what_a_killed_writer_left(tmp_path):

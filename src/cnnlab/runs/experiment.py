@@ -121,8 +121,8 @@ def train(
         if resume is not None:
             _resume(run, cfg, trainer, log)
         else:  # every check passed: only now does the run folder appear
-            run = RunDir.create(run.path, overwrite=overwrite)
-            lock = RunLock(run.path).acquire()
+            run = RunDir.create(run.path, overwrite=overwrite, lock=True)  # locked before anything is replaced
+            lock = run.lock
         run.write_config(cfg)
         _record_start(run, cfg, data, trainer, log, command)
         with _stop_on_signals(trainer):
