@@ -1,6 +1,7 @@
 """Files, the one way: atomic writes with the umask's permissions, folder swaps, the cache, digests, and
 verified downloads from a local HTTP server (127.0.0.1) serving generated files."""
 
+import errno
 import hashlib
 import os
 import stat
@@ -131,6 +132,12 @@ def test_replace_folder_swaps_in_the_new_contents(tmp_path, umask_027):
     (first / "f").write_text("1")
     replace_folder(first, tmp_path / "fresh")  # no folder before: a plain rename
     assert (tmp_path / "fresh" / "f").read_text() == "1"
+    for n in (2, 3):  # keep: the replaced folder becomes `keep`, the older `keep` is dropped
+        nxt = temp_folder_beside(tmp_path / "fresh")
+        (nxt / "f").write_text(str(n))
+        replace_folder(nxt, tmp_path / "fresh", keep=tmp_path / "kept")
+    assert (tmp_path / "fresh" / "f").read_text() == "3" and (tmp_path / "kept" / "f").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "kept", "last"]
 
 
 def test_recover_folder_puts_back_the_old_folder_after_a_crash(tmp_path):
@@ -226,3 +233,18 @@ def test_paths_expand_home_and_mistakes_are_one_line_errors(tmp_path, monkeypatc
         write_atomic(tmp_path / "file" / "b.png", "x")  # a figure folder named like an existing file
     with pytest.raises(CnnlabError, match="it is a folder; give a file name"):
         write_atomic(tmp_path / "out", "x")  # a CSV named like an existing folder
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "metrics.jsonl"
+    write_atomic(target, "old\n")
+    with pytest.raises(CnnlabError) as err, atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises on a full disk
+    assert str(err.value) == (f"no space left on the disk of {tmp_path} while writing metrics.jsonl; the previous "
+                              "metrics.jsonl is intact; free some space and run the command again")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    with pytest.raises(CnnlabError, match="while writing new.bin; nothing was written;"), \
+            atomic_path(tmp_path / "new.bin"):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

@@ -164,22 +164,26 @@ def temp_folder_beside(path: str | os.PathLike) -> Path:
     return tmp
 
 
-def replace_folder(tmp: Path, folder: Path) -> Path:
+def replace_folder(tmp: Path, folder: Path, *, keep: Path | None = None) -> Path:
     """Swaps the finished folder ``tmp`` in as ``folder``: fsyncs its files, then two renames.
 
-    A crash between the renames leaves only ``.NAME.old``, which :func:`recover_folder` puts back.
+    The folder it replaces becomes ``keep`` (an older ``keep`` is dropped), or ``.NAME.old`` until the swap is
+    done. The files are made durable before anything is renamed, so ``folder`` is missing only between the
+    two renames (a reader that finds it missing looks again). A crash between them leaves only ``.NAME.old``,
+    which :func:`recover_folder` puts back, or only ``keep``.
     """
     for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
             os.chmod(f, file_mode())
-    old = folder.with_name(f".{folder.name}.old")
+    old = keep if keep is not None else folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    if keep is None:
+        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -2,7 +2,12 @@
 mistakes as one ``error:`` line naming the flag (on the bundled Fashion-MNIST sample, small models)."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -153,3 +158,55 @@ def test_log_tensorboard_and_a_missing_package(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == "error: --log needs the tensorboard package; install it with pip install 'cnnlab[tensorboard]'\n"
     assert not (tmp_path / "s").exists()  # refused before the run folder appears
+
+
+# ------------------------------------------------------------------ SIGTERM part-way, resume, bit-identical
+
+# the tutorial CNN, fp32 on the CPU: deterministic, so a resumed run must equal an uninterrupted one bit for bit
+TUTORIAL = ["train", "--config", "fashion_mnist_cnn", "--dataset", "fashion-mnist-sample", "--epochs", "2",
+            "--precision", "fp32", "--no-progress"]
+
+
+def _cli(*argv):
+    return [sys.executable, "-m", "cnnlab", *argv]
+
+
+def _metrics(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
+    from cnnlab.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(_cli(*TUTORIAL, "--out", str(run)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=os.environ.copy(), text=True)
+    lines = []
+    for line in proc.stdout:  # the model line comes just before the first step
+        lines.append(line)
+        if line.startswith("Model:"):
+            break
+    time.sleep(1.0)  # part-way into epoch 1 (an epoch of 47 steps takes about 2 s here)
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait() == 143, out
+    state = load_checkpoint(run / "checkpoints" / "last")
+    assert state["progress"] is not None and 0 < state["progress"]["step"] < 47, "not saved part-way"
+    where = f"epoch {state['epoch'] + 1}, batch {state['progress']['step']}"
+    assert (f"Stopped by SIGTERM in {where}; saved {run / 'checkpoints' / 'last'}; continue with: cnnlab train "
+            f"--resume {run}") in out
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert (run / ".lock").read_text() == ""  # released on the way out
+
+    resumed = subprocess.run(_cli("train", "--resume", str(run), "--no-progress"), capture_output=True, text=True,
+                             env=os.environ.copy())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming {run} after epoch {state['epoch']}/2, batch {state['progress']['step']} of epoch " in resumed.stdout
+    clean = tmp_path / "clean"
+    assert subprocess.run(_cli(*TUTORIAL, "--out", str(clean)), capture_output=True,
+                          env=os.environ.copy()).returncode == 0
+    assert _metrics(run) == _metrics(clean)  # same losses and accuracies to the last bit, epochs 1..2
+    assert (run / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes()
+    assert json.loads((run / "run.json").read_text())["status"] == "done"

@@ -1,5 +1,6 @@
 """Building a config: defaults, typed overrides, YAML files and packaged configs by name, recipes."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,40 @@ def test_base_dict_then_overrides_and_sections_replaced():
     other = replace(cfg, name="c")
     assert other.name == "c" and other.train == cfg.train and cfg.name == "b"
     assert dump_yaml(cfg).startswith("name: b\ndescription: ''\ndata:\n")
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)) + \
+    "compare:\n  vary:\n    train.lr: *i\n"
+
+
+def test_a_billion_laughs_is_refused_before_anything_walks_it(tmp_path):
+    (tmp_path / "laughs.yaml").write_text(LAUGHS)  # 10⁹ "lol"s once expanded, 1 KB on disk
+    with pytest.raises(CnnlabError, match=r"laughs.yaml expands to more than 100,000 values through its YAML "
+                                          r"aliases; write the values out"):
+        load_config(tmp_path / "laughs.yaml")
+    (tmp_path / "self.yaml").write_text("model: &m\n  layers: [*m]\n")
+    with pytest.raises(CnnlabError, match="self.yaml contains itself through a YAML alias"):
+        load_config(tmp_path / "self.yaml")
+    (tmp_path / "anchors.yaml").write_text("train: &t {epochs: 2}\ncompare:\n  vary: {x: [*t, *t]}\n")
+    assert read_yaml(tmp_path / "anchors.yaml")["train"] == {"epochs": 2}  # ordinary anchors still work
+
+
+def test_a_100_mb_config_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "big.yaml"
+    with open(big, "w") as f:
+        line = "name: x\n" * 131072  # 1 MiB
+        for _ in range(100):
+            f.write(line)
+    with pytest.raises(CnnlabError, match=r"big.yaml is 104,857,600 bytes; a config is at most 1,048,576 "):
+        load_config(big)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 5000 + "]" * 5000, "is nested too deeply to be a config"),
+    ("train:\n  seed: 2024-13-01\n", "holds a value YAML cannot read (month must be in 1..12); quote it"),
+])
+def test_yaml_that_breaks_the_parser_is_one_line(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        load_config(tmp_path / "c.yaml")

@@ -14,6 +14,7 @@ from cnnlab.config import (
     TrainConfig,
     from_dict,
     load_config,
+    parse_every,
     parse_override,
 )
 from cnnlab.errors import CnnlabError
@@ -108,3 +109,20 @@ def test_logger_keys():
         load_config(None, [("callbacks.mlflow", " ")])
     with pytest.raises(CnnlabError, match="callbacks.tensorboard expects true or false"):
         load_config(None, [("callbacks.tensorboard", "yes")])
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    (500, ("steps", 500.0)), ("500steps", ("steps", 500.0)), ("1 step", ("steps", 1.0)), ("30s", ("seconds", 30.0)),
+    ("10min", ("seconds", 600.0)), ("1.5h", ("seconds", 5400.0)), (0, None), ("off", None), (False, None)])
+def test_checkpoint_every_reads_times_and_step_counts(value, parsed):
+    assert parse_every(value, "k") == parsed
+    cfg = load_config(None, [("callbacks.checkpoint_every", value)])
+    assert cfg.callbacks.checkpoint_every == value
+
+
+@pytest.mark.parametrize("value", ["10 parsecs", -3, "1.5steps", "0s", True, "min", ""])
+def test_a_bad_checkpoint_every_is_one_line_naming_the_key(value):
+    with pytest.raises(CnnlabError) as err:
+        load_config(None, [("callbacks.checkpoint_every", value)])
+    assert str(err.value) == (f"`callbacks.checkpoint_every`: {value!r} is neither a time nor a number of steps; "
+                              "write e.g. 10min, 30s, 2h, 500steps, 500, or 0 for epoch ends only")

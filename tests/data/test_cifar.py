@@ -2,6 +2,7 @@
 
 import io
 import pickle
+import re
 import tarfile
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_class_names_and_bad_batches(tmp_path):
     assert cifar.class_names(tmp_path) == ["airplane", "automobile"]
     with open(tmp_path / "wide", "wb") as f:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f, protocol=2)
-    with pytest.raises(CnnlabError, match=r"data has shape \(2, 100\), expected \(N, 3072\)"):
+    with pytest.raises(CnnlabError, match=r"data has shape \(2, 100\), expected a uint8 array \(N, 3072\)"):
         cifar.read_split(tmp_path, ("wide",))
     (tmp_path / "junk").write_bytes(b"\x00garbage")
     with pytest.raises(CnnlabError, match="is not a CIFAR-10 python batch"):
@@ -59,3 +60,62 @@ def test_extract_keeps_only_the_batch_folders_regular_files(tmp_path):
     (tmp_path / "bad.tar.gz").write_bytes(b"not a tar")
     with pytest.raises(CnnlabError, match="is not a readable tar.gz"):
         cifar.extract(tmp_path / "bad.tar.gz", tmp_path / "x")
+
+
+class _Marker:
+    """Unpickling this writes a marker file (what a hostile batch would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').write('pwned')",)
+
+
+def test_a_batch_that_would_run_code_runs_none(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": _Marker(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(CnnlabError, match=r"refusing to load (__builtin__|builtins).exec from a data file"):
+        cifar.read_split(tmp_path, ("data_batch_1",))
+    assert not marker.exists()
+
+
+def test_an_array_larger_than_its_file_is_refused_before_allocation(tmp_path):
+    class Huge:  # unpickles as numpy.ndarray((10**12,), "u1"): a 1 TB array from a 100-byte file
+        def __reduce__(self):
+            return np.ndarray, ((10**12,), "u1")
+
+    huge = pickle.dumps(Huge(), protocol=2)
+    assert len(huge) < 100
+    (tmp_path / "big").write_bytes(huge)
+    with pytest.raises(CnnlabError, match=r"an array of shape \(1000000000000,\) is larger than the file"):
+        cifar.read_batch(tmp_path / "big")
+
+
+@pytest.mark.parametrize(("batch", "message"), [
+    ([1, 2], "it holds a list, not a dict"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels are not 2 class numbers 0-9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "labels are not 2 class numbers 0-9"),
+    ({b"data": np.zeros((2, 3072), np.float64), b"labels": [0, 1]}, "expected a uint8 array"),
+    ({b"labels": [0, 1]}, "data has shape NoneType"),
+])
+def test_batches_that_are_not_what_the_official_files_hold_are_refused(tmp_path, batch, message):
+    (tmp_path / "b").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        cifar.read_split(tmp_path, ("b",))
+
+
+def test_the_official_files_need_only_the_allowed_globals(real_data):
+    import pickletools
+
+    folder = real_data / "cifar-10" / cifar.FOLDER
+    needed = set()
+    for name in (cifar.META, cifar.TEST_BATCH):
+        for op, arg, _ in pickletools.genops((folder / name).read_bytes()):
+            if op.name in ("GLOBAL", "STACK_GLOBAL"):
+                needed.add(tuple(arg.split(" ")))
+    assert needed == {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    assert needed <= cifar._ALLOWED
+    x, y = cifar.read_split(folder, (cifar.TEST_BATCH,))
+    assert x.shape == (10000, 3, 32, 32) and y.shape == (10000,) and int(y.max()) == 9
+    assert cifar.class_names(folder)[:2] == ["airplane", "automobile"]

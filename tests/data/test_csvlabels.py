@@ -65,3 +65,20 @@ def test_rows_outside_the_folder_missing_or_repeated_are_skipped_with_reasons(fo
     assert reasons["nope.png"] == "listed in labels.csv but missing"
     assert reasons["c.png"] == "no label in labels.csv row 7"
     assert [r for f, r in found.skipped if f == "a.png"] == ["listed twice in labels.csv"]
+
+
+def test_links_that_leave_the_folder_or_loop_are_skipped(folder, tmp_path_factory):
+    import os
+
+    secret = tmp_path_factory.mktemp("elsewhere") / "secret.png"
+    secret.write_bytes(b"x")
+    os.symlink(secret, folder / "inside.png")  # a name inside the folder, a file outside it
+    os.symlink("loop2.png", folder / "loop1.png")
+    os.symlink("loop1.png", folder / "loop2.png")
+    csv = write(folder, f"file,label\ninside.png,cat\nloop1.png,cat\n{secret},cat\na.png,dog\n")
+    found = read_label_csv(csv)
+    assert found.items == [("a.png", "dog")]
+    assert dict(found.skipped) == {
+        "inside.png": "outside the folder of labels.csv (row 2); only files under it are read",
+        "loop1.png": "a symbolic link that loops (labels.csv row 3)",
+        str(secret): "outside the folder of labels.csv (row 4); only files under it are read"}

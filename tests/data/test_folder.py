@@ -309,3 +309,18 @@ def test_the_pixel_limit_is_part_of_the_cache_key(tmp_path):
     assert load(root, image_size=4).files == ("cat.1.png", "cat.2.png", "dog.1.png")  # a new cache, not the old one
     with pytest.raises(CnnlabError, match="`data.max_pixels` is -1"):
         FolderSpec(root, max_pixels=-1)
+
+
+def test_symlink_loops_in_a_folder_are_skipped_not_followed(tmp_path):
+    root = tmp_path / "pets"
+    img(root / "cat" / "a.png", RED)
+    img(root / "dog" / "b.png", BLUE)
+    os.symlink("..", root / "cat" / "up")  # a folder loop: os.walk does not follow links to folders
+    os.symlink(root, root / "dog" / "again")
+    os.symlink("self.png", root / "dog" / "self.png")  # a file link to itself
+    os.symlink("y.png", root / "dog" / "x.png")
+    os.symlink("x.png", root / "dog" / "y.png")
+    ds = load(root, image_size=4)
+    assert ds.files == ("cat/a.png", "dog/b.png") and ds.data.labels.tolist() == [0, 1]
+    assert dict(ds.report.skipped) == {name: "a symbolic link that loops or leads nowhere"
+                                       for name in ("dog/self.png", "dog/x.png", "dog/y.png")}

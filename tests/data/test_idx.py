@@ -42,3 +42,39 @@ def test_big_endian_element_types_and_a_missing_file(tmp_path):
         read_idx(tmp_path / "long")
     with pytest.raises(CnnlabError, match="nope not found"):
         read_idx(tmp_path / "nope")
+
+
+def _header(*shape, code=8):
+    return bytes([0, 0, code, len(shape)]) + b"".join(int(d).to_bytes(4, "big") for d in shape)
+
+
+def test_a_header_claiming_a_trillion_images_is_refused_before_reading(tmp_path):
+    # 10¹² images of 28×28 would need 784 TB; the file holds 16 bytes + one image
+    (tmp_path / "huge").write_bytes(_header(10**12 % 2**32, 28, 28) + b"\0" * 784)
+    claimed = 16 + (10**12 % 2**32) * 784
+    with pytest.raises(CnnlabError, match=f"holds 800 bytes but its header declares {claimed}"):
+        read_idx(tmp_path / "huge")
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(_header(2**32 - 1, 2**32 - 1, 28) + b"\0" * 784))
+    with pytest.raises(CnnlabError, match=r"declares [\d,]+ bytes, more than its \d+ compressed bytes can hold"):
+        read_idx(tmp_path / "huge.gz")
+    # 255 dimensions of 2³²-1: numpy's int64 product would wrap around; Python's does not
+    (tmp_path / "wrap").write_bytes(_header(*[2**32 - 1] * 255))
+    with pytest.raises(CnnlabError, match="holds 1024 bytes but its header declares"):
+        read_idx(tmp_path / "wrap")
+
+
+def test_truncated_files_are_named(tmp_path):
+    arr = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    full = _idx_bytes(arr)
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(full[:-7]))  # a whole gzip of a short body
+    with pytest.raises(CnnlabError, match="cut.gz holds 69 bytes but its header declares 76; the file is truncated"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "long.gz").write_bytes(gzip.compress(full + b"\0"))
+    with pytest.raises(CnnlabError, match=r"holds more bytes than its header declares \(76\)"):
+        read_idx(tmp_path / "long.gz")
+    (tmp_path / "torn.gz").write_bytes(gzip.compress(full)[:-12])  # the gzip stream itself cut short
+    with pytest.raises(CnnlabError, match="torn.gz is not a readable gzip file"):
+        read_idx(tmp_path / "torn.gz")
+    (tmp_path / "head").write_bytes(full[:9])  # ends inside the 3 dimensions
+    with pytest.raises(CnnlabError, match="head ends inside its header; the file is truncated"):
+        read_idx(tmp_path / "head")

@@ -114,3 +114,69 @@ def test_load_weights_file_and_strict_loading(tmp_path):
         load_into(wrong, load_weights_file(tmp_path / "w.safetensors"), "w.safetensors")
     with pytest.raises(CnnlabError, match=r"unexpected: 0.weight, 0.bias"):
         load_into(nn.Sequential(nn.Identity(), nn.Linear(3, 2)), model.state_dict(), "m")
+
+
+@pytest.mark.parametrize("form", ["legacy", "raw pickle"])
+def test_older_and_bare_pickles_that_would_run_code_are_refused_too(tmp_path, form):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    evil = {"weight": torch.zeros(1), "payload": _RunsCode(marker)}
+    if form == "legacy":  # the pre-1.6 torch.save format: a bare pickle stream, not a zip
+        torch.save(evil, tmp_path / "evil.pth", _use_new_zipfile_serialization=False)
+    else:
+        (tmp_path / "evil.pth").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(CnnlabError) as err:
+        load_state_dict_file(tmp_path / "evil.pth")
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def _safetensors_bytes(header: dict, body: bytes) -> bytes:
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + body
+
+
+@pytest.mark.parametrize(("header", "body"), [
+    # offsets beyond the data, overlapping, and a length that disagrees with shape × dtype
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8000]}}, b"\0" * 8),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
+    ({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 8]}}, b"\0" * 8),
+    ({"w": {"dtype": "NOPE", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+])
+def test_a_safetensors_header_that_lies_is_refused(tmp_path, header, body):
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(_safetensors_bytes(header, body))
+    for read in (load_state_dict_file, load_weights_file):
+        with pytest.raises(CnnlabError, match="(cannot read weights file|is not a readable safetensors file)"):
+            read(path)
+
+
+def test_a_safetensors_header_length_beyond_the_file_is_refused_without_allocating(tmp_path):
+    import struct
+
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(CnnlabError, match="cannot read weights file"):
+        load_state_dict_file(path)
+
+
+def test_weights_of_the_wrong_shape_or_kind_do_not_load(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file({**good, "0.weight": torch.zeros(2, 4)}, tmp_path / "shape.safetensors")
+    with pytest.raises(CnnlabError, match=r"does not fit this model \(shape differs: 0.weight\)"):
+        load_into(model, load_weights_file(tmp_path / "shape.safetensors"), "shape.safetensors")
+    save_file({**good, "0.weight": torch.ones(2, 3, dtype=torch.int32)}, tmp_path / "kind.safetensors")
+    with pytest.raises(CnnlabError, match=r"does not fit this model \(dtype differs: 0.weight int32 for float32\)"):
+        load_into(model, load_weights_file(tmp_path / "kind.safetensors"), "kind.safetensors")
+    save_file({**good, "1.num_batches_tracked": torch.zeros((), dtype=torch.float32)}, tmp_path / "f.safetensors")
+    with pytest.raises(CnnlabError, match=r"dtype differs: 1.num_batches_tracked float32 for int64"):
+        load_into(model, load_weights_file(tmp_path / "f.safetensors"), "f.safetensors")
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())  # nothing was loaded
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in good.items()}
+    save_file(half, tmp_path / "half.safetensors")  # another float width is a cast, as torch does
+    load_into(model, load_weights_file(tmp_path / "half.safetensors"), "half.safetensors")

@@ -19,6 +19,7 @@ from cnnlab.runs.experiment import build_callbacks, save_weights, train
 from cnnlab.runs.options import experiment_config
 from cnnlab.training.callbacks import (
     Callback,
+    CheckpointEvery,
     EarlyStopping,
     ModelCheckpoint,
     NanGuard,
@@ -91,16 +92,21 @@ def test_callbacks_follow_the_config():
     cfg = load_config(None, [("callbacks.stop_at", ["val_acc=0.9"]), ("callbacks.early_stopping", 3),
                              ("callbacks.monitor", "val_acc")])
     callbacks = build_callbacks(cfg, progress=False)
-    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint, ProgressBar,
-                                              StallWarning]
+    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint,
+                                              CheckpointEvery, ProgressBar, StallWarning]
     stop, early, checkpoint = callbacks[1:4]
     assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.9)
     assert (early.monitor, early.mode, early.patience) == ("val_acc", "max", 3)
     assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
-    assert not callbacks[-2].live
+    assert not callbacks[-2].live  # the ProgressBar
     plain = build_callbacks(load_config())
-    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, ProgressBar, StallWarning]
+    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, CheckpointEvery, ProgressBar, StallWarning]
     assert (plain[1].monitor, plain[1].mode) == ("val_loss", "min")
+    assert (plain[2].steps, plain[2].seconds) == (0, 300.0)  # the default: part-way every 5 minutes
+    by_steps = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "500steps")]))[2]
+    assert (by_steps.steps, by_steps.seconds) == (500, 0.0)
+    off = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "off")]))
+    assert [type(cb) for cb in off] == [NanGuard, ModelCheckpoint, ProgressBar, StallWarning]
 
 
 def test_save_weights_round_trips_the_state_dict(tmp_path):
@@ -402,3 +408,56 @@ def test_a_short_training_on_cuda(tmp_path):
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     # the same recipe on the CPU reaches ~0.8 after 2 epochs on the sample; a broken GPU path stays near 0.1
     assert result.test.acc >= 0.7
+
+
+HOLD = ("import sys, time\nfrom cnnlab.runs.run_dir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_run_in_training_refuses_a_second_resume_and_an_overwrite(dnn_run, tmp_path):
+    from cnnlab.runs.options import resume_config
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    # a trainer of this run, as far as the lock can tell
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert proc.stdout.readline() == b"held\n"
+        busy = rf"run is being trained by process {proc.pid} on .*; wait for it to end or stop it"
+        with pytest.raises(CnnlabError, match=busy):
+            quiet(resume_config(run, epochs=3), resume=run)
+        with pytest.raises(CnnlabError, match=busy):
+            quiet(experiment_config(**{**OPTIONS, "epochs": 1}), out=run, overwrite=True)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+        assert (run / ".lock").read_text().split()[0] == str(proc.pid)  # the owner is still named
+    finally:
+        proc.kill()
+        proc.wait()
+    # its owner killed, the stale lock is taken over and the resume goes ahead, clearing what a killed writer left
+    (run / "checkpoints" / ".last.k1ll.tmp").mkdir()
+    lines = []
+    assert train(resume_config(run, epochs=3), resume=run, progress=False, log=lines.append).failed is None
+    assert "note: removed 1 half-written file(s) left by an interrupted writer: checkpoints/.last.k1ll.tmp" in lines
+    assert not (run / "checkpoints" / ".last.k1ll.tmp").exists()
+    assert [m["epoch"] for m in _epochs(run)] == [1, 2, 3]
+    assert (run / ".lock").read_text() == ""  # released at the end
+
+
+def test_a_run_stopped_after_its_last_epoch_is_finished_by_a_resume(dnn_run, tmp_path):
+    from cnnlab.runs.options import resume_config
+
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    for name in ("model.safetensors", "results.json", "summary.txt"):  # killed during the test evaluation
+        (run / name).unlink()
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    lines = []
+    assert train(resume_config(run, epochs=2), resume=run, progress=False, log=lines.append).failed is None
+    assert "note: all 2 epochs were trained before the stop; finishing the run (final weights, test evaluation)" \
+        in lines
+    assert (run / "model.safetensors").read_bytes() == (dnn_run / "model.safetensors").read_bytes()
+    assert json.loads((run / "results.json").read_text()) == json.loads((dnn_run / "results.json").read_text())
+    assert [m["epoch"] for m in _epochs(run)] == [1, 2]
+    assert json.loads((run / "run.json").read_text())["status"] == "done"

@@ -57,3 +57,39 @@ def test_non_finite_weights_are_refused_by_name(dnn_run, tmp_path):
         load_run(run)
     with pytest.raises(CnnlabError, match="non-finite weights"):
         evaluate_run(run)  # evaluate, predict, show and export all start from load_run
+
+
+READ_WHILE_TRAINING = ("import sys\nfrom cnnlab.runs.experiment import train\nfrom cnnlab.runs.options import "
+                       "experiment_config\ntrain(experiment_config(dataset='fashion-mnist-sample', model='dnn_128', "
+                       "epochs=3, batch_size=256, overrides=[('callbacks.checkpoint_every', 2)]), out=sys.argv[1], "
+                       "progress=False, log=lambda s: None)\n")
+
+
+@pytest.mark.slow
+def test_a_reader_looping_during_a_training_always_sees_whole_files(tmp_path):
+    """load_run and the history, read over and over while a training swaps a checkpoint in every 2 steps."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cnnlab.runs.run_dir import RunDir
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", READ_WHILE_TRAINING, str(run)], stderr=subprocess.PIPE,
+                            env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "last").exists():  # before it, "no weights yet" is the true answer
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    reads, epochs_seen = 0, set()
+    while proc.poll() is None:
+        loaded = load_run(run)  # run.json, config, weights: each whole, or a CnnlabError fails the test
+        assert loaded.classes and all(torch.isfinite(p).all() for p in loaded.model.parameters())
+        history = RunDir(run).read_history()
+        assert [m["epoch"] for m in history] == list(range(1, len(history) + 1))
+        epochs_seen.add(len(history))
+        reads += 1
+    assert proc.wait() == 0, proc.stderr.read().decode()
+    assert reads >= 10 and epochs_seen >= {1, 2}, (reads, epochs_seen)

@@ -1,13 +1,20 @@
 """The run directory: creating without clobbering, opening, the files it holds, names for new runs."""
 
+import contextlib
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.runs.run_dir import RunDir, default_run_dir, numbered, prepare_folder, safe_name
+from cnnlab.runs.run_dir import RunDir, RunLock, default_run_dir, numbered, prepare_folder, safe_name
 
 
 def _run(path):
@@ -26,7 +33,8 @@ def test_create_never_clobbers_and_overwrites_only_runs(tmp_path):
     assert "\n" not in str(err.value)
     assert (run.path / "metrics.jsonl").read_text() == "precious\n"
     again = RunDir.create(run.path, overwrite=True)
-    assert again.path == run.path and list(run.path.iterdir()) == []
+    assert again.path == run.path and [p.name for p in run.path.iterdir()] == [".lock"]  # held while emptied
+    assert again.lock is None and (run.path / ".lock").read_text() == ""
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -121,3 +129,117 @@ def test_names_for_new_runs(tmp_path):
     assert default_run_dir(named, tmp_path) == tmp_path / "my-run"
     layers = load_config(None, [("model.name", None), ("model.layers", [{"type": "Flatten"}])])
     assert default_run_dir(layers, tmp_path) == tmp_path / "custom-fashion-mnist"
+
+
+# ----------------------------------------------------------------------------------- one writer per run
+
+HOLD = ("import sys, time\nfrom cnnlab.runs.run_dir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+@pytest.fixture
+def holder():
+    """``holder(folder)``: a separate process that takes the run lock of ``folder`` and keeps it (killed at the
+    end of the test)."""
+    procs = []
+
+    def start(folder):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
+                                env=os.environ.copy())
+        procs.append(proc)
+        assert proc.stdout.readline() == b"held\n"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_held_lock_is_refused_naming_the_pid_and_host(tmp_path, holder):
+    proc = holder(tmp_path)
+    with pytest.raises(CnnlabError) as err:
+        RunLock(tmp_path).acquire()
+    assert str(err.value) == (f"{tmp_path} is being trained by process {proc.pid} on {socket.gethostname()}; "
+                              "wait for it to end or stop it")
+    assert (tmp_path / ".lock").read_text() == f"{proc.pid} {socket.gethostname()}\n"  # the owner's line is kept
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
+    proc = holder(tmp_path)
+    proc.send_signal(signal.SIGKILL)  # the kernel drops its flock; the file still names the dead pid
+    proc.wait()
+    assert (tmp_path / ".lock").read_text().split()[0] == str(proc.pid)
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    assert (tmp_path / ".lock").read_text() == ""  # released: no owner named
+    (tmp_path / ".lock").write_text("999999 elsewhere\n")  # a file naming an owner that holds no flock
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().startswith(f"{os.getpid()} ")
+
+
+def test_of_racing_writers_exactly_one_gets_the_lock(tmp_path):
+    # flock conflicts between open file descriptions, so threads with their own RunLock race like processes
+    wins = []
+    for _ in range(RACES):
+        barrier = threading.Barrier(4)
+        got: list[RunLock] = []
+
+        def attempt(barrier=barrier, got=got):
+            barrier.wait()
+            with contextlib.suppress(CnnlabError):
+                got.append(RunLock(tmp_path).acquire())
+
+        threads = [threading.Thread(target=attempt) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wins.append(len(got))
+        for lock in got:
+            lock.release()
+    assert wins == [1] * RACES
+
+
+RACES = 200  # rounds of 4 racing writers (docs/reliability.md counts them)
+
+
+def test_overwrite_is_refused_while_the_run_trains(tmp_path, holder):
+    run = _run(tmp_path / "run")
+    (run.path / "metrics.jsonl").write_text("precious\n")
+    proc = holder(run.path)
+    with pytest.raises(CnnlabError, match=rf"run is being trained by process {proc.pid} on "):
+        RunDir.create(run.path, overwrite=True)
+    assert (run.path / "metrics.jsonl").read_text() == "precious\n"
+    proc.kill()
+    proc.wait()
+    fresh = RunDir.create(run.path, overwrite=True, lock=True)  # free again: replaced, and locked throughout
+    assert [p.name for p in fresh.path.iterdir()] == [".lock"]
+    with pytest.raises(CnnlabError, match=rf"run is being trained by process {os.getpid()} "):
+        RunLock(run.path).acquire()  # no one can start training it before the new run writes a file
+    fresh.lock.release()
+    new = RunDir.create(tmp_path / "new", lock=True)
+    assert new.lock is not None and (new.path / ".lock").read_text().startswith(f"{os.getpid()} ")
+    new.lock.release()
+
+
+def test_remove_temp_files_clears_what_a_killed_writer_left(tmp_path):
+    run = _run(tmp_path / "run")
+    (run.path / ".metrics.jsonl.abc123.tmp").write_text("half")
+    (run.checkpoints / ".last.x1y2.tmp").mkdir(parents=True)
+    (run.checkpoints / ".last.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (run.checkpoints / "last").mkdir()
+    assert run.remove_temp_files() == [".metrics.jsonl.abc123.tmp", "checkpoints/.last.x1y2.tmp"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "run.json"]
+    assert [p.name for p in run.checkpoints.iterdir()] == ["last"]
+    assert run.remove_temp_files() == []
+
+
+def test_weights_path_finds_the_checkpoint_a_training_is_swapping(tmp_path):
+    run = _run(tmp_path / "run")
+    for name in ("previous", ".last.old", "last"):  # the names a checkpoint has during a swap, latest last
+        (run.checkpoints / name).mkdir(parents=True)
+        (run.checkpoints / name / "model.safetensors").write_bytes(b"w")
+        assert run.weights_path() == run.checkpoints / name / "model.safetensors"
+    (run.path / "model.safetensors").write_bytes(b"final")
+    assert run.weights_path() == run.path / "model.safetensors"

@@ -1,11 +1,14 @@
 """Checkpoints as plain files: exact round trips, atomic swaps, nothing pickled, damaged folders named."""
 
+import errno
 import json
+import shutil
 
 import pytest
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.training import checkpoint
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -68,4 +71,93 @@ def test_missing_and_damaged_checkpoints_are_named(tmp_path, make_model):
         load_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2))
     (tmp_path / "ck" / "state.json").write_text("{not json")  # a torn or edited file: caught by its digest
     with pytest.raises(CnnlabError, match=r"ck holds no usable checkpoint \(state.json does not match its digest"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def _two_checkpoints(tmp_path, make_model):
+    """checkpoints/last (epoch 2) with checkpoints/previous (epoch 1) kept beside it."""
+    last, prev = tmp_path / "last", tmp_path / "previous"
+    save_checkpoint(last, make_model(), {"epoch": 1}, keep_previous=prev)
+    save_checkpoint(last, make_model(seed=1), {"epoch": 2}, keep_previous=prev)
+    return last, prev
+
+
+def test_keep_previous_moves_the_replaced_checkpoint_aside(tmp_path, make_model):
+    last, prev = _two_checkpoints(tmp_path, make_model)
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
+    save_checkpoint(last, make_model(), {"epoch": 3}, keep_previous=prev)  # the oldest is dropped
+    assert load_checkpoint(last)["epoch"] == 3 and load_checkpoint(prev)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "previous"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "torn", "gone"])
+def test_a_damaged_last_falls_back_to_previous_with_one_note(tmp_path, make_model, damage):
+    last, prev = _two_checkpoints(tmp_path, make_model)
+    if damage == "flip":  # one bit flipped on disk in the weights
+        data = bytearray((last / "model.safetensors").read_bytes())
+        data[-1] ^= 1
+        (last / "model.safetensors").write_bytes(bytes(data))
+        why = "model.safetensors does not match its digest (damaged on disk)"
+    elif damage == "torn":  # a crash before digest.json, written last
+        (last / "digest.json").unlink()
+        why = "no digest.json (written last: the checkpoint was torn while being written)"
+    else:  # a crash between moving last to previous and renaming the new one in
+        shutil.rmtree(last)
+        why = None
+    notes = []
+    model = make_model(seed=5)
+    state = load_checkpoint(last, model, fallback=prev, log=notes.append)
+    assert state["epoch"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), make_model().state_dict().values(),
+                                                 strict=True))  # epoch 1's weights (seed 0), not seed 1's
+    if why is None:
+        assert notes == []  # nothing to name: last never appeared
+    else:
+        assert notes == [f"note: {last} is not usable ({why}); resuming from {prev} instead"]
+
+
+def test_both_damaged_is_an_error_naming_the_newer(tmp_path, make_model):
+    last, prev = _two_checkpoints(tmp_path, make_model)
+    (last / "digest.json").write_text("{")
+    (prev / "state.json").unlink()
+    with pytest.raises(CnnlabError, match=r"last holds no usable checkpoint \(digest.json is damaged\)"):
+        load_checkpoint(last, fallback=prev)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, make_model, monkeypatch):
+    last, prev = _two_checkpoints(tmp_path, make_model)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    real = checkpoint.save_file
+
+    def full(tensors, filename, *a, **kw):  # the second file of the new checkpoint finds the disk full
+        if filename.endswith("state.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, *a, **kw)
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(CnnlabError) as err:
+        save_checkpoint(last, make_model(seed=2), {"epoch": 3}, keep_previous=prev)
+    assert str(err.value) == (f"no space left on {tmp_path} while writing last; freed nothing; the last good "
+                              f"checkpoint is {last}")
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before  # no temp folder
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
+
+
+def test_other_write_errors_are_not_dressed_as_a_full_disk(tmp_path, make_model, monkeypatch):
+    def broken(*a, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint, "save_file", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("digest", ['{"sha256": []}', '{"sha256": {}}', '{"sha256": {"state.json": "x"}}', "[1]",
+                                    '{"sha256": {"../../etc/passwd": "x", "model.safetensors": "x", '
+                                    '"state.safetensors": "x", "state.json": "x"}}'])
+def test_a_digest_that_leaves_files_out_vouches_for_nothing(tmp_path, make_model, digest):
+    save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
+    (tmp_path / "ck" / "digest.json").write_text(digest)
+    with pytest.raises(CnnlabError, match=r"ck holds no usable checkpoint \(digest.json is damaged\)"):
         load_checkpoint(tmp_path / "ck")

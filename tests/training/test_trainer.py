@@ -219,3 +219,77 @@ def test_evaluation_loss_is_the_mean_cross_entropy_over_the_whole_set(toy, make_
     assert ev.loss == pytest.approx(F.cross_entropy(logits, toy.labels).item(), rel=1e-5)
     assert ev.confusion.sum(1).tolist() == toy.class_counts()  # rows are the true classes
     assert ev.acc == (logits.argmax(1) == toy.labels).sum().item() / len(toy)
+
+
+# ------------------------------------------------------------------ part-way checkpoints and exact resume
+
+
+class Crash(Callback):
+    """Raises after global step ``at`` (a crash: nothing more is saved)."""
+
+    order = 60
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, batch, loss):
+        if trainer.epoch * trainer.steps_per_epoch + batch + 1 == self.at:
+            raise RuntimeError("killed")
+
+
+def test_a_run_resumed_from_a_part_way_checkpoint_equals_an_uninterrupted_one(toy, tmp_path, make_trainer):
+    from cnnlab.training.callbacks import CheckpointEvery
+    from cnnlab.training.checkpoint import load_checkpoint
+
+    def trainer(folder, *extra):
+        return make_trainer(toy, folder, [ModelCheckpoint("val_loss", "min"), CheckpointEvery(steps=5), *extra],
+                            schedule="onecycle")
+
+    full = trainer(tmp_path / "a")
+    full.fit()
+    crashed = trainer(tmp_path / "b", Crash(at=19))  # 12 steps an epoch: saved at step 15 = epoch 2, batch 3
+    with pytest.raises(RuntimeError, match="killed"):
+        crashed.fit()
+    state = load_checkpoint(tmp_path / "b" / "last")
+    assert (state["epoch"], state["progress"]["step"], state["progress"]["seen"]) == (1, 3, 48)
+    previous = load_checkpoint(tmp_path / "b" / "previous")  # the one it replaced: epoch 1's end
+    assert (previous["epoch"], previous["progress"]) == (1, None)
+    resumed = trainer(tmp_path / "b")
+    resumed.resume("last")
+    assert resumed.progress.step == 3 and resumed.epoch == 1
+    resumed.fit()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # dropout draws, data order and Adam's moments continue exactly
+    drop = ("seconds",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in full.history]  # lr: the epoch's first step's
+
+
+def test_checkpoint_every_saves_by_steps_and_by_time_never_at_an_epochs_end(toy, tmp_path, make_trainer):
+    from cnnlab.training.callbacks import CheckpointEvery
+
+    steps = CheckpointEvery(steps=4)
+    saved = []
+    t = make_trainer(toy, tmp_path / "s", [steps], epochs=2)
+    t.save_checkpoint = lambda kind: saved.append((kind, t.epoch, t.progress.step))
+    t.fit()
+    # global steps 4, 8, 16, 20 (12 and 24 end an epoch: ModelCheckpoint's)
+    assert saved == [("last", 0, 4), ("last", 0, 8), ("last", 1, 4), ("last", 1, 8)] and steps.saved == 4
+
+    now = [0.0]
+    timed = CheckpointEvery(seconds=10, clock=lambda: now[0])
+
+    class Tick(Callback):  # each step takes 3 s of the fake clock
+        order = 40
+
+        def on_train_batch_end(self, trainer, batch, loss):
+            now[0] += 3
+
+    saved.clear()
+    t = make_trainer(toy, tmp_path / "t", [Tick(), timed], epochs=2)
+    t.save_checkpoint = lambda kind: saved.append((t.epoch, t.progress.step))
+    t.fit()
+    # 12 s after the start: after step 4 and 8; the epoch's end resets the clock, then steps 4 and 8 again
+    assert saved == [(0, 4), (0, 8), (1, 4), (1, 8)]
+    with pytest.raises(CnnlabError, match="needs a positive number of steps or seconds"):
+        CheckpointEvery()

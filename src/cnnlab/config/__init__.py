@@ -25,8 +25,9 @@ from cnnlab.config.schema import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    parse_every,
 )
 
 __all__ = ["PACKAGED", "PADDING_MODES", "AugmentConfig", "CallbacksConfig", "CompareConfig", "Config", "DataConfig",
            "ModelConfig", "Override", "TrainConfig", "apply_override", "config_path", "dump_yaml", "flatten", "from_dict",
-           "load_config", "parse_override", "parse_value", "read_yaml", "recipe_path", "replace", "to_dict"]
+           "load_config", "parse_every", "parse_override", "parse_value", "read_yaml", "recipe_path", "replace", "to_dict"]

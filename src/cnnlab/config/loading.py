@@ -57,26 +57,69 @@ def read_yaml(path: str | Path, *, allow_list: bool = False) -> dict | list:
     """A YAML mapping (or, with ``allow_list``, a list) from ``path``, with one-line errors for missing or
     malformed files.
 
-    YAML's own safe loader reads it: no tags that build objects, and aliases cannot blow up (a "billion
-    laughs" file stops at PyYAML's alias limit).
+    YAML's own safe loader reads it: no tags that build objects. A file over ``MAX_CONFIG_BYTES`` is refused
+    before parsing, and so is one whose aliases would expand to more than ``MAX_CONFIG_NODES`` values (a
+    "billion laughs" file: PyYAML shares aliased values, but every later walk over the config would not).
 
     Raises:
-        CnnlabError: the file is missing, unreadable, not YAML, or holds something else.
+        CnnlabError: the file is missing, unreadable, too large, not YAML, or holds something else.
     """
     p = Path(path).expanduser()
     if not p.is_file():
         raise CnnlabError(f"config file {p} not found; pass an existing YAML file (see configs/)")
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise CnnlabError(f"config file {p} is {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} "
+                              "(is it the right file?)")
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        _check_expansion(data, p)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise CnnlabError(f"config file {p}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CnnlabError(f"config file {p} cannot be read ({exc}); save it as UTF-8 text") from None
+    except ValueError as exc:  # a value YAML types but cannot build, e.g. the date 2024-13-01
+        raise CnnlabError(f"config file {p} holds a value YAML cannot read ({exc}); quote it") from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise CnnlabError(f"config file {p} is nested too deeply to be a config") from None
     if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
         raise CnnlabError(f"config file {p} must hold a mapping (data:, model:, train:, ...), got {type(data).__name__}")
     return data
+
+
+MAX_CONFIG_BYTES = 1 << 20  # the largest packaged config is ~2 KB
+MAX_CONFIG_NODES = 100_000  # values in the config once every alias is expanded
+
+
+def _check_expansion(data: Any, path: Path) -> None:
+    """Refuses a YAML document whose aliases expand to more than ``MAX_CONFIG_NODES`` values, or that
+    contains itself; counts each shared value once per use in O(distinct values)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def count(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise CnnlabError(f"config file {path} contains itself through a YAML alias; write the values out")
+        active.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += count(child)
+            if total > MAX_CONFIG_NODES:
+                raise CnnlabError(f"config file {path} expands to more than {MAX_CONFIG_NODES:,} values through "
+                                  "its YAML aliases; write the values out")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    count(data)
 
 
 def config_path(name: str | Path) -> Path:

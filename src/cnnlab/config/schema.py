@@ -6,6 +6,7 @@ wrong type or an invalid choice is a one-line error naming the key and what is v
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from cnnlab.errors import CnnlabError
@@ -237,6 +238,11 @@ class CallbacksConfig:
             local ``.db`` file or folder (a SQLite store there); null = off (needs ``cnnlab[mlflow]``).
         log_every_n_steps: the loggers also record the training loss and learning rate every this many
             optimiser steps (0 = per epoch only).
+        checkpoint_every: also save ``checkpoints/last`` part-way through an epoch, with the position in its
+            data order, so that a resume continues from that batch (Keras's ``BackupAndRestore(save_freq)``):
+            a time of training since the last checkpoint (``30s``, ``10min``, ``2h``) or a number of steps
+            (``500steps`` or ``500``); ``0`` or ``off`` saves at epoch ends only. The default, ``5min``, only
+            fires in epochs longer than five minutes (each epoch's end saves anyway).
     """
 
     stop_at: tuple[str, ...] = ()
@@ -248,6 +254,7 @@ class CallbacksConfig:
     tensorboard: bool = False
     mlflow: str | None = None
     log_every_n_steps: int = 50
+    checkpoint_every: str | int | bool = "5min"
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps < 0:
@@ -255,6 +262,36 @@ class CallbacksConfig:
                               "or a number of steps")
         if self.mlflow is not None and not self.mlflow.strip():
             raise CnnlabError("callbacks.mlflow is empty; give a tracking URI (e.g. sqlite:///mlflow.db) or null")
+        parse_every(self.checkpoint_every, "callbacks.checkpoint_every")  # a one-line error now, not mid-run
+
+
+_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_every(value: str | int | bool, key: str) -> tuple[str, float] | None:
+    """``("steps", n)`` or ``("seconds", t)`` for a checkpoint cadence, or None when it is off.
+
+    Accepts an int of steps, ``"500steps"``, ``"30s"``, ``"10min"``, ``"1.5h"``; ``0``, ``"0"``, ``"off"``
+    and ``false`` mean off.
+
+    Raises:
+        CnnlabError: anything else (one line naming ``key``).
+    """
+    if value is False or value == 0:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return ("steps", float(value))
+    text = str(value).strip().lower().replace(" ", "") if isinstance(value, str) else ""
+    if text in ("off", "0", "none", "no"):
+        return None
+    steps = re.fullmatch(r"(\d+)steps?", text)
+    if steps and int(steps.group(1)) > 0:
+        return ("steps", float(steps.group(1)))
+    time = re.fullmatch(r"(\d+(?:\.\d+)?)(s|sec|min|m|h)", text)
+    if time and float(time.group(1)) > 0:
+        return ("seconds", float(time.group(1)) * _UNITS[time.group(2)])
+    raise CnnlabError(f"`{key}`: {value!r} is neither a time nor a number of steps; write e.g. 10min, 30s, 2h, "
+                      "500steps, 500, or 0 for epoch ends only")
 
 
 @dataclass(frozen=True)

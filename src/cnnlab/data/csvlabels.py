@@ -86,7 +86,11 @@ def read_label_csv(path: Path, *, file_column: str | None = None, label_column: 
     for i, row in enumerate(rows[1:] if header else rows, start=2 if header else 1):
         rel = row[fi].strip().replace("\\", "/") if fi < len(row) else ""
         label = row[li].strip() if li < len(row) else ""
-        target = (root / rel).resolve()
+        try:
+            target = (root / rel).resolve()
+        except (RuntimeError, OSError):  # Python < 3.13 raises on a symbolic link loop
+            out.skipped.append((rel, f"a symbolic link that loops ({path.name} row {i})"))
+            continue
         if not target.is_relative_to(root):
             out.skipped.append((rel, f"outside the folder of {path.name} (row {i}); only files under it are read"))
         elif not label:

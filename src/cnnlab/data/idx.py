@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -16,23 +17,56 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 def read_idx(path: str | Path) -> np.ndarray:
     """Reads an IDX file (``.gz`` or raw) into an array of its declared shape.
 
+    The header is checked against the file before the body is read: a raw file must hold exactly the bytes its
+    header declares, and a gzip file cannot inflate beyond ``MAX_DEFLATE_RATIO`` times its size, so a header
+    claiming 10¹² images is refused without allocating anything; a gzip body is then read in chunks and never
+    beyond the declared size (no "zip bomb").
+
     Raises:
-        CnnlabError: the file is missing, not IDX, or shorter than its header says.
+        CnnlabError: the file is missing, not IDX, or its size does not match its header.
     """
     p = Path(path)
+    gz = p.suffix == ".gz"
     try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        size = p.stat().st_size
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+                raise CnnlabError(f"{p} is not an IDX file (bad magic number); expected the official MNIST-format "
+                                  "files")
+            dims = f.read(4 * head[3])
+            if len(dims) < 4 * head[3]:
+                raise CnnlabError(f"{p} ends inside its header; the file is truncated")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+            dtype = np.dtype(_DTYPES[head[2]])
+            body = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            header = 4 + len(dims)
+            if not gz and size != header + body:
+                raise CnnlabError(f"{p} holds {size} bytes but its header declares {header + body}; the file is "
+                                  "truncated or corrupt")
+            if gz and header + body > MAX_DEFLATE_RATIO * size:
+                raise CnnlabError(f"{p} declares {header + body:,} bytes, more than its {size:,} compressed bytes "
+                                  "can hold; the file is corrupt")
+            raw = _read_exactly(f, body, p, header)
     except FileNotFoundError:
         raise CnnlabError(f"{p} not found") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise CnnlabError(f"{p} is not a readable gzip file ({exc}); delete it and fetch it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise CnnlabError(f"{p} is not an IDX file (bad magic number); expected the official MNIST-format files")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[raw[2]])
-    need = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != need:
-        raise CnnlabError(f"{p} holds {len(raw)} bytes but its header declares {need}; the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype).reshape(shape)
+
+
+MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032:1
+
+
+def _read_exactly(f, n: int, p: Path, header: int) -> bytes:
+    """``n`` bytes from ``f`` in chunks, and an error if it holds fewer or more."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(n - len(buf), 1 << 24))
+        if not chunk:
+            raise CnnlabError(f"{p} holds {header + len(buf)} bytes but its header declares {header + n}; the file "
+                              "is truncated or corrupt")
+        buf += chunk
+    if f.read(1):
+        raise CnnlabError(f"{p} holds more bytes than its header declares ({header + n}); the file is corrupt")
+    return bytes(buf)

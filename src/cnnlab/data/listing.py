@@ -116,11 +116,14 @@ def collect(spec: FolderSpec) -> Listing:
         raise CnnlabError(f"image folder {root} does not exist; check the path (a trained run whose images moved "
                           "takes their new folder as `data_dir`)")
     found = find_images(root)
-    rels = [p.relative_to(root).as_posix() for p in found.files]
+    rels = [p.relative_to(root).as_posix() for p in found.files if p.is_file()]
+    # a symbolic link that loops or leads nowhere (os.walk does not follow links to folders, so no walk loops)
+    unreadable = [(p.relative_to(root).as_posix(), "a symbolic link that loops or leads nowhere")
+                  for p in found.files if not p.is_file()]
     mode = spec.labels
     if mode == "auto":
         mode = "subfolders" if any("/" in r for r in rels) else "filename"
-    listing = Listing(root, mode, not_images=found.not_images)
+    listing = Listing(root, mode, skipped=unreadable, not_images=found.not_images)
     if mode == "subfolders":
         for rel in rels:
             if "/" in rel:

@@ -120,9 +120,19 @@ def load_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
     wrong = [k for k in own if k in weights and own[k].shape != weights[k].shape]
-    if missing or extra or wrong:
+    # another float width is cast as torch does; an integer, bool or complex tensor for a float (or the
+    # reverse) is not a weight of this model
+    kinds = [f"{k} {str(weights[k].dtype).removeprefix('torch.')} for {str(own[k].dtype).removeprefix('torch.')}"
+             for k in own if k in weights and k not in wrong and _kind(weights[k]) != _kind(own[k])]
+    if missing or extra or wrong or kinds:
         parts = [f"{label}: {', '.join(keys[:3])}" for label, keys in
-                 (("missing", missing), ("unexpected", extra), ("shape differs", wrong)) if keys]
+                 (("missing", missing), ("unexpected", extra), ("shape differs", wrong), ("dtype differs", kinds))
+                 if keys]
         raise CnnlabError(f"{source} does not fit this model ({'; '.join(parts)}); "
                           "was it saved from a different architecture or class count?")
     model.load_state_dict(weights)
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "bool" if t.dtype == torch.bool \
+        else "int"

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab._version import __version__
-from cnnlab.config import Config, flatten, to_dict
+from cnnlab.config import Config, flatten, parse_every, to_dict
 from cnnlab.config.schema import DEFAULT_LR
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data, relocate
@@ -44,6 +44,7 @@ from cnnlab.runs.run_dir import (
 )
 from cnnlab.training.callbacks import (
     Callback,
+    CheckpointEvery,
     EarlyStopping,
     ModelCheckpoint,
     NanGuard,
@@ -148,8 +149,9 @@ def train(
                 _resume(run, cfg, trainer, log, lead)
             else:  # every check passed: only now does the run folder appear
                 discard = lead and not run.path.is_dir()  # True: the folder is ours to remove again
-                run = lead_first(place, lambda: RunDir.create(run.path, overwrite=overwrite) if lead else run)
-                lock = RunLock(run.path).acquire() if lead else None
+                # locked before anything is replaced
+                run = lead_first(place, lambda: RunDir.create(run.path, overwrite=overwrite, lock=True) if lead else run)
+                lock = run.lock if lead else None
             with _stop_on_signals(trainer):
                 _fit(run, cfg, data, trainer, log, command, lead=lead, discard=discard if lead else None)
             if trainer.failure:
@@ -172,13 +174,17 @@ def train(
                 lock.release()
 
 
-
-
 def _resume(run: RunDir, cfg: Config, trainer: Trainer, log: Log, lead: bool = True) -> None:
+    if lead and (removed := run.remove_temp_files()):  # half-written files of a killed writer (we hold the lock)
+        log(f"note: removed {len(removed)} half-written file(s) left by an interrupted writer: {', '.join(removed)}")
     trainer.resume("last", log=log)
     if trainer.epoch >= cfg.train.epochs and trainer.progress is None:
-        raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
-                          f"above {trainer.epoch}")
+        if run.meta.get("status") == "done":
+            raise CnnlabError(f"{run.path} has already trained {trainer.epoch} epoch(s); to train on, set `epochs` "
+                              f"above {trainer.epoch}")
+        # stopped after its last epoch's checkpoint but before the final weights and test results
+        log(f"note: all {trainer.epoch} epochs were trained before the stop; finishing the run (final weights, "
+            "test evaluation)")
     if lead:
         _record_config_change(run, run.read_config(), cfg, trainer.epoch, log)
         run.write_history(trainer.history)
@@ -392,15 +398,20 @@ def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint
 
 def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print,
                     run: RunDir | None = None) -> list[Callback]:
-    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints, progress, the
-    stall warning, and with a run directory the TensorBoard / MLflow loggers (:mod:`cnnlab.runs.loggers`)."""
+    """The callbacks a config asks for: NaN guard, stop-at targets, early stopping, checkpoints (at epoch ends and
+    every ``callbacks.checkpoint_every``), progress, the stall warning, and with a run directory the TensorBoard /
+    MLflow loggers (:mod:`cnnlab.runs.loggers`)."""
     cb = cfg.callbacks
     mode = resolve_mode(cb.monitor, cb.mode)
     callbacks: list[Callback] = [NanGuard(), *(StopAtTarget.parse(item) for item in cb.stop_at)]
     if cb.early_stopping:
         callbacks.append(EarlyStopping(cb.monitor, mode, cb.early_stopping, cb.min_delta))
-    callbacks += [ModelCheckpoint(cb.monitor, mode, cb.min_delta), ProgressBar(live=progress, log=log),
-                  StallWarning(log, stall_advice(cfg))]
+    callbacks.append(ModelCheckpoint(cb.monitor, mode, cb.min_delta))
+    every = parse_every(cb.checkpoint_every, "callbacks.checkpoint_every")
+    if every is not None:
+        kind, amount = every
+        callbacks.append(CheckpointEvery(steps=int(amount)) if kind == "steps" else CheckpointEvery(seconds=amount))
+    callbacks += [ProgressBar(live=progress, log=log), StallWarning(log, stall_advice(cfg))]
     if run is not None and cb.tensorboard:
         callbacks.append(TensorBoardLogger(run.path, cb.log_every_n_steps))
     if run is not None and cb.mlflow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,15 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
     shape = tuple(meta["input_shape"])
     classes = tuple(meta["classes"])
     model = build_model(cfg.model, input_shape=shape, num_classes=len(classes))
-    src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
-    state = load_weights_file(src)
+    for attempt in range(20):
+        src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
+        try:
+            state = load_weights_file(src)
+            break
+        except CnnlabError:
+            if src.exists() or attempt == 19:
+                raise
+            time.sleep(0.01)  # a training renamed the checkpoint away while swapping in a new one: look again
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CnnlabError(f"{src} holds non-finite weights (NaN/inf in {', '.join(broken[:3])}"

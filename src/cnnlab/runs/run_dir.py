@@ -44,23 +44,41 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
+        self.lock: RunLock | None = None  # held when :meth:`create` was asked to take it
 
     # ------------------------------------------------------------------------------ create / open
 
     @classmethod
-    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> RunDir:
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False, lock: bool = False) -> RunDir:
         """A new, empty run directory; an existing one is replaced only with ``overwrite``, only if it is a run,
         and never while a process trains it (its lock is held).
+
+        Args:
+            path: the folder.
+            overwrite: replace a run directory there.
+            lock: return the run with its :class:`RunLock` held (``run.lock``), taken before anything is
+                replaced, so that no other process can start training it in between.
 
         Raises:
             CnnlabError: ``path`` holds something and ``overwrite`` is off, it is not a run directory, or it is
                 being trained.
         """
         p = Path(path).expanduser()
-        if overwrite and (p / META).is_file():
-            with RunLock(p):  # refuses a run that is training; free, it may be replaced
-                pass
-        return cls(prepare_folder(p, overwrite=overwrite, marker=META, what="run directory", resumable=True))
+        held = RunLock(p).acquire() if overwrite and (p / META).is_file() else None  # refuses a live run
+        try:
+            run = cls(prepare_folder(p, overwrite=overwrite, marker=META, what="run directory", resumable=True,
+                                     keep=(RunLock.NAME,) if held else ()))
+            if lock and held is None:
+                held = RunLock(run.path).acquire()
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        if not lock and held is not None:
+            held.release()
+            held = None
+        run.lock = held
+        return run
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -148,14 +166,28 @@ class RunDir:
         except ValueError as exc:
             raise CnnlabError(f"{self.file(name)} is not valid JSON ({exc})") from None
 
+    def remove_temp_files(self) -> list[str]:
+        """Removes the temporary files and folders (``.NAME.XXXX.tmp``) a killed writer left in the run and its
+        checkpoints; returns their names. Only for the holder of the run's :class:`RunLock`: another
+        writer's temporary files are live.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p.relative_to(self.path).as_posix())
+        return removed
+
     def weights_path(self) -> Path:
-        """Final weights, or the last checkpoint's for a run that did not finish."""
-        final = self.file(WEIGHTS)
-        if final.is_file():
-            return final
-        last = self.checkpoints / "last" / "model.safetensors"
-        if last.is_file():
-            return last
+        """Final weights, or the last checkpoint's for a run that did not finish (or, while a training swaps a
+        new ``last`` in, the one it replaces)."""
+        for path in (self.file(WEIGHTS), *(self.checkpoints / name / WEIGHTS for name in ("last", ".last.old",
+                                                                                          "previous"))):
+            if path.is_file():
+                return path
         meta = self.meta if self.file(META).is_file() else {}
         if meta.get("status") == "failed":
             raise CnnlabError(f"{self.path} failed before its first epoch ended ({meta.get('failure', 'no reason')}); "
@@ -182,14 +214,26 @@ def check_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what:
 
 
 def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, what: str,
-                   resumable: bool = False) -> Path:
+                   resumable: bool = False, keep: tuple[str, ...] = ()) -> Path:
     """A new, empty output folder (see :func:`check_folder`); an existing empty folder is used as it is.
+
+    Args:
+        keep: names left in place when an existing folder is emptied (a lock file its caller holds).
 
     Raises:
         CnnlabError: as :func:`check_folder`.
     """
     p = Path(path).expanduser()
     check_folder(p, overwrite=overwrite, marker=marker, what=what, resumable=resumable)
+    if keep and p.is_dir():
+        for child in p.iterdir():
+            if child.name in keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        return p
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         shutil.rmtree(p)
     if p.is_dir():

@@ -348,6 +348,46 @@ class ModelCheckpoint(MonitorCallback):
         self.best, self.best_epoch = state.get("best"), int(state.get("best_epoch", 0))
 
 
+class CheckpointEvery(Callback):
+    """Saves ``checkpoints/last`` part-way through an epoch, with the position in its data order (Keras's
+    ``BackupAndRestore(save_freq=...)``), so that a killed run loses at most this much work.
+
+    Args:
+        steps: save after every global step that is a multiple of ``steps`` (0: not by steps). Counted
+            from the run's first step, so a resumed run saves at the same steps as an uninterrupted one.
+        seconds: save once this much time has passed since the last checkpoint of either kind (0: not by
+            time); an epoch shorter than that only gets its end-of-epoch checkpoint.
+        clock: seconds, monotonic (tests pass a fake one).
+
+    An epoch's last step is never saved here: :class:`ModelCheckpoint` saves the finished epoch just after.
+    """
+
+    order = 50
+
+    def __init__(self, steps: int = 0, seconds: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if steps < 0 or seconds < 0 or not (steps or seconds):
+            raise CnnlabError("`callbacks.checkpoint_every` needs a positive number of steps or seconds")
+        self.steps, self.seconds, self.clock = int(steps), float(seconds), clock
+        self.saved = 0  # part-way checkpoints written by this instance
+        self._since = clock()
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._since = self.clock()
+
+    def on_train_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:
+        if trainer.progress is None or batch + 1 >= trainer.steps_per_epoch:
+            return
+        step = trainer.epoch * trainer.steps_per_epoch + batch + 1
+        due = (self.steps and step % self.steps == 0) or (self.seconds and self.clock() - self._since >= self.seconds)
+        if due:
+            trainer.save_checkpoint("last")
+            self.saved += 1
+            self._since = self.clock()
+
+    def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._since = self.clock()  # the epoch's end is checkpointed (ModelCheckpoint)
+
+
 def format_epoch(epoch: int, epochs: int, m: dict[str, Any]) -> str:
     """Keras's epoch line: ``Epoch 3/5 - 4.1s - loss 0.2557 - acc 0.9052 - val_loss 0.2639 - val_acc 0.9047``."""
     parts = [f"Epoch {epoch}/{epochs}", f"{m['seconds']:.1f}s", f"loss {m['train_loss']:.4f}", f"acc {m['train_acc']:.4f}"]

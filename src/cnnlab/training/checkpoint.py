@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -94,10 +93,7 @@ def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any], *,
         (tmp / META_FILE).write_text(json.dumps(meta))
         digests = {name: file_digest(tmp / name) for name in (MODEL_FILE, STATE_FILE, META_FILE)}
         (tmp / DIGEST_FILE).write_text(json.dumps({"sha256": digests}))  # last: its presence means "complete"
-        if keep_previous is not None and folder.exists():
-            shutil.rmtree(keep_previous, ignore_errors=True)
-            os.replace(folder, keep_previous)
-        return replace_folder(tmp, folder)
+        return replace_folder(tmp, folder, keep=keep_previous)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -118,6 +114,9 @@ def check_checkpoint(folder: Path) -> str | None:
     try:
         want = json.loads(digest.read_text())["sha256"]
     except (ValueError, KeyError, TypeError):
+        return f"{DIGEST_FILE} is damaged"
+    # every file, and only these: a digest that leaves one out (or names another path) vouches for nothing
+    if not isinstance(want, dict) or set(want) != {MODEL_FILE, STATE_FILE, META_FILE}:
         return f"{DIGEST_FILE} is damaged"
     for name, sha in want.items():
         if not (folder / name).is_file():

@@ -34,6 +34,7 @@ class EpochProgress:
     loss_sum: torch.Tensor
     correct: torch.Tensor
     seen: int = 0
+    seconds: float = 0.0  # of training in this epoch so far (the trainer keeps it)
 
     @classmethod
     def start(cls, device: torch.device) -> EpochProgress:
@@ -42,11 +43,12 @@ class EpochProgress:
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(),
-                "seen": self.seen}
+                "seen": self.seen, "seconds": self.seconds}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
-        return cls(int(state["step"]), state["loss_sum"].to(device), state["correct"].to(device), int(state["seen"]))
+        return cls(int(state["step"]), state["loss_sum"].to(device), state["correct"].to(device), int(state["seen"]),
+                   float(state.get("seconds", 0.0)))
 
 
 def _prepare(x: torch.Tensor, normalizer: Normalizer, engine: Engine, augment: Callable | None,

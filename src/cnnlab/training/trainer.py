@@ -179,19 +179,22 @@ class Trainer:
             if self.world_size > 1:  # dropout draws from the global stream: one per (seed, epoch, rank)
                 torch.manual_seed(seed_of(self.cfg.seed, self.epoch, self.rank, 2))
         self.dispatch("on_train_epoch_start")
-        start = time.perf_counter()
+        start = time.perf_counter() - self.progress.seconds  # a resumed epoch counts the time before the stop
         total = self.epochs * self.steps_per_epoch
         base = self.epoch * self.steps_per_epoch
         scheduled = self.cfg.schedule != "constant" or self.cfg.warmup_epochs > 0
+        lr_used = self.lr
         if scheduled:  # the rate of the next step (after a resume, on the possibly re-planned schedule)
             self.lr = set_lr(self.optimizer, self.cfg.peak_lr,
                              lr_factor(self.cfg, base + self.progress.step, total, self.steps_per_epoch))
-        lr_used = self.lr
+            # the epoch records the rate of its first step, also when it was resumed part-way
+            lr_used = self.cfg.peak_lr * lr_factor(self.cfg, base, total, self.steps_per_epoch)
 
         def batch_end(i: int, loss: torch.Tensor) -> None:
             if scheduled:  # per-step schedule: set the rate for the next step
                 step = base + i + 1
                 self.lr = set_lr(self.optimizer, self.cfg.peak_lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
+            self.progress.seconds = time.perf_counter() - start  # kept in a part-way checkpoint
             self.dispatch("on_train_batch_end", i, loss)
             if self.world_size > 1:  # a signal seen by one rank stops every rank after this same step
                 self.interrupt = distributed.any_rank(self.interrupt, self.engine.device)
