@@ -102,7 +102,8 @@ class Predictor:
         """Loads a run's final model for ``engine`` (``auto``, ``torch`` or ``onnx``).
 
         ``onnx`` and ``auto`` use ``RUN_DIR/model.onnx``, exporting it (with the parity check) when it is
-        missing or was exported from other weights.
+        missing or was exported from other weights; ``RUN_DIR/model.int8.onnx`` (``export`` with
+        ``quantize="int8"``) takes its place when it comes from the current weights, with a note in ``log``.
 
         Args:
             run_dir: a run directory written by ``cnnlab train``.
