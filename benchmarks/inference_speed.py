@@ -7,7 +7,9 @@ a temporary ONNX file, and measures in one process:
 * single-image latency, p50/p90 over ``--single`` calls, uint8 pixels in → probabilities out, through
   the same engine objects ``cnnlab.predict.Predictor`` uses (normalise + forward + softmax);
 * batched throughput (img/s, uint8 in → probabilities out) at each ``--batches`` size for PyTorch fp32,
-  fp32 channels-last, bf16 autocast, bf16 channels-last, and onnxruntime.
+  fp32 channels-last, bf16 autocast, bf16 channels-last, and onnxruntime;
+* with ``--run``: also onnxruntime on the run's int8 graph (``cnnlab export --quantize int8``: QDQ,
+  per-channel weights, calibrated on 300 training images) and the test accuracy of fp32 and int8.
 
 Each measurement is repeated ``--repeats`` times, interleaved, and the median is reported: other processes
 on a shared machine slow single rounds down, so spread shows up as a gap between rounds (``--json`` has
@@ -115,10 +117,18 @@ def main() -> None:
     model, shape, mean, std, label = build(args)
     tmp = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
     onnx_path = tmp / "model.onnx"
-    write_onnx(model, shape, onnx_path)
+    quant = None
+    if args.run:  # the run's own export path: fp32 + int8 files, with both test accuracies
+        from cnnlab.serve.onnx import export_onnx
+
+        quant = export_onnx(args.run, out=onnx_path, quantize="int8", max_drop=100.0, log=lambda s: None).int8
+    else:
+        write_onnx(model, shape, onnx_path)
     session = ort_session(onnx_path, threads=args.threads)
     norm = Normalizer(tuple(mean), tuple(std))
     engines = {"torch eager fp32": TorchEngine(model, norm), "onnxruntime": OrtEngine(session, norm, shape[0])}
+    if quant:
+        engines["onnxruntime int8"] = OrtEngine(ort_session(quant.path, threads=args.threads), norm, shape[0])
     scale, shift = (torch.from_numpy(a) for a in norm.numpy_scale_shift(shape[0]))
     variants = {
         "torch fp32": torch_variant(model, scale, shift, bf16=False, channels_last=False),
@@ -132,7 +142,7 @@ def main() -> None:
 
     single: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     batched: dict[str, dict[int, list[float]]] = {name: {b: [] for b in args.batches}
-                                                  for name in [*variants, "onnxruntime"]}
+                                                  for name in [*variants, *list(engines)[1:]]}
     t_start = time.perf_counter()
     for r in range(args.repeats):
         for name, eng in engines.items():
@@ -142,7 +152,9 @@ def main() -> None:
             xt = torch.from_numpy(x8)
             for name, fn in variants.items():
                 batched[name][b].append(throughput(lambda fn=fn, xt=xt: fn(xt), b, args.min_time))
-            batched["onnxruntime"][b].append(throughput(lambda x8=x8: ort_engine(x8), b, args.min_time))
+            for name in list(engines)[1:]:  # onnxruntime fp32 (and int8)
+                eng = engines[name]
+                batched[name][b].append(throughput(lambda x8=x8, eng=eng: eng(x8), b, args.min_time))
         print(f"round {r + 1}/{args.repeats} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
 
     probe = rng.integers(0, 256, (256, *shape), dtype=np.uint8)
@@ -163,6 +175,11 @@ def main() -> None:
         "max_prob_diff_vs_torch_fp32": {"onnxruntime": float(np.abs(ort - fp32).max()),
                                         "torch bf16 autocast": float(np.abs(bf16 - fp32).max())},
     }
+    if quant:
+        result["max_prob_diff_vs_torch_fp32"]["onnxruntime int8"] = float(
+            np.abs(engines["onnxruntime int8"](probe) - fp32).max())
+        result["test_accuracy"] = {"fp32": quant.fp32_acc, "int8": quant.int8_acc, "drop_points": quant.drop,
+                                   "images": quant.images, "calibration_images": quant.calibration}
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
@@ -181,8 +198,12 @@ def main() -> None:
     for name, per in result["throughput_img_s"].items():
         print(f"  {name:<26}" + "".join(f"{per[str(b)]['median']:>9.0f}" for b in args.batches))
     diffs = result["max_prob_diff_vs_torch_fp32"]
-    print(f"\nmax |prob - torch fp32| over 256 random images: onnxruntime {diffs['onnxruntime']:.1e}, "
-          f"bf16 autocast {diffs['torch bf16 autocast']:.1e}")
+    print("\nmax |prob - torch fp32| over 256 random images: "
+          + ", ".join(f"{name} {d:.1e}" for name, d in diffs.items()))
+    if quant:
+        acc = result["test_accuracy"]
+        print(f"test accuracy ({acc['images']:,} images): fp32 {acc['fp32']:.2%}, int8 {acc['int8']:.2%} "
+              f"(drop {acc['drop_points']:.2f} points)")
 
 
 def _cpu_name() -> str:

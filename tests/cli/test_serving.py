@@ -129,6 +129,22 @@ def test_export_prints_the_parity_line_and_the_file(run_copy, capsys):
     assert (run_copy / "model.onnx").is_file()
 
 
+def test_export_quantize_int8_prints_both_accuracies_and_files(run_copy, capsys):
+    assert main(["export", str(run_copy), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^int8: test accuracy fp32 \d+\.\d\d% \| int8 \d+\.\d\d% over 1,000 test images \(drop "
+                     r"-?\d+\.\d\d points, limit 0\.5; calibrated on 300 training images\)$", out, re.M), out
+    assert f"Exported: {run_copy / 'model.int8.onnx'} (int8, QDQ)" in out
+
+
+def test_export_refused_by_max_drop_names_the_flag(run_copy, capsys):
+    assert main(["export", str(run_copy), "--quantize", "int8", "--max-drop", "-100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: int8: test accuracy fp32 ") and err.count("\n") == 1
+    assert "loses more than --max-drop; nothing was written (raise --max-drop" in err
+    assert not (run_copy / "model.onnx").exists() and not (run_copy / "model.int8.onnx").exists()
+
+
 def test_export_options_reach_the_file(dnn_run, tmp_path, capsys):
     out = tmp_path / "fixed.onnx"
     assert main(["export", str(dnn_run), "--out", str(out), "--opset", "13", "--batch", "8"]) == 0

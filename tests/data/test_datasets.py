@@ -115,8 +115,8 @@ def test_bundled_sample_is_verified_and_stratified():
 def test_the_test_split_alone_reads_no_training_file(monkeypatch):
     _, test = ds.load_dataset("fashion-mnist-sample")
     read = []
-    original = ds.read_idx
-    monkeypatch.setattr(ds, "read_idx", lambda path: read.append(Path(path).name) or original(path))
+    original = ds.read_idx_cached
+    monkeypatch.setattr(ds, "read_idx_cached", lambda path: read.append(Path(path).name) or original(path))
     alone = ds.load_test_split("fashion-mnist-sample")
     assert read == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     assert torch.equal(alone.images, test.images) and torch.equal(alone.labels, test.labels)

@@ -78,3 +78,30 @@ def test_truncated_files_are_named(tmp_path):
     (tmp_path / "head").write_bytes(full[:9])  # ends inside the 3 dimensions
     with pytest.raises(CnnlabError, match="head ends inside its header; the file is truncated"):
         read_idx(tmp_path / "head")
+
+
+def test_read_idx_cached_decodes_once_and_notices_a_replaced_file(tmp_path, monkeypatch):
+    import os
+
+    from cnnlab.data import idx
+    from cnnlab.io import cache_dir
+
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    src = tmp_path / "x-idx3-ubyte.gz"
+    src.write_bytes(gzip.compress(_idx_bytes(a)))
+    first = idx.read_idx_cached(src)
+    assert np.array_equal(first, a) and first.flags.writeable is False  # the fresh decode: a frombuffer view
+    cached = list((cache_dir() / "idx").iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith("x-idx3-ubyte-") and cached[0].suffix == ".npy"
+    real = idx.read_idx
+    monkeypatch.setattr(idx, "read_idx", lambda p: pytest.fail("decoded again"))
+    again = idx.read_idx_cached(src)
+    assert np.array_equal(again, a) and again.flags.writeable  # from the .npy copy: writable, no copy needed
+    monkeypatch.setattr(idx, "read_idx", real)
+    b = a[:1] + 1
+    src.write_bytes(gzip.compress(_idx_bytes(b)))
+    os.utime(src, ns=(1, 1))  # a replaced file: other size and mtime, so another cache name
+    assert np.array_equal(idx.read_idx_cached(src), b)
+    newer = next(c for c in (cache_dir() / "idx").iterdir() if c != cached[0])
+    newer.write_bytes(b"damaged")  # a damaged copy is decoded again and rewritten
+    assert np.array_equal(idx.read_idx_cached(src), b) and np.array_equal(np.load(newer), b)

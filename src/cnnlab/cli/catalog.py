@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.app.api import summary
 from cnnlab.cli.main import EXIT_OK, print_json
 from cnnlab.data.datasets import CIFAR_ARCHIVE, DATASETS, where_is
 from cnnlab.errors import CnnlabError
@@ -65,6 +64,10 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    # lazy: cnnlab.app.api pulls in matplotlib, onnx and the whole app (~0.3 s quiet, >1 s loaded) that
+    # `cnnlab models` and `cnnlab datasets`, served by this module too, never use
+    from cnnlab.app.api import summary
+
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     print(summary(args.model, input_shape=shape, num_classes=args.num_classes))
     return EXIT_OK

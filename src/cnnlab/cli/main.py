@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(stdout then gets one summary line unless --json)")
     p.add_argument("--grid", metavar="PNG", help="draw the first 100 images titled 'label, prob=0.87'")
     p.add_argument("--engine", default="torch", metavar="ENGINE",
-                   help="torch (default), onnx (RUN_DIR/model.onnx, exported if missing) or auto (the faster)")
+                   help="torch (default), onnx (RUN_DIR/model.int8.onnx when exported with --quantize int8, "
+                        "else RUN_DIR/model.onnx, exported if missing) or auto (the faster)")
 
     p = sub.add_parser("export", help="write a run's model as ONNX and check it against PyTorch on test images",
                        description="Writes RUN_DIR/model.onnx (or --out FILE): input 'input' = normalised float32 "
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="file to write (default RUN_DIR/model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 11..20 (default 17)")
     p.add_argument("--batch", default="dynamic", metavar="dynamic|N", help="batch dimension: dynamic (default) or fixed N")
+    p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx: static int8 quantisation (QDQ, "
+                                                         "per-channel weights) calibrated on 300 training images")
+    p.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="with --quantize: refuse (write nothing) when int8 loses more test accuracy (default 0.5)")
     p.add_argument("--data-dir", metavar="DIR", help=RUN_DATA_HELP)
 
     p = sub.add_parser("datasets", help="list datasets or show one's details")
@@ -268,7 +273,8 @@ def print_json(data) -> None:
 
 # Library errors write argument and config-key names in backticks; on the command line they become flags.
 ARG_FLAGS = {"out": "--out", "overwrite": "--overwrite", "resume": "--resume", "images": "--images",
-             "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "engine": "--engine",
+             "top_k": "--top-k", "grid": "--grid", "opset": "--opset", "batch": "--batch", "quantize": "--quantize",
+             "max_drop": "--max-drop", "engine": "--engine",
              "input_shape": "--input-shape", "vary": "--vary", "configs": "--configs", "layers": "--layers",
              "format": "--format", "n": "-n", "copies": "--copies", "maximize": "--maximize", "recipe": "--recipe",
              "config": "--config", "classes": "--classes", "dataset": "--dataset", "start_lr": "--start-lr",

@@ -45,9 +45,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     try:
         result = export(args.run_dir, args.format, out=args.out, opset=args.opset, batch=args.batch,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, quantize=args.quantize, max_drop=args.max_drop)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Exported: {result.path} (opset {result.opset}, batch {result.batch})")
+    if result.int8:
+        print(f"Exported: {result.int8.path} (int8, QDQ)")
     return EXIT_OK

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cnnlab.data import cifar
-from cnnlab.data.idx import read_idx
+from cnnlab.data.idx import read_idx_cached
 from cnnlab.data.sources import data_roots
 from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError
@@ -224,11 +224,12 @@ def _load_idx(folder: Path, info: DatasetInfo, splits: Sequence[str] = SPLITS) -
     out = []
     for split in splits:
         prefix = {"train": "train", "test": "t10k"}[split]
-        x = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-        y = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+        x = read_idx_cached(folder / f"{prefix}-images-idx3-ubyte.gz")
+        y = read_idx_cached(folder / f"{prefix}-labels-idx1-ubyte.gz")
         if x.ndim != 3 or y.shape != (x.shape[0],):
             raise CnnlabError(f"{folder}: {prefix} images {x.shape} and labels {y.shape} do not match")
-        images = torch.from_numpy(x.copy()).unsqueeze(1)  # frombuffer arrays are read-only
+        # a fresh decode is a read-only frombuffer view: copy it; the cache's np.load array is writable already
+        images = torch.from_numpy(x if x.flags.writeable else x.copy()).unsqueeze(1)
         out.append(ImageData(images, torch.from_numpy(y.astype(np.int64)), info.classes, f"{info.name}:{split}"))
     return out
 

@@ -100,6 +100,19 @@ def load_test_data(cfg: DataConfig) -> ImageData:
     return load_test_split(cfg.dataset, cfg.data_dir)
 
 
+def load_train_data(cfg: DataConfig) -> ImageData:
+    """Just the training images of ``cfg`` (what int8 calibration needs): no validation split, no normaliser.
+
+    Raises:
+        CnnlabError: as :func:`prepare_data`.
+    """
+    if not cfg.dataset:
+        raise CnnlabError("the run names no dataset (`data.dataset` is empty), so it has no training images")
+    if cfg.dataset.startswith("folder:"):
+        return _folder_data(cfg, lambda s: None)[0]
+    return load_dataset(cfg.dataset, cfg.data_dir)[0]
+
+
 def _folder_data(cfg: DataConfig, log: Log) -> tuple[ImageData, ImageData, Any]:
     if not cfg.image_size:
         raise CnnlabError("folder datasets need `data.image_size` (pixels, e.g. 50)")

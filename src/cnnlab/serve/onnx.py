@@ -35,6 +35,7 @@ from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
 from cnnlab.runs.loggers import publish
 from cnnlab.serve.engines import ort_session
+from cnnlab.serve.quantize import DEFAULT_MAX_DROP, QUANTIZE, QuantResult, int8_path, quantize_run
 
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
@@ -85,6 +86,7 @@ class ExportResult:
     source: str  # "test images" or why random images stood in
     opset: int
     batch: str
+    int8: QuantResult | None = None  # with `quantize="int8"`: the quantised file and both accuracies
 
     @property
     def parity_line(self) -> str:
@@ -203,6 +205,8 @@ def export_onnx(
     batch: str | int = "dynamic",
     images: int = PARITY_IMAGES,
     data_dir: str | None = None,
+    quantize: str | None = None,
+    max_drop: float = DEFAULT_MAX_DROP,
     log: Log = print,
 ) -> ExportResult:
     """Exports a run's final model to ONNX, checks the file, and proves parity on the run's test images.
@@ -214,12 +218,18 @@ def export_onnx(
         batch: ``"dynamic"`` (any batch size) or a fixed batch size.
         images: how many test images (at most) to compare PyTorch and onnxruntime on.
         data_dir: where the run's dataset lives, if not where it was trained from.
-        log: receives the parity line and notes.
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (beside ``out``), statically quantised
+            (see :mod:`cnnlab.serve.quantize`) and checked on the whole test set.
+        max_drop: test-accuracy points int8 may lose against fp32 before the export is refused.
+        log: receives the parity line, the int8 accuracy line and notes.
 
     Raises:
         ParityError: probabilities differ by more than :data:`PARITY_LIMIT`; nothing is written.
-        CnnlabError: not a run, bad opset/batch, or a model the exporter cannot handle.
+        CnnlabError: not a run, bad opset/batch/quantize, a model the exporter cannot handle, or int8 losing
+            more than ``max_drop`` points (nothing is written then either).
     """
+    if quantize is not None and quantize not in QUANTIZE:
+        raise one_of("quantize", quantize, QUANTIZE)
 
     if opset not in OPSETS:
         raise CnnlabError(f"`opset` {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} "
@@ -249,8 +259,13 @@ def export_onnx(
         result = ExportResult(path, diff, len(x), source, opset, str(fixed or "dynamic"))
         if not diff <= PARITY_LIMIT:  # also catches NaN
             raise ParityError(result)
-    log(result.parity_line)
-    publish(lr.run, [path], log=log)  # the run's MLflow run, when it logs to one, gets model.onnx too
+        log(result.parity_line)
+        if quantize:  # inside the fp32 file's block: a refused int8 leaves neither file behind
+            with atomic_path(int8_path(path)) as qtmp:
+                result.int8 = quantize_run(lr, tmp, qtmp, int8_path(path), props, data_dir, max_drop)
+            log(result.int8.line)
+    # the run's MLflow run, when it logs to one, gets the files too
+    publish(lr.run, [path] + ([result.int8.path] if result.int8 else []), log=log)
     return result
 
 

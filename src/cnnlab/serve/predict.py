@@ -34,6 +34,7 @@ from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
 from cnnlab.serve.engines import ENGINES, OrtEngine, TorchEngine, median_latency, ort_session
 from cnnlab.serve.onnx import ONNX_FILE, export_onnx, session_info
+from cnnlab.serve.quantize import int8_path
 
 GRID_MAX = 100  # images in a --grid figure (10 x 10)
 
@@ -101,7 +102,8 @@ class Predictor:
         """Loads a run's final model for ``engine`` (``auto``, ``torch`` or ``onnx``).
 
         ``onnx`` and ``auto`` use ``RUN_DIR/model.onnx``, exporting it (with the parity check) when it is
-        missing or was exported from other weights.
+        missing or was exported from other weights; ``RUN_DIR/model.int8.onnx`` (``export`` with
+        ``quantize="int8"``) takes its place when it comes from the current weights, with a note in ``log``.
 
         Args:
             run_dir: a run directory written by ``cnnlab train``.
@@ -181,6 +183,20 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
     if info.classes != lr.classes or info.input_shape != lr.input_shape:
         raise CnnlabError(f"{path} does not match its run (classes or input shape differ); delete it and run "
                           f"export it again (cnnlab export {lr.run.path})")
+    return _int8_session(lr, info.weights_sha256, threads, log) or session
+
+
+def _int8_session(lr, sha256: str, threads: int | None, log: Log):
+    """A session on the run's model.int8.onnx when it exists and comes from the current weights, else None."""
+    path = int8_path(lr.run.file(ONNX_FILE))
+    if not path.is_file():
+        return None
+    session = ort_session(path, threads=threads)
+    info = session_info(session, path)
+    if info.weights_sha256 != sha256 or info.classes != lr.classes or info.input_shape != lr.input_shape:
+        log(f"note: ignoring {path}: exported from other weights (retrained?); export again with quantize int8")
+        return None
+    log(f"note: using the int8 model {path}")
     return session
 
 
