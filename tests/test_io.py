@@ -4,6 +4,7 @@ verified downloads from a local HTTP server (127.0.0.1) serving generated files.
 import hashlib
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from cnnlab.io import (
     make_folder,
     recover_folder,
     replace_folder,
+    shell_word,
     temp_folder_beside,
     write_atomic,
     write_bytes_atomic,
@@ -226,3 +228,10 @@ def test_paths_expand_home_and_mistakes_are_one_line_errors(tmp_path, monkeypatc
         write_atomic(tmp_path / "file" / "b.png", "x")  # a figure folder named like an existing file
     with pytest.raises(CnnlabError, match="it is a folder; give a file name"):
         write_atomic(tmp_path / "out", "x")  # a CSV named like an existing folder
+
+
+def test_shell_word_quotes_only_paths_a_shell_would_split():
+    assert shell_word("runs/fashion_mnist_cnn") == "runs/fashion_mnist_cnn"
+    assert shell_word(Path("/tmp/my runs/ü")) == "'/tmp/my runs/ü'"
+    assert shell_word("it's") == "'it'\"'\"'s'"
+    assert shell_word("~/runs") == "'~/runs'"  # a real folder named ~ is not the home folder

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,12 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 
 CHUNK = 1 << 20  # bytes per read while hashing / downloading
+
+
+def shell_word(path: str | os.PathLike) -> str:
+    """A path as one word of a command line that a user can copy and run (quoted when it holds spaces,
+    quotes or other shell characters: ``'runs/my run'``; a plain path stays as it is)."""
+    return shlex.quote(str(path))
 
 
 # ----------------------------------------------------------------------------------------- permissions
