@@ -121,3 +121,11 @@ def test_names_for_new_runs(tmp_path):
     assert default_run_dir(named, tmp_path) == tmp_path / "my-run"
     layers = load_config(None, [("model.name", None), ("model.layers", [{"type": "Flatten"}])])
     assert default_run_dir(layers, tmp_path) == tmp_path / "custom-fashion-mnist"
+
+
+def test_prepare_folder_where_no_folder_can_be_made_is_a_one_line_error(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(CnnlabError, match=r"^cannot write .*plain/run: .*plain is a file, not a folder"):
+        prepare_folder(tmp_path / "plain" / "run", overwrite=False, marker="run.json", what="run directory")
+    with pytest.raises(CnnlabError, match=r"^cannot write /proc/cnnlab-run: no such file or directory in /proc"):
+        prepare_folder("/proc/cnnlab-run", overwrite=False, marker="run.json", what="run directory")
