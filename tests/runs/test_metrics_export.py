@@ -59,3 +59,22 @@ def test_refused_exports(dnn_run, tmp_path) -> None:
     with pytest.raises(CnnlabError, match="has no finished epoch"):
         export_metrics([dnn_run, empty.path], "csv", out=tmp_path / "m.csv")
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_a_run_named_twice_is_exported_once(dnn_run, tmp_path) -> None:
+    # a shell glob and a name (`runs/* runs/quick`) give the same run twice, once with a trailing slash
+    dup = tmp_path / "dup"
+    shutil.copytree(dnn_run, dup)
+    assert export_metrics([dup, f"{dup}/"], "tensorboard") == [dup / "tensorboard"]
+    (path,) = export_metrics([dup, f"{dup}/"], "csv", out=tmp_path / "m.csv")
+    assert [r["epoch"] for r in csv.DictReader(path.open())] == ["1", "2"]
+
+
+def test_outputs_that_cannot_be_written_are_one_line_errors(dnn_run, tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(CnnlabError, match=r"cannot write .*a.csv/quick: .*a.csv is a file, not a folder"):
+        export_metrics([dnn_run], "tensorboard", out=tmp_path / "a.csv")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CnnlabError, match=r"cannot write .*folder: it is a folder; give a file name"):
+        export_metrics([dnn_run], "csv", out=tmp_path / "folder", overwrite=True)
+    assert (tmp_path / "a.csv").read_text() == "x" and not any((tmp_path / "folder").iterdir())

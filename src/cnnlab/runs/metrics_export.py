@@ -45,7 +45,8 @@ def export_metrics(runs: Sequence[str | Path], fmt: str, *, out: str | Path | No
         raise one_of("`format`", fmt, FORMATS)
     if not runs:
         raise CnnlabError("no run directories given; pass at least one")
-    histories = [(run, run.read_history()) for run in (RunDir.open(r) for r in runs)]
+    unique = list({Path(r).resolve(): r for r in runs}.values())  # `runs/* runs/a` names runs/a twice: once
+    histories = [(run, run.read_history()) for run in (RunDir.open(r) for r in unique)]
     for run, history in histories:
         if not history:
             raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); nothing to export")
@@ -55,7 +56,7 @@ def export_metrics(runs: Sequence[str | Path], fmt: str, *, out: str | Path | No
 
 
 def _write_csv(histories: list[tuple[RunDir, list[dict]]], path: Path, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
+    if path.exists() and not path.is_dir() and not overwrite:  # a folder: atomic_path says to name a file
         raise CnnlabError(f"{path} already exists; pass `overwrite` to replace it or choose another `out`")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=("run", *HISTORY_COLUMNS), extrasaction="ignore")
