@@ -5,6 +5,7 @@ import errno
 import hashlib
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from cnnlab.io import (
     make_folder,
     recover_folder,
     replace_folder,
+    shell_word,
     temp_folder_beside,
     write_atomic,
     write_bytes_atomic,
@@ -248,3 +250,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
             atomic_path(tmp_path / "new.bin"):
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_shell_word_quotes_only_paths_a_shell_would_split():
+    assert shell_word("runs/fashion_mnist_cnn") == "runs/fashion_mnist_cnn"
+    assert shell_word(Path("/tmp/my runs/ü")) == "'/tmp/my runs/ü'"
+    assert shell_word("it's") == "'it'\"'\"'s'"
+    assert shell_word("~/runs") == "'~/runs'"  # a real folder named ~ is not the home folder
+
+
+def test_a_place_that_cannot_be_written_is_a_one_line_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", denied)
+    with pytest.raises(CnnlabError, match=r"^cannot write .*/new/sub/a.csv: permission denied in .*/new/sub; give a "
+                                          r"path in a folder you can write$"):
+        write_atomic(tmp_path / "new" / "sub" / "a.csv", "x")
+    assert not (tmp_path / "new").exists()  # the folders made for it are gone again
+    monkeypatch.setattr("tempfile.mkdtemp", denied)
+    with pytest.raises(CnnlabError, match=r"^cannot write .*/tb: permission denied in "):
+        temp_folder_beside(tmp_path / "tb")
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(CnnlabError, match=r"^cannot write .*plain/tb: .*plain is a file, not a folder"):
+        temp_folder_beside(tmp_path / "plain" / "tb")

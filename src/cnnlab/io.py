@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,12 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 
 CHUNK = 1 << 20  # bytes per read while hashing / downloading
+
+
+def shell_word(path: str | os.PathLike) -> str:
+    """A path as one word of a command line that a user can copy and run (quoted when it holds spaces,
+    quotes or other shell characters: ``'runs/my run'``; a plain path stays as it is)."""
+    return shlex.quote(str(path))
 
 
 # ----------------------------------------------------------------------------------------- permissions
@@ -70,8 +77,21 @@ def make_parents(folder: str | os.PathLike) -> list[Path]:
             f.mkdir()
         except FileExistsError:  # another process made it meanwhile: not ours to remove
             continue
+        except OSError:  # permission denied, a read-only disk: leave no folder of ours half-way
+            remove_if_empty(made)
+            raise
         made.append(f)
     return made
+
+
+def cannot_write(path: Path, exc: OSError) -> CnnlabError:
+    """The one-line error for ``path`` that cannot be created: a file where a folder is needed, no
+    permission, a read-only or pseudo file system (``exc`` is the OSError of the mkdir / mkstemp)."""
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        return CnnlabError(f"cannot write {path}: {blocked} is a file, not a folder; give another path")
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return CnnlabError(f"cannot write {path}: {reason} in {path.parent}; give a path in a folder you can write")
 
 
 def remove_if_empty(folders: Sequence[Path]) -> None:
@@ -92,7 +112,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     it was, and so are the folders above it: those this call created are removed again.
 
     Raises:
-        CnnlabError: ``path`` is a folder, or a folder above it is a file.
+        CnnlabError: ``path`` is a folder, a folder above it is a file, it cannot be created there (permission,
+            a read-only disk), or the disk is full.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -100,29 +121,35 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise CnnlabError(f"cannot write {path}: {blocked} is a file, not a folder; give another path")
-    made = make_parents(path.parent)
-    tmp = None
-    try:
+    made: list[Path] = []
+    try:  # the folders and the temporary file: failing here is about the place, not the writer
+        made = make_parents(path.parent)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
         os.close(fd)
-        tmp = Path(name)
+    except OSError as exc:
+        remove_if_empty(made)
+        raise (_no_space(path) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else cannot_write(path, exc)) from None
+    tmp = Path(name)
+    try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         remove_if_empty(made)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-            raise CnnlabError(f"no space left on the disk of {path.parent} while writing {path.name}; {kept}; "
-                              "free some space and run the command again") from None
+            raise _no_space(path) from None
         raise
     finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _no_space(path: Path) -> CnnlabError:
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    return CnnlabError(f"no space left on the disk of {path.parent} while writing {path.name}; {kept}; "
+                       "free some space and run the command again")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -158,8 +185,11 @@ def make_folder(path: str | os.PathLike) -> Path:
 def temp_folder_beside(path: str | os.PathLike) -> Path:
     """A new empty hidden folder next to ``path`` with the umask's permissions (for :func:`replace_folder`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     os.chmod(tmp, folder_mode())
     return tmp
 

@@ -221,3 +221,17 @@ def test_without_its_test_images_the_report_leaves_out_only_what_needs_them(tmp_
     assert len(notes) == 1 and notes[0].startswith("note: report without the figures of test images: image folder ")
     full = build_report(run, out=tmp_path / "full.html", data_dir=str(tmp_path / "moved"), log=_quiet)
     assert {"predictions", "occlusion"} <= _parse(full).ids and "not-shown" not in _parse(full).ids
+
+
+def test_a_run_with_neither_test_images_nor_results_is_one_error_and_no_file(tmp_path):
+    from pathlib import Path
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.runs.imported import import_keras
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "keras" / "functional_rescaling.h5"
+    run = import_keras(fixture, out=tmp_path / "imported", log=lambda s: None).run  # no dataset: no results.json
+    notes: list[str] = []
+    with pytest.raises(CnnlabError, match=r"^the report needs test results: the run names no dataset "):
+        build_report(run.path, log=notes.append)
+    assert notes == [] and not (run.path / "report.html").exists()  # was a note, then "has the run finished?"

@@ -39,6 +39,13 @@ def test_import_prints_the_run_and_what_next(tmp_path, capsys) -> None:
     assert f"Run: {out}\nNext: cnnlab evaluate {out}" in text
 
 
+def test_import_names_a_spaced_run_folder_as_a_shell_reads_it(tmp_path, capsys) -> None:
+    out = tmp_path / "keras runs" / "ü"
+    assert main(["import-keras", str(FIXTURES / "functional_rescaling.h5"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"Next: cnnlab predict '{out}' IMAGE.png   cnnlab export '{out}'   (import" in text
+
+
 def test_evaluate_and_summary_of_the_imported_run(imported, capsys) -> None:
     assert main(["evaluate", str(imported), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -89,13 +89,23 @@ def test_packaged_config_by_name_is_the_file():
     assert cfg.model.name == "cnn_64x2" and cfg.data.dataset == "fashion-mnist"
 
 
-def test_configs_by_name_and_recipes():
+def test_configs_by_name_and_recipes(tmp_path, monkeypatch):
     from cnnlab.config import config_path, recipe_path
 
     assert config_path("fashion_mnist_cnn").name == "fashion_mnist_cnn.yaml"
     assert config_path("exercises/filters").parent.name == "exercises"
     with pytest.raises(CnnlabError, match="config file nope not found; pass an existing YAML file or a packaged"):
         config_path("nope")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CnnlabError, match=r"^config .*/mine is a folder; pass a YAML file in it or a packaged"):
+        config_path(tmp_path / "mine")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: {name: dnn_128}\n")
+    with pytest.raises(CnnlabError, match=r"^config .*/run is a run directory; pass its config.yaml \(.*/run/config.yaml\)"):
+        config_path(tmp_path / "run")
+    (tmp_path / "fashion_mnist_cnn").mkdir()  # a folder named like a packaged config: the packaged one wins
+    monkeypatch.chdir(tmp_path)
+    assert config_path("fashion_mnist_cnn").parent.name == "configs"
     with pytest.raises(CnnlabError, match="unknown recipe 'slow'"):
         recipe_path("slow", "mnist")
     for dataset in ("mnist", "fashion-mnist", "cifar-10"):

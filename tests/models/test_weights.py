@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,13 +81,29 @@ def test_files_that_would_run_code_are_refused(tmp_path):
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("junk.pth", b"\x00not a zip or pickle" * 10, "cannot read weights file"),
     ("junk.safetensors", b"\xff" * 64, "cannot read weights file"),
-    ("model.h5", b"HDF", "unsupported weight file type '.h5'"),
+    ("model.h5", b"HDF", "is a Keras model file, not PyTorch weights; make it a run with cnnlab import-keras"),
+    ("model.keras", b"PK", "is a Keras model file, not PyTorch weights; make it a run with cnnlab import-keras"),
+    ("model.npz", b"PK", "unsupported weight file type '.npz'"),
+    ("plain.pth", pickle.dumps({"x": 1}, protocol=4), "cannot read weights file"),  # a pickle, not torch.save's zip
 ])
 def test_unreadable_files_are_one_line_errors(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CnnlabError, match=re.escape(message)) as err:
         load_state_dict_file(tmp_path / name)
     assert "\n" not in str(err.value)
+
+
+def test_reading_a_plain_pickle_warns_nothing_before_the_error(tmp_path):
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(CnnlabError):
+        warnings.simplefilter("always")
+        load_state_dict_file(tmp_path / "plain.pth")
+    assert [str(w.message) for w in seen] == []  # torch's pickle-protocol notice would print before the error
+
+
+def test_a_folder_given_as_weights_is_named_a_folder(tmp_path):
+    with pytest.raises(CnnlabError, match=r"weights file .* is a folder; give the weight file in it"):
+        load_state_dict_file(tmp_path)
 
 
 def test_a_file_without_a_state_dict_is_rejected(tmp_path):

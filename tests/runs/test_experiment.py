@@ -461,3 +461,20 @@ def test_a_run_stopped_after_its_last_epoch_is_finished_by_a_resume(dnn_run, tmp
     assert json.loads((run / "results.json").read_text()) == json.loads((dnn_run / "results.json").read_text())
     assert [m["epoch"] for m in _epochs(run)] == [1, 2]
     assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_a_stopped_run_prints_a_resume_command_that_a_shell_runs_as_one_path(tmp_path):
+    from cnnlab.training.callbacks import Callback
+    from cnnlab.training.trainer import TrainingInterrupted
+
+    class CtrlC(Callback):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C at the terminal: the trainer saves its place
+
+    lines: list[str] = []
+    out = tmp_path / "my runs" / "it's"
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out=out, progress=False, log=lines.append, callbacks=[CtrlC()])
+    assert lines[-1].endswith(f"continue with: cnnlab train --resume '{tmp_path}/my runs/it'\"'\"'s'")
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"

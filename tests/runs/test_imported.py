@@ -65,6 +65,10 @@ def test_refused_imports_write_nothing(tmp_path) -> None:
         import_keras(FIXTURES / "cifar_basic.keras", out=out, dataset="fashion-mnist-sample", **QUIET)
     with pytest.raises(CnnlabError, match=r"`classes` names 2 classes but the model has 3 outputs"):
         import_keras(FIXTURES / "functional_rescaling.keras", out=out, classes=["a", "b"], **QUIET)
+    with pytest.raises(CnnlabError, match=r"^`classes` has an empty name at position 1; give every output a name$"):
+        import_keras(FIXTURES / "functional_rescaling.keras", out=out, classes=["a", "", "c"], **QUIET)
+    with pytest.raises(CnnlabError, match=r"^`classes` names 'a' twice; give every output its own name$"):
+        import_keras(FIXTURES / "functional_rescaling.keras", out=out, classes=["a", "b", "a"], **QUIET)
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no run, no temporary folder left behind
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")

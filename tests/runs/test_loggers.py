@@ -5,6 +5,7 @@ after a resume, only the main process logging, and one line naming the extra whe
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,6 +151,25 @@ def test_an_unusable_store_fails_before_training(tmp_path) -> None:
     with pytest.raises(CnnlabError, match=r"^`callbacks.mlflow` file:.*: the tracking store cannot be used"):
         MLflowLogger("file:" + str(tmp_path / "mlruns"), RunDir(tmp_path), Config())  # MLflow 3 refuses file stores
 
+
+
+def test_a_server_that_is_down_is_asked_once_with_a_retry_not_for_minutes(tmp_path, monkeypatch) -> None:
+    import mlflow
+
+    seen = {}
+
+    def search(self, *args, **kwargs):
+        seen.update({k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")})
+        raise mlflow.exceptions.MlflowException("API request failed: Max retries exceeded")
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")  # the user's own setting wins
+    monkeypatch.setattr(mlflow.MlflowClient, "search_experiments", search)
+    with pytest.raises(CnnlabError, match=r"^`callbacks.mlflow` http://127.0.0.1:9: the tracking store cannot be "
+                                          r"used \(MlflowException: API request failed"):
+        MLflowLogger("http://127.0.0.1:9", RunDir(tmp_path), Config())
+    assert seen == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # training's own requests keep MLflow's retries
 
 def test_tracking_uri_of_paths_and_uris(tmp_path) -> None:
     assert tracking_uri("http://host:5000") == ("http://host:5000", None)

@@ -26,6 +26,21 @@ def test_the_suggestion_is_the_steepest_descent_against_log_lr():
     assert suggest(lrs[:14], curve[:14]) is not None and suggest(lrs[:13], curve[:13]) is None
 
 
+def test_the_suggestion_ignores_dips_after_the_lowest_loss():
+    lrs = list(np.geomspace(1e-7, 10.0, 100))
+    # falls fastest at step 30 to its minimum at step 60, then climbs to 4.8 and drops sharply once in the
+    # diverged noise (as the smoothed loss of dnn_128 under Adam does): that drop is steeper, yet not a rate
+    curve = [2.4 - 0.6 / (1 + math.exp(-(i - 30) / 3)) for i in range(61)]
+    curve += [curve[-1] + 0.1 * i for i in range(1, 31)]
+    curve += [curve[-1] - 2.0] + [curve[-1] - 2.0 + 0.01 * i for i in range(1, 9)]
+    assert len(curve) == 100 and int(np.argmin(curve)) == 60
+    found = suggest(lrs, curve)
+    assert found < lrs[60]
+    assert found == lrs[30]
+    # a curve that only rises leaves nothing to suggest
+    assert suggest(lrs, [2.0 + 0.01 * i for i in range(100)]) is None
+
+
 def test_a_range_test_on_real_images():
     cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", batch_size=64)
     found = lr_find(cfg, steps=120, log=lambda s: None)  # 6000 images / 64: the data repeats past 94 steps

@@ -59,3 +59,40 @@ def test_refused_exports(dnn_run, tmp_path) -> None:
     with pytest.raises(CnnlabError, match="has no finished epoch"):
         export_metrics([dnn_run, empty.path], "csv", out=tmp_path / "m.csv")
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_a_run_named_twice_is_exported_once(dnn_run, tmp_path) -> None:
+    # a shell glob and a name (`runs/* runs/quick`) give the same run twice, once with a trailing slash
+    dup = tmp_path / "dup"
+    shutil.copytree(dnn_run, dup)
+    assert export_metrics([dup, f"{dup}/"], "tensorboard") == [dup / "tensorboard"]
+    (path,) = export_metrics([dup, f"{dup}/"], "csv", out=tmp_path / "m.csv")
+    assert [r["epoch"] for r in csv.DictReader(path.open())] == ["1", "2"]
+
+
+def test_outputs_that_cannot_be_written_are_one_line_errors(dnn_run, tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(CnnlabError, match=r"cannot write .*a.csv/quick: .*a.csv is a file, not a folder"):
+        export_metrics([dnn_run], "tensorboard", out=tmp_path / "a.csv")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CnnlabError, match=r"cannot write .*folder: it is a folder; give a file name"):
+        export_metrics([dnn_run], "csv", out=tmp_path / "folder", overwrite=True)
+    assert (tmp_path / "a.csv").read_text() == "x" and not any((tmp_path / "folder").iterdir())
+
+
+def test_runs_with_live_events_are_kept_and_the_others_exported(dnn_run, tmp_path) -> None:
+    # `export-metrics runs/*` where a newer run was logged live (--log tensorboard): its richer events stay
+    live, old = tmp_path / "live", tmp_path / "old"
+    shutil.copytree(dnn_run, live)
+    shutil.copytree(dnn_run, old)
+    (live / "tensorboard").mkdir()
+    (live / "tensorboard" / "events.out.tfevents.1.live").write_bytes(b"live")
+    notes: list[str] = []
+    assert export_metrics([live, old], "tensorboard", log=notes.append) == [old / "tensorboard"]
+    assert (live / "tensorboard" / "events.out.tfevents.1.live").read_bytes() == b"live"
+    assert notes == [f"note: left 1 run(s) whose tensorboard/ already holds events as they are: {live} (exporting "
+                     "with overwrite replaces them)"]
+    with pytest.raises(CnnlabError, match=r"every run already holds event files"):
+        export_metrics([live, old], "tensorboard", log=notes.append)
+    with pytest.raises(CnnlabError, match=r"live/tensorboard already holds event files; pass `overwrite`"):
+        export_metrics([live], "tensorboard")  # the one run named: refused as any existing output

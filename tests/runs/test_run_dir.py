@@ -243,3 +243,11 @@ def test_weights_path_finds_the_checkpoint_a_training_is_swapping(tmp_path):
         assert run.weights_path() == run.checkpoints / name / "model.safetensors"
     (run.path / "model.safetensors").write_bytes(b"final")
     assert run.weights_path() == run.path / "model.safetensors"
+
+
+def test_prepare_folder_where_no_folder_can_be_made_is_a_one_line_error(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(CnnlabError, match=r"^cannot write .*plain/run: .*plain is a file, not a folder"):
+        prepare_folder(tmp_path / "plain" / "run", overwrite=False, marker="run.json", what="run directory")
+    with pytest.raises(CnnlabError, match=r"^cannot write /proc/cnnlab-run: no such file or directory in /proc"):
+        prepare_folder("/proc/cnnlab-run", overwrite=False, marker="run.json", what="run directory")

@@ -265,3 +265,16 @@ def test_parity_refuses_non_finite_pytorch_outputs(tmp_path):
     write_onnx(Broken(), (1, 4, 4), path)
     with pytest.raises(CnnlabError, match=r"probabilities are not finite \(NaN/inf\) on the parity images"):
         max_prob_diff(Broken(), Normalizer(), path, torch.zeros(3, 1, 4, 4, dtype=torch.uint8), None)
+
+
+def test_parity_of_a_run_without_test_data_says_why_in_full(tmp_path):
+    from pathlib import Path
+
+    from cnnlab.runs.imported import import_keras
+    from cnnlab.serve.onnx import parity_images
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "keras" / "functional_rescaling.h5"
+    run = import_keras(fixture, out=tmp_path / "imported", log=lambda s: None).run  # no dataset given
+    x, label = parity_images(loaded.load_run(run.path), 4, None)
+    assert x.shape[0] == 4 and x.dtype == torch.uint8
+    assert label == "random images (the run names no test data)"  # not a cut-off message and `data_dir` advice

@@ -179,6 +179,8 @@ def _evaluation(ctx: ViewContext) -> Evaluation:
     """The fp32 evaluation of the test images, or, when they are not here, the one saved at the end of training."""
     if _has_data(ctx):
         return ctx.evaluation
+    if not ctx.loaded.run.file(RESULTS).is_file():  # nothing evaluated, nothing to evaluate: say why, not "finished?"
+        raise CnnlabError(f"the report needs test results: {ctx.data_problem}")
     saved = ctx.loaded.run.read_json(RESULTS)
     return Evaluation(saved["test_loss"], saved["test_acc"], torch.tensor(saved["confusion"]), tuple(ctx.classes))
 
@@ -280,7 +282,8 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     missing: list[str] = []
 
     if not _has_data(ctx):
-        log(f"note: report without the figures of test images: {ctx.data_problem}")
+        _evaluation(ctx)  # no test results saved either: the one error, before any note
+        log(f"note: report without the figures of test images: {ctx.data_problem.replace('`', '')}")
 
     def figures(view: str, opts: ShowOptions) -> dict[str, Figure]:
         if view in DATA_VIEWS and not _has_data(ctx):

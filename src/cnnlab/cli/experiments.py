@@ -11,6 +11,7 @@ from cnnlab.cli.main import EXIT_FAILED, EXIT_OK, set_overrides, training_option
 from cnnlab.cli.train import finish, progress
 from cnnlab.data.datasets import DatasetMissing, locate
 from cnnlab.errors import CnnlabError
+from cnnlab.io import shell_word
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config, option_overrides
 
@@ -36,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           extra_views=("kernels", "saliency"))  # the two views the page leaves out
     finish(result, what_next=False)
     print(f"Open: {report.resolve().as_uri()} (everything on one page), figures in {out / 'figures'}")
-    print(f"Next: cnnlab show {out} feature-maps --layers conv2d_1   cnnlab predict {out} IMAGE.png")
+    print(f"Next: cnnlab show {shell_word(out)} feature-maps --layers conv2d_1   cnnlab predict {shell_word(out)} IMAGE.png")
     return EXIT_OK
 
 

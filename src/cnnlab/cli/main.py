@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="tensorboard: event files with the live logger's tags (loss/train, loss/val, "
                                    "accuracy/train, accuracy/val, lr; step = epoch) into each RUN_DIR/tensorboard/ "
                                    "(or --out DIR/<run name>/), so tensorboard --logdir runs/ shows older runs "
-                                   "next to new ones. csv: one file, a row per run and epoch.")
+                                   "next to new ones (a run whose tensorboard/ already has events, logged live, is "
+                                   "left as it is unless --overwrite). csv: one file, a row per run and epoch.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=("tensorboard", "csv"))
     p.add_argument("--out", metavar="PATH", help="tensorboard: a folder for one sub-folder per run; csv: the file "

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cnnlab.cli.main import EXIT_FAILED, EXIT_OK, set_overrides, training_options
+from cnnlab.io import shell_word
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config, resume_config
 from cnnlab.runs.run_dir import RunDir
@@ -33,7 +34,7 @@ def finish(result, what_next: bool = True) -> int:
     print(f"Run: {run.path}")
     if what_next:
         print(f"Open: {run.file('summary.txt')} (model and per-class accuracy), {run.file('history.csv')} (per epoch)")
-        print(f"Next: cnnlab evaluate {run.path}   cnnlab predict {run.path} IMAGE.png")
+        print(f"Next: cnnlab evaluate {shell_word(run.path)}   cnnlab predict {shell_word(run.path)} IMAGE.png")
     return EXIT_OK
 
 

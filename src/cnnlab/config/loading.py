@@ -126,7 +126,7 @@ def config_path(name: str | Path) -> Path:
     """A config file: an existing path, else a packaged config by name (``fashion_mnist_cnn``, ``fast/mnist``).
 
     Raises:
-        CnnlabError: neither exists; the message lists the packaged configs.
+        CnnlabError: neither exists (or the path is a folder); the message lists the packaged configs.
     """
     path = Path(name)
     if path.is_file():
@@ -134,6 +134,12 @@ def config_path(name: str | Path) -> Path:
     packaged = PACKAGED / (str(name) if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml")
     if packaged.is_file():
         return packaged
+    # a folder of that name (and no packaged config of it): say what it is, not "not found"
+    if (path / "config.yaml").is_file():  # a run directory: the config it was trained with
+        raise CnnlabError(f"config {name} is a run directory; pass its config.yaml ({path / 'config.yaml'}) to train "
+                          "it again, or resume it")
+    if path.is_dir():
+        raise CnnlabError(f"config {name} is a folder; pass a YAML file in it or a packaged config name")
     names = sorted(str(p.relative_to(PACKAGED).with_suffix("")) for p in PACKAGED.rglob("*.yaml"))
     raise CnnlabError(f"config file {name} not found; pass an existing YAML file or a packaged config: {', '.join(names)}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,9 +47,14 @@ def load_state_dict_file(path: str | Path, *, device: str = "cpu") -> dict[str, 
             other than a state dict.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CnnlabError(f"weights file {path} is a folder; give the weight file in it (.pth or .safetensors)")
     if not path.is_file():
         raise CnnlabError(f"weights file {path} does not exist; check the `model.weights` path")
     suffix = path.suffix.lower()
+    if suffix in (".h5", ".keras"):
+        raise CnnlabError(f"{path} is a Keras model file, not PyTorch weights; make it a run with "
+                          "cnnlab import-keras (then use that run's model.safetensors)")
     if suffix != ".safetensors" and suffix not in _TORCH_SUFFIXES:
         raise CnnlabError(f"{path}: unsupported weight file type {suffix or '(no suffix)'!r}; "
                           "use a PyTorch .pth/.pt file or a .safetensors file")
@@ -63,7 +69,9 @@ def load_state_dict_file(path: str | Path, *, device: str = "cpu") -> dict[str, 
         elif suffix == ".safetensors":
             obj = load_file(str(path), device=device)
         else:
-            obj = torch.load(path, map_location=device, weights_only=True)
+            with warnings.catch_warnings():  # its pickle-protocol notice would print before our one error line
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
             raise CnnlabError(f"{path}: refused to unpickle {found[1]} (weight files are read as tensors "

@@ -22,7 +22,7 @@ from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data, prepare_data, relocate
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path, write_atomic
+from cnnlab.io import atomic_path, shell_word, write_atomic
 from cnnlab.models.build import build_model, count_params, model_meta_for
 from cnnlab.models.pretrained import has_published_layout, head_parameters, load_initial_weights
 from cnnlab.models.registry import model_meta, model_names
@@ -215,7 +215,7 @@ def _fit(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, comma
         where = f"epoch {trainer.epoch + 1}, batch {trainer.progress.step}" if trainer.progress else "an epoch's end"
         update(status="interrupted", interrupted_by=name)
         log(f"Stopped by {name} in {where}; saved {stop.checkpoint or 'nothing (no checkpoint folder)'}; "
-            f"continue with: cnnlab train --resume {run.path}")
+            f"continue with: cnnlab train --resume {shell_word(run.path)}")
         raise
     except BaseException as exc:
         if discard is not None and not trainer.history:  # nothing learned yet: leave nothing half-made behind

@@ -134,6 +134,12 @@ def _classes(km: KerasModel, test: ImageData | None, classes: Sequence[str] | No
     if classes:
         if len(classes) != km.num_classes:
             raise CnnlabError(f"`classes` names {len(classes)} classes but the model has {km.num_classes} outputs")
+        if not all(c.strip() for c in classes):  # "a,,b": an output with no name in every table and file
+            raise CnnlabError(f"`classes` has an empty name at position {[c.strip() for c in classes].index('')}; "
+                              "give every output a name")
+        if len(set(classes)) != len(classes):  # two outputs of one name: predictions could not tell them apart
+            twice = next(c for c in classes if classes.count(c) > 1)
+            raise CnnlabError(f"`classes` names {twice!r} twice; give every output its own name")
         return list(classes)
     if test is not None:
         return list(test.classes)

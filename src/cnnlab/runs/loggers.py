@@ -20,12 +20,14 @@ which is a layer above this one: TensorBoard tiles raw (N, C, H, W) tensors itse
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +212,24 @@ def tracking_uri(value: str) -> tuple[str, str | None]:
     return f"sqlite:///{db}", str(db.parent / "mlruns")
 
 
+# MLflow's HTTP client retries 7 times with exponential back-off (minutes against a server that is down); the
+# first contact only asks whether the store answers, so it gives up after one retry and 10 s a request
+PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def quick_probe() -> Iterator[None]:
+    """MLflow's HTTP settings of :data:`PROBE_HTTP` for the block (those the user set are kept)."""
+    added = {k: v for k, v in PROBE_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 class MLflowLogger(Callback):
     """MLflow tracking: params (the flattened resolved config), metrics per epoch, the run id kept for resume.
 
@@ -235,7 +255,8 @@ class MLflowLogger(Callback):
         self.run_id: str | None = None
         self._warned = False
         try:  # reach the store now, before the run folder exists: a wrong URI fails before any training
-            self.client.search_experiments(max_results=1)
+            with quick_probe():
+                self.client.search_experiments(max_results=1)
         except Exception as exc:
             raise CnnlabError(f"`callbacks.mlflow` {self.uri}: the tracking store cannot be used "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None

@@ -6,8 +6,8 @@ weights, freezing, augmentation and optimiser) trains for ``steps`` optimiser st
 exponentially from ``start_lr`` to ``end_lr``; the loss of each step is smoothed (an exponential moving
 average with bias correction, β = 0.98, fastai's) and the test stops early once the smoothed loss exceeds
 4x its minimum (fastai's ``stop_div``). The suggested rate is Lightning's: the steepest descent of the
-smoothed loss against log(rate), leaving out the first 10 and the last step. Nothing is saved: the model is
-thrown away.
+smoothed loss against log(rate), leaving out the first 10 steps, the last one and those after the lowest
+loss. Nothing is saved: the model is thrown away.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class LrFinding:
     def summary(self) -> str:
         """One line: the suggested rate and how it was found."""
         if self.suggestion is None:
-            return (f"no suggestion: the loss diverged after {len(self.lrs)} steps (at lr {self.lrs[-1]:.2g}); "
-                    "lower `start_lr` or raise `steps`")
+            return (f"no suggestion: the loss did not fall for long before it diverged or the test ended "
+                    f"({len(self.lrs)} steps, to lr {self.lrs[-1]:.2g}); lower `start_lr` or raise `steps`")
         return (f"suggested learning rate {self.suggestion:.2g} (steepest descent of the loss; lowest loss at "
                 f"{self.min_lr:.2g}, so fastai's lr_min would be {self.min_lr / 10:.2g}); {len(self.lrs)} steps, "
                 f"{self.stop}")
@@ -80,11 +80,17 @@ def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
     """Lightning's suggestion: the rate where the smoothed loss falls fastest against log(rate), the first
-    ``SKIP_BEGIN`` and last ``SKIP_END`` points left out; None with fewer than 3 points left."""
-    if len(smoothed) - SKIP_BEGIN - SKIP_END < 3:
+    ``SKIP_BEGIN`` and last ``SKIP_END`` points left out; None with fewer than 3 points left.
+
+    Only the descent counts: points after the lowest smoothed loss are left out too. Past it the loss is
+    rising, and with Adam it often wanders there without reaching the 4x stop; a dip in that noise can be the
+    steepest slope of the whole curve, yet it is no rate to train at (it would suggest ~10 for a net whose
+    loss is lowest near 0.01)."""
+    stop = min(len(smoothed) - SKIP_END, int(np.argmin(smoothed)) + 1)
+    if stop - SKIP_BEGIN < 3:
         return None
-    part = np.asarray(smoothed[SKIP_BEGIN:-SKIP_END], float)
-    grad = np.gradient(part, np.log(np.asarray(lrs[SKIP_BEGIN:-SKIP_END], float)))
+    part = np.asarray(smoothed[SKIP_BEGIN:stop], float)
+    grad = np.gradient(part, np.log(np.asarray(lrs[SKIP_BEGIN:stop], float)))
     return float(lrs[SKIP_BEGIN + int(np.argmin(grad))])
 
 

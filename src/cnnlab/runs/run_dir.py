@@ -32,7 +32,7 @@ from typing import Any
 
 from cnnlab.config import Config, dump_yaml, from_dict, read_yaml
 from cnnlab.errors import CnnlabError
-from cnnlab.io import file_mode, write_atomic
+from cnnlab.io import cannot_write, file_mode, write_atomic
 
 CONFIG, META, METRICS, HISTORY = "config.yaml", "run.json", "metrics.jsonl", "history.csv"
 SUMMARY, RESULTS, WEIGHTS, CHECKPOINTS, FIGURES = "summary.txt", "results.json", "model.safetensors", "checkpoints", "figures"
@@ -238,11 +238,16 @@ def prepare_folder(path: str | os.PathLike, *, overwrite: bool, marker: str, wha
         shutil.rmtree(p)
     if p.is_dir():
         return p
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission, a read-only disk
+        raise cannot_write(p, exc) from None
     try:
         p.mkdir()  # exclusive: of two processes creating the same folder, one is told it exists
     except FileExistsError:
         raise CnnlabError(f"{p} was just created by another process; choose another `out`") from None
+    except OSError as exc:
+        raise cannot_write(p, exc) from None
     return p
 
 

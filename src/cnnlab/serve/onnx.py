@@ -323,7 +323,10 @@ def parity_images(lr, n: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     except CnnlabError as exc:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (n, *lr.input_shape), generator=g, dtype=torch.uint8)
-        return x, f"random images (test data not found: {str(exc)[:80]}; pass `data_dir`)"
+        if not dcfg.dataset:  # an imported model without --dataset: random pixels are all there is to compare
+            return x, "random images (the run names no test data)"
+        why = str(exc).split("; ")[0].replace("`", "")  # the reason, whole, without advice meant for other commands
+        return x, f"random images (test data not found: {why})"
     if tuple(test.shape) != tuple(lr.input_shape):
         raise CnnlabError(f"the test images are {test.shape} but the model takes {lr.input_shape}; "
                           "pass the `data_dir` the run was trained with")

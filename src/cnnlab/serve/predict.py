@@ -30,7 +30,7 @@ from cnnlab.data.cache import MIN_POOL_FILES, cores, decode_files
 from cnnlab.data.decode import decode_image, pixel_limit
 from cnnlab.data.imagefiles import find_images, not_images_line
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.io import atomic_path, file_digest
+from cnnlab.io import atomic_path, file_digest, shell_word
 from cnnlab.runs.loaded import load_run
 from cnnlab.serve.engines import ENGINES, OrtEngine, TorchEngine, median_latency, ort_session
 from cnnlab.serve.onnx import ONNX_FILE, export_onnx, session_info
@@ -182,7 +182,7 @@ def _onnx_session(lr, threads: int | None, data_dir: str | None, log: Log):
         info = session_info(session, path)
     if info.classes != lr.classes or info.input_shape != lr.input_shape:
         raise CnnlabError(f"{path} does not match its run (classes or input shape differ); delete it and run "
-                          f"export it again (cnnlab export {lr.run.path})")
+                          f"export it again (cnnlab export {shell_word(lr.run.path)})")
     return _int8_session(lr, info.weights_sha256, threads, log) or session
 
 

@@ -186,3 +186,20 @@ def test_compare_shows_exactly_the_changed_key(server, page):
     assert keys == ["train.lr"]
     page.wait_for_selector("#same-image canvas")
     assert page.locator("#same-image .one").count() == 2
+
+
+def test_compare_of_a_dense_net_and_a_cnn_shows_both_predictions(trained_runs, dnn_run, tmp_path, page):
+    # the first tutorial's comparison: a dense net has no conv layer for Grad-CAM, yet its prediction shows
+    root = tmp_path / "runs"
+    shutil.copytree(trained_runs / "base", root / "cnn", ignore=shutil.ignore_patterns(".cache"))
+    shutil.copytree(dnn_run, root / "dnn", ignore=shutil.ignore_patterns(".cache"))
+    srv = Background(root)
+    try:
+        page.goto(f"{srv.url}compare?runs=cnn,dnn")
+        page.wait_for_selector("#same-image .same")
+        assert page.locator("#same-image .one").count() == 2
+        texts = page.locator("#same-image .one").all_inner_texts()
+        assert "no Grad-CAM: the model has no Conv2d layers" in texts[1] and "Grad-CAM" not in texts[0]
+        assert all("%" in t for t in texts)  # each model's top classes with their probabilities
+    finally:
+        srv.stop()

@@ -74,13 +74,16 @@ def test_damaged_folders_are_listed_as_broken_with_the_reason(tmp_path, make_run
     (tmp_path / "bad-yaml" / "config.yaml").write_text("model: [unclosed\n")
     (tmp_path / "no-meta").mkdir()
     (tmp_path / "no-meta" / "config.yaml").write_text("model: {name: x}\n")
+    make_run(tmp_path, "no-config")
+    (tmp_path / "no-config" / "config.yaml").unlink()  # run.json alone: every page of it would fail
     (tmp_path / "not-a-run").mkdir()  # neither file: not listed at all
     rows = {r.name: r for r in RunIndex(tmp_path).rows()}
-    assert set(rows) == {"bad-json", "bad-metrics", "bad-yaml", "no-meta"}
+    assert set(rows) == {"bad-json", "bad-metrics", "bad-yaml", "no-meta", "no-config"}
     assert all(r.status == "broken" for r in rows.values())
     assert rows["bad-json"].error.startswith("JSONDecodeError")
     assert "line 2 is not JSON" in rows["bad-metrics"].error
     assert "no run.json" in rows["no-meta"].error
+    assert rows["no-config"].error == "no config.yaml (the run's config is gone; the run directory is damaged)"
 
 
 def test_hidden_folders_and_symlinks_out_of_the_root_are_skipped(tmp_path, make_run):

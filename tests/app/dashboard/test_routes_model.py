@@ -64,8 +64,10 @@ def test_an_upload_is_decoded_to_the_runs_input_and_explored(c, ctx):
 
 @pytest.mark.parametrize(("body", "status", "message"), [
     (b"", 400, "the upload is empty"),
-    (b"GIF89a nonsense", 400, "the upload"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 400, "the upload"),
+    (b"GIF89a nonsense", 400, "the upload cannot be used: "),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 400, "the upload cannot be used: "),
+    (b"just some text", 400, "the upload cannot be used: not an image (unrecognised format); send another image "
+                             "file (PNG, JPEG, BMP, GIF or WebP)"),
     (_huge_png(20000, 20000), 400, "too many pixels"),
 ])
 def test_bad_uploads_are_one_line_errors(c, body, status, message):

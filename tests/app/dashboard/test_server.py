@@ -33,6 +33,18 @@ def test_a_taken_port_is_a_one_line_error():
             listen("127.0.0.1", taken.getsockname()[1])
 
 
+
+@pytest.mark.parametrize("port", [65536, 99999, -1])
+def test_a_port_out_of_range_is_a_one_line_error(port):
+    with pytest.raises(CnnlabError, match=rf"^`port` {port} is not a TCP port; choose one in 1..65535"):
+        listen("127.0.0.1", port)
+
+
+def test_a_host_that_does_not_resolve_is_a_one_line_error():
+    with pytest.raises(CnnlabError, match=r"^cannot listen on nosuchhost.invalid:0 "):
+        listen("nosuchhost.invalid", 0)
+
+
 def _raw(port: int, target: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
     """One HTTP/1.1 request sent byte for byte (no client library to clean the path)."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:

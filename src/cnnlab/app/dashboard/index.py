@@ -176,6 +176,9 @@ def read_row(path: Path, rid: str, name: str, group: str | None, keys: tuple[Key
     if keys[0] is None:
         row.error = f"no {META} (training never got past data preparation, or not a cnnlab run)"
         return row
+    if keys[1] is None:  # every page of the run needs its config: say so here, not "finished" then errors
+        row.error = f"no {CONFIG} (the run's config is gone; the run directory is damaged)"
+        return row
     try:
         meta = json.loads(run.file(META).read_text())
         if not isinstance(meta, dict):

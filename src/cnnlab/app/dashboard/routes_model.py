@@ -18,7 +18,7 @@ from cnnlab.app.dashboard.encode import b64, image_payload, layer_payload, map_p
 from cnnlab.app.dashboard.routes_runs import compute, dash
 from cnnlab.app.dashboard.security import read_capped
 from cnnlab.app.dashboard.store import Dashboard, NotFound, RunContext
-from cnnlab.data.decode import decode_image
+from cnnlab.data.decode import BadImage, decode_array, pixel_limit
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.inspect import attribution as A
 from cnnlab.inspect.activations import capture
@@ -63,14 +63,16 @@ async def upload(request: Request, rid: str) -> dict:
 
     def decode(ctx: RunContext, blob: bytes) -> tuple[str, list[int]]:
         c, h, w = ctx.input_shape
-        # decode_image reads a path (size checks, bomb guard, EXIF orientation): a private temporary file
+        # the decoder reads a path (size checks, bomb guard, EXIF orientation): a private temporary file
         with tempfile.TemporaryDirectory(prefix="cnnlab-upload-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(blob)
             try:
-                pixels = decode_image(path, (h, w), grayscale=c == 1, resize=ctx.predictor.resize)
-            except CnnlabError as exc:
-                raise CnnlabError("the upload " + str(exc).split(": ", 1)[-1]) from None
+                arr = decode_array(path, (h, w), c == 1, ctx.predictor.resize, pixel_limit())
+            except BadImage as exc:  # its reason, without decode_image's advice about files on disk
+                raise CnnlabError(f"the upload cannot be used: {exc}; send another image file (PNG, JPEG, BMP, "
+                                  "GIF or WebP)") from None
+        pixels = torch.from_numpy(arr.transpose(2, 0, 1).copy())  # (C, H, W) as decode_image gives it
         return d.add_upload(ctx.input_shape, pixels), list(pixels.shape)
 
     key, shape = await compute(request, row, "upload", decode, data)

@@ -119,8 +119,10 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free port).
 
     Raises:
-        CnnlabError: the address cannot be used (port taken, host not on this machine).
+        CnnlabError: the address cannot be used (port taken or out of range, host not on this machine).
     """
+    if not 0 <= port <= 65535:  # socket.bind raises OverflowError, no OSError, for these
+        raise CnnlabError(f"`port` {port} is not a TCP port; choose one in 1..65535 (0: any free port)")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

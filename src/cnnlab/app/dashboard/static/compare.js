@@ -78,12 +78,15 @@ async function sameImage(d, box, index) {
     const pix = await pixels(imageUrl(d.runs[0].id, key));
     const cols = await Promise.all(d.runs.map(async (r, i) => {
       const p = await api(`/api/runs/${r.id}/predict?image=${key}`);
-      const a = await api(`/api/runs/${r.id}/attribution?image=${key}&method=gradcam&target=${p.predicted}`);
+      // a model without Grad-CAM (a dense net: no conv layer) still shows its prediction beside the others
+      const a = await api(`/api/runs/${r.id}/attribution?image=${key}&method=gradcam&target=${p.predicted}`)
+        .catch(err => ({ map: null, why: `no Grad-CAM: ${err.message || err}` }));
       const canvas = h("canvas", { class: "pixel" }), scale = Math.max(1, Math.floor(200 / pix.shape[1]));
-      if (a.map.degenerate) drawPixels(canvas, pix.bytes, pix.shape, scale); else drawOverlay(canvas, pix.bytes, pix.shape, a.map, scale);
+      if (!a.map || a.map.degenerate) drawPixels(canvas, pix.bytes, pix.shape, scale); else drawOverlay(canvas, pix.bytes, pix.shape, a.map, scale);
       const top = p.probs.map((v, k) => [v, k]).sort((x, y) => y[0] - x[0]).slice(0, 3);
+      const note = a.map ? (a.map.degenerate ? `Grad-CAM is ${a.map.degenerate}` : null) : a.why;
       return h("div", { class: "one" }, chip(d, i), h("div", {}, canvas),
-        a.map.degenerate ? h("p", { class: "note" }, `Grad-CAM is ${a.map.degenerate}`) : null,
+        note ? h("p", { class: "note" }, note) : null,
         table(["class", "p"], top.map(([v, k]) => [p.classes[k] + (k === p.label ? " ✓" : ""), fmt.pct(v)]), [1]));
     }));
     box.replaceChildren(h("div", { class: "same" }, cols));
