@@ -135,6 +135,20 @@ def test_attribution_mistakes(c):
     assert default["method"] == "gradcam" and 0 <= default["target"] < 10  # the predicted class
 
 
+def test_occlusion_window_is_used_and_checked(c):
+    params = {"image": "t-1", "method": "occlusion", "target": 2}
+    maps = [c.get("/api/runs/base/attribution", params={**params, "window": w}).json()["map"]["data"] for w in (2, 7)]
+    assert maps[0] != maps[1]  # two patch sizes, two maps (the parameter was ignored: one map for every window)
+    default = c.get("/api/runs/base/attribution", params=params).json()["map"]["data"]
+    assert default == c.get("/api/runs/base/attribution", params={**params, "window": 4}).json()["map"]["data"]
+    for window in (0, 999, -3):
+        r = c.get("/api/runs/base/attribution", params={**params, "window": window})
+        assert r.status_code == 400 and "\n" not in r.json()["error"], window
+        assert "`window`" in r.json()["error"] and "use 1..28 pixels" in r.json()["error"]
+    r = c.get("/api/runs/base/attribution", params={"image": "t-1", "method": "saliency", "window": 4})
+    assert r.status_code == 400 and "use method=occlusion" in r.json()["error"]
+
+
 def test_units_filters_and_top_images(c, ctx):
     layers = c.get("/api/runs/base/layers").json()
     assert [(x["name"], x["kernel"], x["filters_shape"]) for x in layers["layers"]] == [
