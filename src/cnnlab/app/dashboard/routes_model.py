@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from cnnlab.app.dashboard.encode import b64, image_payload, layer_payload, map_payload, unit_png
 from cnnlab.app.dashboard.routes_runs import compute, dash
-from cnnlab.app.dashboard.security import read_capped
+from cnnlab.app.dashboard.security import form_file, read_capped
 from cnnlab.app.dashboard.store import Dashboard, NotFound, RunContext
 from cnnlab.data.decode import BadImage, decode_array, pixel_limit
 from cnnlab.errors import CnnlabError, one_of
@@ -59,11 +59,11 @@ def _show(d: Dashboard, ctx: RunContext, view: str, key: str, extra: str = "") -
 
 @router.post("/api/runs/{rid}/upload")
 async def upload(request: Request, rid: str) -> dict:
-    """An image file in the body (PNG, JPEG, BMP, GIF, WebP), decoded by cnnlab's safe decoder to the run's
-    input: the key it returns names it in the other calls."""
+    """An image file (PNG, JPEG, BMP, GIF, WebP) as the raw body or as the ``file`` field of a multipart form,
+    decoded by cnnlab's safe decoder to the run's input: the key it returns names it in the other calls."""
     d = dash(request)
     row = d.row(rid)
-    data = await read_capped(request, d.upload_limit)
+    data = form_file(await read_capped(request, d.upload_limit), request.headers.get("content-type", ""))
     if not data:
         raise CnnlabError("the upload is empty; send an image file (PNG, JPEG, BMP, GIF or WebP)")
 
