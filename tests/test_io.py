@@ -78,8 +78,12 @@ def test_atomic_path_on_an_exception_removes_the_folders_it_made(tmp_path, umask
 def test_a_folder_or_a_file_in_the_way_is_a_one_line_error(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "plain.txt").write_text("x")
-    with pytest.raises(CnnlabError, match=r"cannot write .*out: it is a folder; give a file name, e.g. .*out/out$"):
-        write_atomic(tmp_path / "out", "data")
+    with pytest.raises(CnnlabError, match=r"cannot write .*out: it is a folder; give the name of a file in it$"):
+        write_atomic(tmp_path / "out", "data")  # no made-up name (was out/out, the folder's own name again)
+    with pytest.raises(CnnlabError, match=r"cannot write .*out: it is a folder; give a file name, e.g. .*out/t.csv$"):
+        write_atomic(tmp_path / "out", "data", name="t.csv")
+    with pytest.raises(CnnlabError, match=r"give a file name, e.g. .*out/t.bin$"), atomic_path(tmp_path / "out", name="t.bin"):
+        pass
     with pytest.raises(CnnlabError, match=r"cannot write .*plain.txt/sub/a.png: .*plain.txt is a file, not a folder"):
         write_atomic(tmp_path / "plain.txt" / "sub" / "a.png", "data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain.txt"] and not any((tmp_path / "out").iterdir())
@@ -233,7 +237,7 @@ def test_paths_expand_home_and_mistakes_are_one_line_errors(tmp_path, monkeypatc
     (tmp_path / "file").write_text("x")
     with pytest.raises(CnnlabError, match=r"cannot write .*/file/b.png: .*/file is a file, not a folder"):
         write_atomic(tmp_path / "file" / "b.png", "x")  # a figure folder named like an existing file
-    with pytest.raises(CnnlabError, match="it is a folder; give a file name"):
+    with pytest.raises(CnnlabError, match="it is a folder; give the name of a file in it"):
         write_atomic(tmp_path / "out", "x")  # a CSV named like an existing folder
 
 

@@ -104,8 +104,12 @@ def remove_if_empty(folders: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", name: str | None = None) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; when the block succeeds, it becomes ``path`` atomically.
+
+    ``name`` is the file name the writer would choose (``metrics.csv``): when ``path`` is a folder the
+    error suggests ``path/name``; without it, it asks for a file name in the folder (repeating the
+    folder's own name, ``DIR/DIR``, would be no advice).
 
     Use it for writers that take a file name (safetensors, ONNX, matplotlib). The file is fsynced and
     given the umask's permissions before the rename; on an exception it is removed, ``path`` is left as
@@ -117,7 +121,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / path.name}")
+        hint = f"give a file name, e.g. {path / name}" if name else "give the name of a file in it"
+        raise CnnlabError(f"cannot write {path}: it is a folder; {hint}")
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise CnnlabError(f"cannot write {path}: {blocked} is a file, not a folder; give another path")
@@ -152,16 +157,16 @@ def _no_space(path: Path) -> CnnlabError:
                        "free some space and run the command again")
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`); returns the path."""
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, name: str | None = None) -> Path:
+    """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`, and its ``name``); returns the path."""
+    with atomic_path(path, name=name) as tmp:
         tmp.write_bytes(data)
     return Path(path).expanduser()
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
+def write_atomic(path: str | os.PathLike, text: str, *, name: str | None = None) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`, and its ``name``); returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"), name=name)
 
 
 def make_folder(path: str | os.PathLike) -> Path:

@@ -57,7 +57,7 @@ def test_serves_the_runs_until_ctrl_c(dnn_run):
     status, body = _get(f"http://127.0.0.1:{port}/api/runs")
     assert status == 200 and [r["name"] for r in json.loads(body)["rows"]] == [dnn_run.name]
     assert _get(f"http://127.0.0.1:{port}/api/runs", host="attacker.example")[0] == 403
-    assert _stop(proc) == 0
+    assert _stop(proc) == 130  # EXIT_INTERRUPTED, as for any command stopped by Ctrl-C
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def test_another_host_prints_a_warning(tmp_path):
     proc, m = _start([str(tmp_path), "--port", "0", "--host", "0.0.0.0"])
     port = int(m.group(1).rsplit(":", 1)[1].strip("/"))
     assert _get(f"http://127.0.0.1:{port}/", host="attacker.example")[0] == 403  # DNS rebinding still refused
-    assert _stop(proc) == 0
+    assert _stop(proc) == 130  # EXIT_INTERRUPTED, as for any command stopped by Ctrl-C
     assert "warning: serving on 0.0.0.0, not 127.0.0.1" in proc.stderr.read()
 
 

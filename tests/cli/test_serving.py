@@ -52,6 +52,16 @@ def test_predict_files_and_bad_file(dnn_run, tmp_path, capsys):
     assert rec["top"][0]["label"] in load_dataset("fashion-mnist-sample")[0].classes
 
 
+def test_predict_per_file_errors_are_translated_like_other_errors(dnn_run, tmp_path, capsys, monkeypatch):
+    _, test = load_dataset("fashion-mnist-sample")
+    Image.fromarray(test.images[0, 0].numpy()).save(tmp_path / "boot.png")
+    monkeypatch.setenv("CNNLAB_MAX_PIXELS", "100")  # the 28x28 PNG (784 pixels) is over this limit
+    assert main(["predict", str(dnn_run), str(tmp_path / "boot.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "raise data.max_pixels or $CNNLAB_MAX_PIXELS" in err and "`" not in err
+
+
 def test_predict_json_is_the_same_for_both_engines(run_copy, tmp_path, capsys):
     _, test = load_dataset("fashion-mnist-sample")
     img = tmp_path / "boot.png"

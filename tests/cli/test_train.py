@@ -67,6 +67,9 @@ def test_stop_at_from_the_command_line(tmp_path, capsys):
     (["train", "--dataset", "fashion-mnist-sample", "--nproc", "2", "--batch-size", "255"],
      "error: --batch-size 255 does not divide among 2 processes (it is the global batch); use a multiple of 2"),
     (["train", "--dataset", "fashion-mnist-sample", "--nproc", "0"], "error: --nproc must be ≥ 1 and ≤ 1024, got 0"),
+    (["train", "--lr", "nan"], "error: --lr expects a finite number, got nan"),
+    (["train", "--lr", "inf"], "error: --lr expects a finite number, got inf"),
+    (["train", "--set", "train.lr=nan"], "error: train.lr expects a finite number, got 'nan'"),
 ])
 def test_user_mistakes_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

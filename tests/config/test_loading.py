@@ -37,10 +37,27 @@ def test_defaults_and_overrides():
 
 def test_int_accepted_for_float_but_not_reverse():
     assert load_config(None, sets("train.lr=1"), layer_lists=layer_lists).train.lr == 1.0
-    with pytest.raises(CnnlabError, match="train.epochs expects an integer, got 'ten'"):
+    with pytest.raises(CnnlabError, match="`train.epochs` expects an integer, got 'ten'"):
         load_config(None, sets("train.epochs=ten"), layer_lists=layer_lists)
-    with pytest.raises(CnnlabError, match="train.channels_last expects true or false"):
+    with pytest.raises(CnnlabError, match="`train.channels_last` expects true or false"):
         load_config(None, sets("train.channels_last=3"), layer_lists=layer_lists)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.lr", float("nan"), "`train.lr` expects a finite number, got nan"),
+    ("train.lr", float("inf"), "`train.lr` expects a finite number, got inf"),
+    ("train.lr", "fast", "`train.lr` expects a number, got 'fast'"),
+    ("train.epochs", "ten", "`train.epochs` expects an integer, got 'ten'"),
+    ("train.sync_bn", 3, "`train.sync_bn` expects true or false, got 3"),
+    ("data.dataset", 7, "`data.dataset` expects a string, got 7"),
+    ("model.layers", 7, "`model.layers` expects a list, got 7"),
+    ("train.precision", "fp8", "`train.precision`: 'fp8' is not one of auto"),
+])
+def test_type_and_choice_errors_name_the_key_in_backticks(key, value, message):
+    # the CLI turns a backticked key into the flag the user typed (`train.lr` → --lr); a bare key stays bare
+    with pytest.raises(CnnlabError) as info:
+        load_config(None, [(key, value)], layer_lists=layer_lists)
+    assert str(info.value).startswith(message)
 
 
 def test_unknown_key_lists_valid_keys():
@@ -128,7 +145,7 @@ def test_every_shipped_config_loads_and_builds(path):
 
 def test_exponent_floats_without_a_dot():
     assert load_config(None, sets("train.lr=1e-5"), layer_lists=layer_lists).train.lr == 1e-5
-    with pytest.raises(CnnlabError, match="train.lr expects a number, got 'fast'"):
+    with pytest.raises(CnnlabError, match="`train.lr` expects a number, got 'fast'"):
         load_config(None, sets("train.lr=fast"), layer_lists=layer_lists)
 
 

@@ -26,7 +26,7 @@ def sets(*items: str) -> list:
 
 
 def test_choices_are_checked():
-    with pytest.raises(CnnlabError, match="train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"):
+    with pytest.raises(CnnlabError, match="`train.optimizer`: 'adagrad' is not one of adam, adamw, sgd, rmsprop"):
         load_config(None, sets("train.optimizer=adagrad"), layer_lists=layer_lists)
 
 
@@ -36,7 +36,7 @@ def test_every_choice_field_defaults_to_its_first_choice_and_refuses_others(cls)
     assert choice_fields
     for f in choice_fields:
         assert f.metadata["choices"][0] == f.default
-        with pytest.raises(CnnlabError, match=rf"x.{f.name}: 'nonsense' is not one of "):
+        with pytest.raises(CnnlabError, match=rf"`x.{f.name}`: 'nonsense' is not one of "):
             from_dict(cls, {f.name: "nonsense"}, "x.")
 
 
@@ -63,7 +63,7 @@ def test_augment_ranges_name_the_key_and_enabled_ignores_the_padding_mode():
         AugmentConfig(cutout=-1)
     with pytest.raises(CnnlabError, match="data.augment.brightness is 1; it is a ± range, use a value below 1"):
         AugmentConfig(brightness=1)
-    with pytest.raises(CnnlabError, match="data.augment.padding_mode: 'wrap' is not one of zeros, reflect"):
+    with pytest.raises(CnnlabError, match="`data.augment.padding_mode`: 'wrap' is not one of zeros, reflect"):
         load_config(None, [("data.augment.padding_mode", "wrap")])
     assert not AugmentConfig(padding_mode="reflect").enabled and AugmentConfig(vflip=True).enabled
 
@@ -72,7 +72,7 @@ def test_augment_ranges_name_the_key_and_enabled_ignores_the_padding_mode():
     ("train.epochs", 0, "`train.epochs` must be ≥ 1, got 0"),
     ("train.batch_size", -5, "`train.batch_size` must be ≥ 1, got -5"),
     ("train.lr", 0, "`train.lr` must be > 0, got 0.0"),
-    ("train.lr", float("nan"), "train.lr expects a finite number, got nan"),
+    ("train.lr", float("nan"), "`train.lr` expects a finite number, got nan"),
     ("train.momentum", -5, "`train.momentum` must be ≥ 0 and < 1, got -5.0"),
     ("train.label_smoothing", 2, "`train.label_smoothing` must be ≥ 0 and < 1, got 2.0"),
     ("train.eval_batch_size", 0, "`train.eval_batch_size` must be ≥ 1, got 0"),
@@ -107,7 +107,7 @@ def test_logger_keys():
         CallbacksConfig(log_every_n_steps=-1)
     with pytest.raises(CnnlabError, match="callbacks.mlflow is empty"):
         load_config(None, [("callbacks.mlflow", " ")])
-    with pytest.raises(CnnlabError, match="callbacks.tensorboard expects true or false"):
+    with pytest.raises(CnnlabError, match="`callbacks.tensorboard` expects true or false"):
         load_config(None, [("callbacks.tensorboard", "yes")])
 
 

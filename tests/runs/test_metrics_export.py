@@ -75,8 +75,11 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(dnn_run, tmp_path) -
     with pytest.raises(CnnlabError, match=r"cannot write .*a.csv/quick: .*a.csv is a file, not a folder"):
         export_metrics([dnn_run], "tensorboard", out=tmp_path / "a.csv")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(CnnlabError, match=r"cannot write .*folder: it is a folder; give a file name"):
+    with pytest.raises(CnnlabError, match=r"cannot write .*folder: it is a folder; give a file name, e.g. "
+                                          r".*folder/metrics.csv$"):  # was folder/folder
         export_metrics([dnn_run], "csv", out=tmp_path / "folder", overwrite=True)
+    with pytest.raises(CnnlabError, match=r"it is a folder; give a file name, e.g. .*folder/metrics.csv$"):
+        export_metrics([dnn_run], "csv", out=tmp_path / "folder")
     assert (tmp_path / "a.csv").read_text() == "x" and not any((tmp_path / "folder").iterdir())
 
 

@@ -60,7 +60,7 @@ def test_overrides_come_after_options():
 def test_unknown_option_and_bad_types_name_the_key():
     with pytest.raises(CnnlabError, match="unknown training option 'epoch'"):
         experiment_config(epoch=3)
-    with pytest.raises(CnnlabError, match="train.epochs expects an integer, got 'three'"):
+    with pytest.raises(CnnlabError, match="`train.epochs` expects an integer, got 'three'"):
         experiment_config(epochs="three")
 
 

@@ -99,6 +99,14 @@ def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path):
     assert [p.top[0][0] for p in few] == [rows[1][1], rows[2][1]]
 
 
+def test_csv_out_a_folder_suggests_a_file_in_it(run, pngs, tmp_path):
+    results = predict_files(run, [pngs / "img00.png"], top_k=1)
+    (tmp_path / "preds").mkdir()
+    with pytest.raises(CnnlabError, match=r"it is a folder; give a file name, e.g. .*preds/predictions.csv$"):
+        write_csv(results, tmp_path / "preds", 1)
+    assert not any((tmp_path / "preds").iterdir())
+
+
 def test_csv_columns_stop_at_the_class_count(run, pngs, tmp_path):
     results = predict_files(run, [pngs / "img00.png"], top_k=50)
     assert len(results[0].top) == 10  # only 10 classes

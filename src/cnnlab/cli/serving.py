@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cnnlab.cli.main import EXIT_FAILED, EXIT_OK
+from cnnlab.cli.main import EXIT_FAILED, EXIT_OK, translate
 from cnnlab.serve.onnx import ParityError, export
 from cnnlab.serve.predict import GRID_MAX, predict_files, write_csv, write_grid
 
@@ -22,13 +22,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         results = predict_files(args.run_dir, args.files, top_k=args.top_k, engine=args.engine,
                                 keep_images=GRID_MAX if args.grid else 0)
     except ParityError as exc:  # the automatic export of --engine onnx failed its check: a failure, not a mistake
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {translate(str(exc), args)}", file=sys.stderr)
         return EXIT_FAILED
     failed = 0
     for r in results:
         if r.error:
             failed += 1
-            print(f"error: {printable(r.error)}", file=sys.stderr)
+            # a per-file error is a library message like any other: its `key`s read as flags or bare names
+            print(f"error: {printable(translate(r.error, args))}", file=sys.stderr)
         elif args.json:
             print(json.dumps({"file": str(r.path), "top": [{"label": lab, "prob": round(p, 6)} for lab, p in r.top]}))
         elif not args.out:
@@ -47,7 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export(args.run_dir, args.format, out=args.out, opset=args.opset, batch=args.batch,
                         data_dir=args.data_dir, quantize=args.quantize, max_drop=args.max_drop)
     except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {translate(str(exc), args)}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Exported: {result.path} (opset {result.opset}, batch {result.batch})")
     if result.int8:

@@ -263,7 +263,7 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
         choices = f.metadata.get("choices")
         if choices is not None and kwargs[name] not in choices:
             shown = ", ".join("null" if c is None else str(c) for c in choices)
-            raise CnnlabError(f"{prefix}{name}: {value!r} is not one of {shown}")
+            raise CnnlabError(f"{_named(prefix + name)}: {value!r} is not one of {shown}")
         if "range" in f.metadata and kwargs[name] is not None:
             _check_range(kwargs[name], f.metadata["range"], f"{prefix}{name}")
     return cls(**kwargs)
@@ -277,6 +277,15 @@ def _check_range(value: float, bounds: tuple, key: str) -> None:
         parts = [f"≥ {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
                  f"≤ {le}" if le is not None else "", f"< {lt}" if lt is not None else ""]
         raise CnnlabError(f"`{key}` must be {' and '.join(p for p in parts if p)}, got {value}")
+
+
+def _named(key: str) -> str:
+    """A dotted config key in backticks, so the CLI names the flag the user typed (``train.lr`` → ``--lr``).
+
+    A top-level key (``model``, ``name``) stays bare: it is a section, not an option, and ``model`` would
+    otherwise read as the ``--model`` flag.
+    """
+    return f"`{key}`" if "." in key else key
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -298,13 +307,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise CnnlabError(f"{key} expects true or false, got {value!r}")
+        raise CnnlabError(f"{_named(key)} expects true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise CnnlabError(f"{key} expects an integer, got {value!r}")
+        raise CnnlabError(f"{_named(key)} expects an integer, got {value!r}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -313,9 +322,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             with contextlib.suppress(ValueError):
                 number = float(value)
         if number is None:
-            raise CnnlabError(f"{key} expects a number, got {value!r}")
+            raise CnnlabError(f"{_named(key)} expects a number, got {value!r}")
         if not math.isfinite(number):
-            raise CnnlabError(f"{key} expects a finite number, got {value!r}")
+            raise CnnlabError(f"{_named(key)} expects a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, str):
@@ -324,16 +333,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return os.fspath(value)
         hint = ("; write it in quotes to keep it text (YAML reads yes/no/on/off as true/false, 2024 as a number "
                 "and a: b as a mapping), e.g. KEY='\"no\"'") if isinstance(value, (bool, int, float, dict)) else ""
-        raise CnnlabError(f"{key} expects a string, got {value!r}{hint}")
+        raise CnnlabError(f"{_named(key)} expects a string, got {value!r}{hint}")
     if origin is tuple:
         items = [value] if isinstance(value, (str, dict)) else value
         if not isinstance(items, (list, tuple)):
-            raise CnnlabError(f"{key} expects a list, got {value!r}")
+            raise CnnlabError(f"{_named(key)} expects a list, got {value!r}")
         return tuple(_coerce(args[0], v, f"{key}.{i}") for i, v in enumerate(items))
     if tp is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise CnnlabError(f"{key} expects a mapping, got {value!r}")
+        raise CnnlabError(f"{_named(key)} expects a mapping, got {value!r}")
     return value
 
 

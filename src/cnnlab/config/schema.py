@@ -49,7 +49,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.padding_mode not in PADDING_MODES:
-            raise CnnlabError(f"data.augment.padding_mode: {self.padding_mode!r} is not one of "
+            raise CnnlabError(f"`data.augment.padding_mode`: {self.padding_mode!r} is not one of "
                               f"{', '.join(PADDING_MODES)}")
         for name in ("crop_padding", "translate", "zoom", "rotation", "brightness", "contrast", "noise",
                      "cutout"):

@@ -21,6 +21,7 @@ from cnnlab.runs.loggers import TENSORBOARD, epoch_scalars, require
 from cnnlab.runs.run_dir import HISTORY_COLUMNS, RunDir
 
 FORMATS = ("tensorboard", "csv")
+CSV_NAME = "metrics.csv"  # the CSV's name without `out`, and the one suggested when `out` is a folder
 
 
 def export_metrics(runs: Sequence[str | Path], fmt: str, *, out: str | Path | None = None,
@@ -54,7 +55,7 @@ def export_metrics(runs: Sequence[str | Path], fmt: str, *, out: str | Path | No
         if not history:
             raise CnnlabError(f"{run.path} has no finished epoch (metrics.jsonl is empty); nothing to export")
     if fmt == "csv":
-        return [_write_csv(histories, Path(out) if out else Path("metrics.csv"), overwrite)]
+        return [_write_csv(histories, Path(out) if out else Path(CSV_NAME), overwrite)]
     return _write_events(histories, Path(out) if out else None, overwrite, log)
 
 
@@ -67,7 +68,7 @@ def _write_csv(histories: list[tuple[RunDir, list[dict]]], path: Path, overwrite
     for run, history in histories:
         for m in history:
             writer.writerow({"run": str(run.path), **{k: "" if m.get(k) is None else m[k] for k in HISTORY_COLUMNS}})
-    return write_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue(), name=CSV_NAME)  # --out DIR: the error suggests DIR/metrics.csv
 
 
 def _targets(histories: list[tuple[RunDir, list[dict]]], out: Path | None, overwrite: bool,

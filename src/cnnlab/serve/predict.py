@@ -325,7 +325,7 @@ def write_csv(results: list[Prediction], path: str | Path, top_k: int) -> Path:
     header = ["file", "label", "prob"]
     for j in range(2, top_k + 1):
         header += [f"label_{j}", f"prob_{j}"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path, name="predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow([*header, "error"])
         for r in results:

@@ -43,6 +43,18 @@ def test_unknown_runs_are_404_pages(c):
     assert "All runs" in c.get("/runs/nope").text
 
 
+def test_a_unit_out_of_range_or_a_layer_without_units_is_a_404_page(trained_runs):
+    c = TestClient(create_app(trained_runs), base_url="http://127.0.0.1")
+    assert c.get("/runs/base/layers/conv2d/units/7").status_code == 200  # 8 units: 0..7
+    for path, why in [("/runs/base/layers/conv2d/units/999", "layer conv2d of run base has units 0..7; there is no unit 999"),
+                      ("/runs/base/layers/conv2d/units/8", "there is no unit 8"),
+                      ("/runs/base/layers/conv2d/units/-1", "there is no unit -1"),
+                      ("/runs/base/layers/nope/units/0", "run base has no layer nope with units")]:
+        r = c.get(path)
+        assert r.status_code == 404 and "All runs" in r.text and why in r.text, path
+    assert c.get("/api/runs/base/layers/conv2d/units/999").status_code == 400  # the API's answer is unchanged
+
+
 def test_names_from_the_url_are_escaped(c):
     r = c.get("/runs/r/layers/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E/units/0")
     assert r.status_code == 200 and "<img src=x" not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.text

@@ -75,6 +75,17 @@ def test_bad_uploads_are_one_line_errors(c, body, status, message):
     assert r.status_code == status and message in r.json()["error"] and "\n" not in r.json()["error"]
 
 
+def test_a_multipart_upload_is_the_same_image_as_the_raw_body(c, ctx):
+    png = _png(ctx.view.test.images[5, 0].numpy())
+    raw = c.post("/api/runs/base/upload", content=png, headers={"Content-Type": "image/png"})
+    form = c.post("/api/runs/base/upload", files={"file": ("x.png", png, "image/png")}, data={"note": "hi"})
+    other = c.post("/api/runs/base/upload", files={"image": ("x.png", png, "image/png")})  # curl -F image=@x.png
+    assert raw.status_code == form.status_code == other.status_code == 200
+    assert raw.json()["key"] == form.json()["key"] == other.json()["key"]  # the key is the decoded pixels' hash
+    r = c.post("/api/runs/base/upload", data={"note": "no file"}, files={"x": (None, b"text")})
+    assert r.status_code == 400 and "the form has no file" in r.json()["error"] and "--data-binary" in r.json()["error"]
+
+
 def test_uploads_over_the_limit_are_refused(trained_runs):
     small = TestClient(create_app(trained_runs, upload_limit=1000), base_url="http://127.0.0.1")
     r = small.post("/api/runs/base/upload", content=b"x" * 1001)
@@ -133,6 +144,20 @@ def test_attribution_mistakes(c):
     assert c.get("/api/runs/base/attribution", params={"image": "t-1", "target": 10}).status_code == 400
     default = c.get("/api/runs/base/attribution", params={"image": "t-1"}).json()
     assert default["method"] == "gradcam" and 0 <= default["target"] < 10  # the predicted class
+
+
+def test_occlusion_window_is_used_and_checked(c):
+    params = {"image": "t-1", "method": "occlusion", "target": 2}
+    maps = [c.get("/api/runs/base/attribution", params={**params, "window": w}).json()["map"]["data"] for w in (2, 7)]
+    assert maps[0] != maps[1]  # two patch sizes, two maps (the parameter was ignored: one map for every window)
+    default = c.get("/api/runs/base/attribution", params=params).json()["map"]["data"]
+    assert default == c.get("/api/runs/base/attribution", params={**params, "window": 4}).json()["map"]["data"]
+    for window in (0, 999, -3):
+        r = c.get("/api/runs/base/attribution", params={**params, "window": window})
+        assert r.status_code == 400 and "\n" not in r.json()["error"], window
+        assert "`window`" in r.json()["error"] and "use 1..28 pixels" in r.json()["error"]
+    r = c.get("/api/runs/base/attribution", params={"image": "t-1", "method": "saliency", "window": 4})
+    assert r.status_code == 400 and "use method=occlusion" in r.json()["error"]
 
 
 def test_units_filters_and_top_images(c, ctx):

@@ -11,7 +11,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from cnnlab.app.dashboard.security import HostGuard, TooLarge, host_name, read_capped, run_file
+from cnnlab.app.dashboard.security import HostGuard, TooLarge, form_file, host_name, read_capped, run_file
+from cnnlab.errors import CnnlabError
 
 
 @pytest.mark.parametrize(("header", "name"), [
@@ -75,3 +76,24 @@ def test_run_files_by_offered_name_inside_the_root_only(tmp_path):
     assert run_file(run, "../secret.txt", allowed, real) is None  # a path, even if listed
     assert run_file(run, "config.yaml", allowed, real) is None  # not offered
     assert run_file(run, "model.onnx", ("model.onnx",), real) is None  # offered but absent
+
+
+def _form(*parts: tuple[str, str | None, bytes], boundary: str = "----cnnlab7") -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_form_file_unwraps_a_multipart_upload_byte_for_byte():
+    data = bytes(range(256)) * 8 + b"\r\n------cnnlab\r\n\r\n"  # every byte value, line ends, a boundary look-alike
+    ctype = "multipart/form-data; boundary=----cnnlab7"
+    assert form_file(_form(("note", None, b"hi"), ("file", "x.png", data)), ctype) == data
+    assert form_file(_form(("other", "y.png", b"first"), ("file", "x.png", data)), ctype) == data  # `file` first
+    assert form_file(_form(("image", "y.png", data)), ctype) == data  # else the first part with a file name
+    assert form_file(data, "image/png") == data and form_file(data, "") == data  # a raw body as it is
+    with pytest.raises(CnnlabError, match=r"^the form has no file; send the image as `file` .*--data-binary"):
+        form_file(_form(("note", None, b"hi")), ctype)
+    with pytest.raises(CnnlabError, match="the form has no file"):
+        form_file(data, "multipart/form-data")  # no boundary: no parts

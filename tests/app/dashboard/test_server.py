@@ -8,7 +8,8 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
-from cnnlab.app.dashboard.server import Background, _extra_hosts, _url, create_app, listen
+from cnnlab.app.dashboard import server as server_module
+from cnnlab.app.dashboard.server import Background, _extra_hosts, _url, create_app, listen, serve
 from cnnlab.errors import CnnlabError
 
 
@@ -32,6 +33,18 @@ def test_a_taken_port_is_a_one_line_error():
         with pytest.raises(CnnlabError, match=r"cannot listen on 127.0.0.1:\d+ .*choose another `port`"):
             listen("127.0.0.1", taken.getsockname()[1])
 
+
+
+def test_ctrl_c_stops_the_server_cleanly_then_is_raised_again(tmp_path, monkeypatch):
+    def interrupted(self, sockets):  # what uvicorn.Server.run does on Ctrl-C: shut down, then re-raise it
+        assert len(sockets) == 1 and sockets[0].fileno() >= 0
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_module.uvicorn.Server, "run", interrupted)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):  # the CLI's EXIT_INTERRUPTED (130), not a clean 0
+        serve(tmp_path, port=0, log=lines.append)
+    assert lines[0].startswith("cnnlab dashboard: http://localhost:") and lines[1:] == ["cnnlab dashboard stopped"]
 
 
 @pytest.mark.parametrize("port", [65536, 99999, -1])

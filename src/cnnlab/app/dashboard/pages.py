@@ -8,7 +8,11 @@ import html
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from cnnlab.app.dashboard.routes_runs import dash
+from cnnlab.app.dashboard.jobs import Busy
+from cnnlab.app.dashboard.routes_model import unit_count
+from cnnlab.app.dashboard.routes_runs import compute, dash
+from cnnlab.app.dashboard.store import NotFound
+from cnnlab.errors import CnnlabError
 
 router = APIRouter()
 
@@ -74,7 +78,17 @@ def units_page(request: Request, rid: str) -> HTMLResponse:
 
 
 @router.get("/runs/{rid}/layers/{layer}/units/{unit}", response_class=HTMLResponse)
-def unit_page(request: Request, rid: str, layer: str, unit: int) -> HTMLResponse:
+async def unit_page(request: Request, rid: str, layer: str, unit: int) -> HTMLResponse:
+    """A unit's page; 404 (the not-found page) for a layer without units or a unit out of range."""
+    row = dash(request).row(rid)  # unknown id: 404
+    try:
+        units = await compute(request, row, "unit-count", unit_count, layer)
+    except (CnnlabError, Busy):  # no weights yet, or the model still loading: the page's script reports it
+        units = -1
+    if units is None:
+        raise NotFound(f"run {row.name} has no layer {layer} with units")
+    if units >= 0 and not 0 <= unit < units:
+        raise NotFound(f"layer {layer} of run {row.name} has units 0..{units - 1}; there is no unit {unit}")
     return _run_page(request, rid, f"{layer} unit {unit}", "unit", "/units", layer=layer, unit=str(unit))
 
 

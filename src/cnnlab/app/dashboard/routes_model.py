@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from cnnlab.app.dashboard.encode import b64, image_payload, layer_payload, map_payload, unit_png
 from cnnlab.app.dashboard.routes_runs import compute, dash
-from cnnlab.app.dashboard.security import read_capped
+from cnnlab.app.dashboard.security import form_file, read_capped
 from cnnlab.app.dashboard.store import Dashboard, NotFound, RunContext
 from cnnlab.data.decode import BadImage, decode_array, pixel_limit
 from cnnlab.errors import CnnlabError, one_of
@@ -42,6 +42,12 @@ def _rows(ctx: RunContext) -> list:
     return ctx.memo["rows"]
 
 
+def unit_count(ctx: RunContext, layer: str) -> int | None:
+    """How many units (output channels) ``layer`` has; None when the run has no such layer with feature maps."""
+    row = next((r for r in _rows(ctx) if r.name == layer and r.shape is not None and len(r.shape) == 3), None)
+    return None if row is None else int(row.shape[0])
+
+
 def _show(d: Dashboard, ctx: RunContext, view: str, key: str, extra: str = "") -> str:
     images = f" --images {key[2:]}" if key.startswith("t-") else ""
     note = "" if images else "   # shows test images; yours is the uploaded one"
@@ -53,11 +59,11 @@ def _show(d: Dashboard, ctx: RunContext, view: str, key: str, extra: str = "") -
 
 @router.post("/api/runs/{rid}/upload")
 async def upload(request: Request, rid: str) -> dict:
-    """An image file in the body (PNG, JPEG, BMP, GIF, WebP), decoded by cnnlab's safe decoder to the run's
-    input: the key it returns names it in the other calls."""
+    """An image file (PNG, JPEG, BMP, GIF, WebP) as the raw body or as the ``file`` field of a multipart form,
+    decoded by cnnlab's safe decoder to the run's input: the key it returns names it in the other calls."""
     d = dash(request)
     row = d.row(rid)
-    data = await read_capped(request, d.upload_limit)
+    data = form_file(await read_capped(request, d.upload_limit), request.headers.get("content-type", ""))
     if not data:
         raise CnnlabError("the upload is empty; send an image file (PNG, JPEG, BMP, GIF or WebP)")
 
@@ -145,7 +151,7 @@ async def arithmetic(request: Request, rid: str, image: str, layer: str, channel
 
 
 def _attribution(ctx: RunContext, d: Dashboard, key: str, method: str, target: int | None,
-                 layer: str | None) -> dict[str, Any]:
+                 layer: str | None, window: int | None) -> dict[str, Any]:
     image, label = d.image(ctx, key)
     x = ctx.view.normalizer(image[None])
     if target is None:
@@ -153,11 +159,11 @@ def _attribution(ctx: RunContext, d: Dashboard, key: str, method: str, target: i
     if not 0 <= target < len(ctx.classes):
         raise CnnlabError(f"`target` {target} is not a class; use 0..{len(ctx.classes) - 1}")
     pixels = hashlib.sha256(image.numpy().tobytes()).hexdigest()
-    name = f"attr-{ctx.key('attribution', pixels, method, target, layer)}.npy"
+    name = f"attr-{ctx.key('attribution', pixels, method, target, layer, window)}.npy"
     fns = {"gradcam": lambda: A.gradcam(ctx.model, x, target, layer=layer),
            "saliency": lambda: A.saliency(ctx.model, x, target),
            "integrated-gradients": lambda: A.integrated_gradients(ctx.model, x, target),
-           "occlusion": lambda: A.occlusion(ctx.model, x, target)}
+           "occlusion": lambda: A.occlusion(ctx.model, x, target, window=window)}
     hit = ctx.cache.get_array(name) is not None
     heat = ctx.cache.cached(name, lambda: fns[method]()[0].float().numpy())
     extra = f" --layers {layer}" if layer and method == "gradcam" else ""
@@ -167,13 +173,16 @@ def _attribution(ctx: RunContext, d: Dashboard, key: str, method: str, target: i
 
 @router.get("/api/runs/{rid}/attribution")
 async def attribution(request: Request, rid: str, image: str, method: str = "gradcam", target: int | None = None,
-                      layer: str | None = None) -> dict:
+                      layer: str | None = None, window: int | None = None) -> dict:
     """Grad-CAM, saliency, integrated gradients or occlusion (Captum) for one image and class, cached by
-    (weights digest, image, method, arguments) in the run's dashboard cache."""
+    (weights digest, image, method, arguments) in the run's dashboard cache. ``window``: occlusion's patch
+    side in pixels (1..the image side; default about a seventh of the image)."""
     if method not in METHODS:
         raise one_of("method", method, METHODS)
-    d = dash(request)
-    return await compute(request, d.row(rid), "attr", _attribution, d, image, method, target, layer)
+    if window is not None and method != "occlusion":  # not silently ignored: another method has no patch
+        raise CnnlabError(f"`window` is occlusion's patch size; {method} has none (use method=occlusion)")
+    d = dash(request)  # a window that does not fit the image: occlusion's own one-line error, a 400
+    return await compute(request, d.row(rid), "attr", _attribution, d, image, method, target, layer, window)
 
 
 # ------------------------------------------------------------------------------------- units, layers

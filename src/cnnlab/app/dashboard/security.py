@@ -5,17 +5,23 @@
   Every response also carries headers that keep other sites from framing or sniffing it.
 * :func:`read_capped`: uploads larger than the limit are refused while they arrive (413), before they
   are decoded by :func:`cnnlab.data.decode.decode_image`, which refuses decompression bombs itself.
+* :func:`form_file`: a ``multipart/form-data`` upload (``curl -F file=@x.png``, an HTML form) is unwrapped
+  to its file with the standard library's MIME parser, within the same cap (python-multipart not needed).
 * :func:`run_file`: a file of a run is served only when its name is one the dashboard offers and its real
   location (symlinks followed) is inside RUNS_DIR.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cnnlab.errors import CnnlabError
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 HEADERS = [
@@ -93,6 +99,26 @@ async def read_capped(request: Request, limit: int) -> bytes:
             raise TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def form_file(body: bytes, content_type: str) -> bytes:
+    """The file in a ``multipart/form-data`` body (RFC 7578): the part named ``file``, else the first part
+    with a file name; ``body`` itself for any other content type (the raw bytes of an image).
+
+    Raises:
+        CnnlabError: a form without a boundary or without a file part.
+    """
+    if not content_type.lower().lstrip().startswith("multipart/form-data"):
+        return body
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    parts = list(msg.iter_parts()) if msg.is_multipart() else []
+    named = [p for p in parts if p.get_param("name", header="content-disposition") == "file"]
+    files = named or [p for p in parts if p.get_filename() is not None]
+    if not files:
+        raise CnnlabError("the form has no file; send the image as `file` (curl -F file=@x.png) or as the raw "
+                          "body (curl --data-binary @x.png -H 'Content-Type: image/png')")
+    return files[0].get_payload(decode=True) or b""
 
 
 def run_file(run_path: Path, name: str, allowed: Iterable[str], root: Path) -> Path | None:

@@ -177,6 +177,7 @@ def serve(runs_dir: str | os.PathLike = "runs", *, host: str = DEFAULT_HOST, por
 
     Raises:
         CnnlabError: ``runs_dir`` is not a folder, or ``host:port`` cannot be used.
+        KeyboardInterrupt: Ctrl-C, after the server has shut down cleanly (``cnnlab dashboard`` exits 130).
     """
     root = Path(runs_dir)
     if not root.is_dir():
@@ -196,8 +197,9 @@ def serve(runs_dir: str | os.PathLike = "runs", *, host: str = DEFAULT_HOST, por
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C: the normal way to stop
-        pass
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C: the CLI exits 130 as for
+        log("cnnlab dashboard stopped")  # any interrupted command (README: Exit codes)
+        raise
     finally:
         sock.close()
     log("cnnlab dashboard stopped")
