@@ -15,17 +15,11 @@ from safetensors.torch import load_file
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.runs.experiment import build_callbacks, save_weights, train
+from cnnlab.runs.experiment import save_weights, train
 from cnnlab.runs.options import experiment_config
+from cnnlab.runs.setup import build_callbacks
 from cnnlab.training.callbacks import (
     Callback,
-    CheckpointEvery,
-    EarlyStopping,
-    ModelCheckpoint,
-    NanGuard,
-    ProgressBar,
-    StallWarning,
-    StopAtTarget,
 )
 
 
@@ -86,27 +80,6 @@ def test_resume_needs_a_checkpoint(dnn_run, tmp_path):
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(CnnlabError, match="has no checkpoint to resume from"):
         quiet(load_config(run / "config.yaml"), resume=run)
-
-
-def test_callbacks_follow_the_config():
-    cfg = load_config(None, [("callbacks.stop_at", ["val_acc=0.9"]), ("callbacks.early_stopping", 3),
-                             ("callbacks.monitor", "val_acc")])
-    callbacks = build_callbacks(cfg, progress=False)
-    assert [type(cb) for cb in callbacks] == [NanGuard, StopAtTarget, EarlyStopping, ModelCheckpoint,
-                                              CheckpointEvery, ProgressBar, StallWarning]
-    stop, early, checkpoint = callbacks[1:4]
-    assert (stop.monitor, stop.mode, stop.target) == ("val_acc", "max", 0.9)
-    assert (early.monitor, early.mode, early.patience) == ("val_acc", "max", 3)
-    assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
-    assert not callbacks[-2].live  # the ProgressBar
-    plain = build_callbacks(load_config())
-    assert [type(cb) for cb in plain] == [NanGuard, ModelCheckpoint, CheckpointEvery, ProgressBar, StallWarning]
-    assert (plain[1].monitor, plain[1].mode) == ("val_loss", "min")
-    assert (plain[2].steps, plain[2].seconds) == (0, 300.0)  # the default: part-way every 5 minutes
-    by_steps = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "500steps")]))[2]
-    assert (by_steps.steps, by_steps.seconds) == (500, 0.0)
-    off = build_callbacks(load_config(None, [("callbacks.checkpoint_every", "off")]))
-    assert [type(cb) for cb in off] == [NanGuard, ModelCheckpoint, ProgressBar, StallWarning]
 
 
 def test_save_weights_round_trips_the_state_dict(tmp_path):
@@ -214,18 +187,6 @@ def test_a_crash_before_the_first_epoch_ends_leaves_nothing(tmp_path, monkeypatc
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["status"] == "failed" and meta["failure"] == "RuntimeError: disk full"
     assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
-
-
-def test_relative_folders_are_recorded_absolute_and_get_the_models_input_size(tmp_path, image_folder, monkeypatch):
-    from cnnlab.runs.experiment import resolve_config
-
-    monkeypatch.chdir(image_folder.parent)
-    cfg = resolve_config(experiment_config(dataset=f"folder:{image_folder.name}", model="resnet18",
-                                           data_dir="."))
-    assert cfg.data.dataset == f"folder:{image_folder}" and cfg.data.data_dir == str(image_folder.parent)
-    assert cfg.data.image_size == 224  # resnet18's metadata
-    pretrained = resolve_config(experiment_config(dataset="folder:x", model="inception_v3", pretrained=True))
-    assert pretrained.data.image_size == 299  # the published weights' input size
 
 
 def test_a_resume_records_what_it_changed_and_uses_the_replanned_rate(tmp_path):
@@ -342,58 +303,12 @@ def test_every_file_of_a_run_gets_the_umasks_permissions(tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == (0o750 if p.is_dir() else 0o640), p
 
 
-def test_an_unset_learning_rate_follows_the_models_metadata():
-    from cnnlab.runs.experiment import default_lr, resolve_config
-
-    def lr(**options):
-        overrides = options.pop("overrides", [])
-        return resolve_config(experiment_config(dataset="fashion-mnist-sample", overrides=overrides, **options)).train.lr
-
-    assert experiment_config(model="vgg16").train.lr is None  # "not set" is None, never a number
-    assert lr(model="vgg16") == 1e-4 and lr(model="alexnet") == 1e-4  # no BatchNorm: ten times lower
-    assert lr(model="vgg16_bn") == 1e-3 and lr(model="resnet18") == 1e-3
-    assert lr(model="vgg16", lr=0.001) == 0.001  # a rate the user wrote is kept, even the generic one
-    assert lr(model="vgg16", overrides=[("train.lr", 0.001)]) == 0.001
-    assert lr(model="vgg16", overrides=[("train.optimizer", "sgd")]) == 1e-3  # the metadata rate is Adam's
-    assert lr(model="dnn_128") == 1e-3  # the tutorial models: Keras's Adam default
-    assert default_lr(experiment_config(model="vgg16")) == (1e-4, "vgg16's default for adam (its metadata)")
-
-
 def test_the_rate_used_is_recorded_and_said(tmp_path):
     lines: list[str] = []
     cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=1, batch_size=512)
     train(cfg, out=tmp_path / "r", progress=False, log=lines.append)
     assert "note: train.lr is not set: using 0.001, the default; set train.lr to choose another" in lines
     assert "lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()  # a rerun from config.yaml uses the same
-
-
-def test_weights_in_a_published_layout_bring_their_preprocessing(tmp_path, image_folder):
-    from cnnlab.models.registry import IMAGENET_MEAN, create_model
-    from cnnlab.runs.experiment import resolve_config, weights_normalizer
-
-    torch.manual_seed(0)
-    torch.save(create_model("googlenet", num_classes=1000, input_shape=(3, 224, 224)).state_dict(),
-               tmp_path / "copy.pth")  # torchvision's layout, as a downloaded googlenet-1378be20.pth has
-    notes: list[str] = []
-    cfg = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "copy.pth"),
-                                           dataset=f"folder:{image_folder}"), notes.append)
-    assert cfg.model.pretrained and cfg.data.image_size == 224  # the weights' input size
-    assert weights_normalizer(cfg).mean == IMAGENET_MEAN
-    assert notes[-1].startswith(f"note: {tmp_path / 'copy.pth'} has googlenet's published ImageNet layout, so it "
-                                "gets their preprocessing as model.pretrained does: mean [0.485, 0.456, 0.406]")
-    assert "transform_input, 224 px input (data.normalize and data.image_size change them)" in notes[-1]
-    torch.save(create_model("googlenet", num_classes=3, input_shape=(3, 64, 64)).state_dict(), tmp_path / "mine.pth")
-    notes.clear()
-    mine = resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"),
-                                            dataset=f"folder:{image_folder}"), notes.append)
-    assert not mine.model.pretrained and weights_normalizer(mine) is None
-    assert notes[-1] == (f"note: {tmp_path / 'mine.pth'} is not googlenet's published ImageNet weight file, so inputs "
-                         "are scaled as for training from scratch (x / 255); if these weights expect other "
-                         "statistics, set data.normalize (imagenet, standard)")
-    notes.clear()
-    resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"), dataset="mnist",
-                                     overrides=[("data.normalize", "standard")]), notes.append)
-    assert not any("published" in n for n in notes)  # the user chose the scaling: nothing to say
 
 
 @pytest.mark.cuda

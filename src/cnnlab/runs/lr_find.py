@@ -22,7 +22,7 @@ from cnnlab.config import Config
 from cnnlab.data.prepare import prepare_data
 from cnnlab.data.tensors import seed_of
 from cnnlab.errors import CnnlabError
-from cnnlab.runs.experiment import build_trainer, resolve_config, weights_normalizer
+from cnnlab.runs.setup import build_trainer, resolve_config, weights_normalizer
 from cnnlab.training.engine import seed_everything
 from cnnlab.training.epoch import train_one_epoch
 from cnnlab.training.optim import set_lr
