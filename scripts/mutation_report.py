@@ -24,7 +24,7 @@ def results() -> dict[str, str]:
     """{mutant name: status} of every mutant of the last run."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True,
                          text=True, check=True).stdout
-    return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (\S+)", out, flags=re.M))
+    return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (\S.*?)\s*$", out, flags=re.M))
 
 
 def equivalent(docs: Path) -> set[str]:
@@ -36,7 +36,9 @@ def equivalent(docs: Path) -> set[str]:
 
 
 def module_of(mutant: str) -> str:
-    return mutant.split(".x")[0].rsplit(".", 1)[0] if ".xǁ" in mutant else mutant.rsplit(".", 1)[0]
+    """``cnnlab.training.optim`` for ``cnnlab.training.optim.x_lr_factor__mutmut_14`` and for a method's
+    ``cnnlab.training.callbacks.xǁNanGuardǁon_train_batch_end__mutmut_1``."""
+    return mutant.split(".xǁ")[0] if ".xǁ" in mutant else mutant.rsplit(".", 1)[0]
 
 
 def main() -> None:
@@ -50,14 +52,14 @@ def main() -> None:
     for name, state in status.items():
         kind = "equivalent" if name in same else "killed" if state in KILLED else state
         table[module_of(name)][kind] += 1
-    print("| module | mutants | killed | survived | equivalent | untested | score |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| module | mutants | killed | survived | equivalent | untested | not run | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for module in sorted(table):
         c = table[module]
         counted = c["killed"] + c["survived"]
         score = f"{100 * c['killed'] / counted:.1f}%" if counted else "n/a"
         print(f"| {module} | {sum(c.values())} | {c['killed']} | {c['survived']} | {c['equivalent']} | "
-              f"{c['no tests']} | {score} |")
+              f"{c['no tests']} | {c['not checked']} | {score} |")
     if args.survivors:
         print("\nsurvived:")
         for name, state in sorted(status.items()):
