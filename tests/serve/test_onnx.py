@@ -20,12 +20,6 @@ from cnnlab.serve.engines import ort_session
 from cnnlab.serve.onnx import META, ParityError, export, export_onnx, parse_batch, read_metadata, write_onnx
 from cnnlab.serve.predict import Predictor
 
-TINY_CNN = [
-    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},  # fan-in 9: a native-kernel first layer in training
-    {"type": "MaxPooling2D", "pool_size": 2},
-    {"type": "Flatten"},
-    {"type": "Dense", "units": "num_classes", "activation": "softmax"},
-]
 PARITY = re.compile(r"^parity: max abs diff (\d\.\de[-+]\d\d) over (\d+) test images \(limit 1e-4\)$", re.M)
 
 
@@ -37,12 +31,10 @@ def train_run(path, base: dict):
 
 
 @pytest.fixture(scope="module")
-def spec_run(tmp_path_factory):
-    """A Conv8-Pool-Dense CNN trained one epoch on the bundled Fashion-MNIST sample, standardised input."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return train_run(tmp_path_factory.mktemp("runs") / "spec", {
-            "data": {"dataset": "fashion-mnist-sample", "normalize": "standard"}, "model": {"layers": TINY_CNN}})
+def spec_run(trained_tiny_cnn, copy_run, tmp_path_factory):
+    """A Conv8-Pool-Dense CNN trained one epoch on the bundled Fashion-MNIST sample, standardised input (this
+    module's copy: its tests export into it)."""
+    return copy_run(trained_tiny_cnn, tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="module")

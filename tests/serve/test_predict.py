@@ -17,18 +17,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.runs import experiment as api
 from cnnlab.serve.predict import GRID_MAX, Predictor, decode_chunks, predict_files, write_csv, write_grid
 
-TINY_CNN = [
-    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},
-    {"type": "MaxPooling2D", "pool_size": 2},
-    {"type": "Flatten"},
-    {"type": "Dense", "units": "num_classes", "activation": "softmax"},
-]
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_cnn_layers):
     """A tiny CNN trained one epoch on the bundled Fashion-MNIST sample (no model.onnx yet)."""
-    cfg = load_config(None, base={"data": {"dataset": "fashion-mnist-sample"}, "model": {"layers": TINY_CNN},
+    cfg = load_config(None, base={"data": {"dataset": "fashion-mnist-sample"}, "model": {"layers": tiny_cnn_layers},
                                   "train": {"epochs": 1, "batch_size": 256}})
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert api.train(cfg, out=out, progress=False, log=lambda s: None).failed is None

@@ -3,45 +3,22 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from cnnlab.config import load_config
 from cnnlab.data.datasets import load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import experiment
 from cnnlab.runs.loaded import load_run
 from cnnlab.serve.onnx import export_onnx, read_metadata
 from cnnlab.serve.predict import Predictor
 from cnnlab.serve.quantize import INT8_META, QuantResult, calibration_batch, int8_path
 
-TINY_CNN = [
-    {"type": "Conv2D", "filters": 8, "kernel_size": 3, "activation": "relu"},
-    {"type": "MaxPooling2D", "pool_size": 2},
-    {"type": "Flatten"},
-    {"type": "Dense", "units": "num_classes", "activation": "softmax"},
-]
-
-
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    """A Conv8-Pool-Dense CNN trained one epoch on the bundled Fashion-MNIST sample."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        cfg = load_config(None, base={"train": {"epochs": 1, "batch_size": 256}, "model": {"layers": TINY_CNN},
-                                      "data": {"dataset": "fashion-mnist-sample", "normalize": "standard"}})
-        path = tmp_path_factory.mktemp("runs") / "cnn"
-        assert experiment.train(cfg, out=path, progress=False, log=lambda s: None).failed is None
-        return path
-
 
 @pytest.fixture
-def run(cnn_run, tmp_path):
-    return shutil.copytree(cnn_run, tmp_path / "run")
+def run(trained_tiny_cnn, copy_run, tmp_path):
+    return copy_run(trained_tiny_cnn, tmp_path)
 
 
 def test_int8_path():
