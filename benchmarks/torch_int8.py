@@ -54,25 +54,24 @@ def main() -> None:
 
 def rate(fn, x: torch.Tensor, n: int = 5) -> float:
     """img/s over the median of ``n`` calls after one warm-up."""
-    fn(x)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t0)
-    return len(x) / statistics.median(times)
+    return len(x) / median_seconds(fn, x, n, warmup=1)
 
 
 def p50(fn, x: torch.Tensor, n: int = 300) -> float:
     """Median µs of ``n`` single calls after 20 warm-up calls."""
-    for _ in range(20):
+    return 1e6 * median_seconds(fn, x, n, warmup=20)
+
+
+def median_seconds(fn, x: torch.Tensor, n: int, *, warmup: int) -> float:
+    """Median seconds of ``n`` calls ``fn(x)`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         fn(x)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
