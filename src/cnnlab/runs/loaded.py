@@ -49,13 +49,16 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
     model = build_model(cfg.model, input_shape=shape, num_classes=len(classes))
     for attempt in range(20):
         src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
+        before = _identity(src)
         try:
             state = load_weights_file(src)
             break
         except CnnlabError:
-            if src.exists() or attempt == 19:
+            # the same file still there is damaged; a file gone or replaced was a training swapping in a new
+            # checkpoint (it may be back already, so "exists" alone cannot tell): look again
+            if (before is not None and _identity(src) == before) or attempt == 19:
                 raise
-            time.sleep(0.01)  # a training renamed the checkpoint away while swapping in a new one: look again
+            time.sleep(0.01)
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CnnlabError(f"{src} holds non-finite weights (NaN/inf in {', '.join(broken[:3])}"
@@ -65,6 +68,15 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
     model.eval()
     norm = Normalizer(tuple(meta["normalizer"]["mean"]), tuple(meta["normalizer"]["std"]))
     return LoadedRun(run, cfg, model, norm, classes, shape)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None when it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def evaluate_run(path: str | Path, *, data_dir: str | None = None, keep_probs: bool = False) -> tuple[LoadedRun, Evaluation, ImageData]:
