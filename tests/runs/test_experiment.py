@@ -393,3 +393,17 @@ def test_a_stopped_run_prints_a_resume_command_that_a_shell_runs_as_one_path(tmp
         train(cfg, out=out, progress=False, log=lines.append, callbacks=[CtrlC()])
     assert lines[-1].endswith(f"continue with: cnnlab train --resume '{tmp_path}/my runs/it'\"'\"'s'")
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_run_with_ema_keeps_the_averaged_weights_it_validated(tmp_path):
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=2, batch_size=256,
+                            precision="fp32", overrides=[("train.ema", 0.9)])
+    run = tmp_path / "run"
+    result = quiet(cfg, out=run)
+    final, last = load_file(run / "model.safetensors"), load_file(run / "checkpoints" / "last" / "model.safetensors")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)  # the average
+    from cnnlab.training.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(run / "checkpoints" / "last")["train_weights"]
+    assert any(not torch.equal(final[k], trained[k]) for k in final)  # ... not the weights that trained
+    assert result.test.acc == pytest.approx(result.history[-1]["val_acc"], abs=1e-12)  # test set = validation

@@ -174,6 +174,9 @@ class TrainConfig:
         weight_decay: decay as the optimiser applies it (decoupled for adamw).
         l2: Keras-style L2 penalty ``l2 * sum(w**2)`` on conv/dense kernels, added to the loss.
         label_smoothing: cross-entropy label smoothing.
+        ema: keep an exponential moving average of the weights with this largest per-step decay (e.g. 0.999,
+            about the last 1,000 steps; TensorFlow's ``ExponentialMovingAverage`` with its ``num_updates``
+            warm-up); 0 = off. The average is what each epoch validates, what checkpoints and the run keep.
         schedule: constant, onecycle or cosine (per step, after ``warmup_epochs`` of linear warm-up).
         warmup_epochs: linear warm-up length (cosine / constant).
         seed: makes a CPU run repeatable (init, shuffling, dropout, augmentation).
@@ -201,6 +204,7 @@ class TrainConfig:
     weight_decay: float = _in(0.0, ge=0)
     l2: float = _in(0.0, ge=0)
     label_smoothing: float = _in(0.0, ge=0, lt=1)
+    ema: float = _in(0.0, ge=0, lt=1)
     schedule: str = _choice("constant", "onecycle", "cosine")
     warmup_epochs: float = _in(0.0, ge=0)
     seed: int = 0

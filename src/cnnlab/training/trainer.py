@@ -27,6 +27,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.training import distributed
 from cnnlab.training.callbacks import HOOKS, Callback, StopTraining, overrides
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.training.ema import WeightEMA
 from cnnlab.training.engine import Engine
 from cnnlab.training.epoch import EpochProgress, evaluate, train_one_epoch
 from cnnlab.training.metrics import Evaluation
@@ -75,6 +76,9 @@ class Trainer:
         stop_reasons: why training was asked to stop (callbacks add to it through :meth:`request_stop`).
         failure: why training failed (a :class:`StopTraining` with ``failed``), or None.
         last_eval: validation of the weights as they are after the last epoch.
+        ema: the moving average of the weights (``cfg.ema`` > 0), or None. When there is one, it is what
+            :meth:`evaluate` measures and what checkpoints keep as their weights (the weights being trained
+            travel in the checkpoint's state, so that a resume continues exactly).
         progress: where the running epoch is (None between epochs).
         interrupt: set (e.g. by a signal handler) to a signal number: the trainer saves ``checkpoints/last``
             after the current step and raises :class:`TrainingInterrupted`.
@@ -100,6 +104,7 @@ class Trainer:
         self.model = model.to(engine.device)
         if engine.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = WeightEMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.train_data = train_data.to(engine.device)
         self.val_data = val_data.to(engine.device) if val_data is not None else None
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
@@ -191,6 +196,8 @@ class Trainer:
             lr_used = self.cfg.peak_lr * lr_factor(self.cfg, base, total, self.steps_per_epoch)
 
         def batch_end(i: int, loss: torch.Tensor) -> None:
+            if self.ema is not None:  # first: a checkpoint written by a callback below holds this step's average
+                self.ema.update(self.model)
             if scheduled:  # per-step schedule: set the rate for the next step
                 step = base + i + 1
                 self.lr = set_lr(self.optimizer, self.cfg.peak_lr, lr_factor(self.cfg, step, total, self.steps_per_epoch))
@@ -233,10 +240,15 @@ class Trainer:
         if self.world_size > 1:  # rank 0 decides (the ranks saw the same metrics; this makes it certain)
             self.stop_reasons = distributed.from_lead(self.stop_reasons)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the moving average when ``cfg.ema`` is on, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self, data: ImageData, tta: str | None = None) -> Evaluation:
-        """``data`` through the model (unwrapped), split among the ranks and summed when distributed."""
+        """``data`` through :attr:`eval_model` (unwrapped), split among the ranks and summed when distributed."""
         run = distributed.evaluate_shared if self.world_size > 1 else evaluate
-        return run(self.model, data, normalizer=self.normalizer, engine=self.engine,
+        return run(self.eval_model, data, normalizer=self.normalizer, engine=self.engine,
                    batch_size=self.cfg.eval_batch_size, tta=tta)
 
     # ------------------------------------------------------------------------------ state and resume
@@ -244,7 +256,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights needed to continue exactly: optimiser, epoch and the position in it, RNGs,
         callbacks, history."""
-        return {
+        state = {
             "epoch": self.epoch,
             "history": self.history,
             "lr": self.lr,
@@ -257,9 +269,14 @@ class Trainer:
             "numpy_rng": _np_state(),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
         }
+        if self.ema is not None:  # the checkpoint's weights are the average; these are the ones that train on
+            state["ema"] = self.ema.state_dict()
+            state["train_weights"] = dict(self.model.state_dict())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned (the model's weights are restored separately)."""
+        """Restores what :meth:`state_dict` returned, after the checkpoint's weights went into the model."""
+        self._restore_weights(state)
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.lr = float(state["lr"])
@@ -283,6 +300,15 @@ class Trainer:
             if cb.state_key in saved:
                 cb.load_state_dict(saved[cb.state_key])
 
+    def _restore_weights(self, state: dict[str, Any]) -> None:
+        """Splits the checkpoint's weights, loaded into the model, into the average and the trained weights."""
+        if self.ema is not None:  # the model holds the checkpoint's weights: the average (or, saved without
+            # EMA, the trained weights, from which a fresh average starts)
+            self.ema.module.load_state_dict(self.model.state_dict())
+            self.ema.load_state_dict(state.get("ema", {"updates": 0}))
+        if "train_weights" in state:
+            self.model.load_state_dict(state["train_weights"])
+
     def save_checkpoint(self, kind: str) -> Path | None:
         """Writes ``checkpoints/<kind>`` (last / best) when the trainer has a checkpoint folder; the ``last`` it
         replaces is kept as ``checkpoints/previous``."""
@@ -291,10 +317,10 @@ class Trainer:
         keep = self.checkpoint_dir / "previous" if kind == "last" else None
         state = self.state_dict()
         if self.world_size == 1:
-            return save_checkpoint(self.checkpoint_dir / kind, self.model, state, keep_previous=keep)
+            return save_checkpoint(self.checkpoint_dir / kind, self.eval_model, state, keep_previous=keep)
         if self.progress is not None:  # part-way through an epoch: keep the sums of every rank
             state["progress"] = distributed.global_progress(self.progress).state_dict()
-        path = save_checkpoint(self.checkpoint_dir / kind, self.model, state, keep_previous=keep) if self.rank == 0 \
+        path = save_checkpoint(self.checkpoint_dir / kind, self.eval_model, state, keep_previous=keep) if self.rank == 0 \
             else self.checkpoint_dir / kind
         distributed.barrier()  # outside the if: no rank reads or goes on before rank 0 has written
         return path
