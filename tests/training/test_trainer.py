@@ -40,6 +40,25 @@ def test_resume_continues_exactly(toy, tmp_path, make_trainer):
     assert [h["train_loss"] for h in resumed] == pytest.approx([h["train_loss"] for h in full], rel=1e-6)
 
 
+def test_an_epoch_end_checkpoint_of_an_older_cnnlab_without_an_augmentation_stream_resumes(toy, tmp_path, make_trainer):
+    """cnnlab before part-way checkpoints saved one ``generator`` and no ``aug_generator``; each epoch reseeds the
+    augmentation stream from (seed, epoch), so an epoch-end checkpoint continues exactly without it."""
+    from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+
+    full = make_trainer(toy, tmp_path / "a", [ModelCheckpoint("val_loss", "min")])
+    full.fit()
+    first = make_trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")], epochs=1)
+    first.fit()
+    old = load_checkpoint(tmp_path / "b" / "last", first.model)
+    old["generator"] = old.pop("aug_generator")
+    del old["progress"], old["world_size"]
+    save_checkpoint(tmp_path / "b" / "last", first.model, old)
+    second = make_trainer(toy, tmp_path / "b", [ModelCheckpoint("val_loss", "min")])
+    second.resume("last")
+    second.fit()
+    assert [h["train_loss"] for h in second.history] == [h["train_loss"] for h in full.history]
+
+
 def test_callbacks_run_in_order_and_need_unique_state_keys(toy, make_trainer):
     calls: list[str] = []
 

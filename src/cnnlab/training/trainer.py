@@ -287,7 +287,11 @@ class Trainer:
         if self.progress is not None and self.rank > 0:  # the saved sums are every rank's: count them once
             self.progress = EpochProgress(self.progress.step, torch.zeros_like(self.progress.loss_sum),
                                           torch.zeros_like(self.progress.correct))
-        self.aug_generator.set_state(state["aug_generator"])
+        if "aug_generator" in state:  # older checkpoints (epoch ends only) lack it: each epoch reseeds it anyway
+            self.aug_generator.set_state(state["aug_generator"])
+        elif self.progress is not None:
+            raise CnnlabError("this part-way checkpoint has no augmentation stream (`aug_generator`) to continue "
+                              "its epoch with; resume from an epoch's end (`checkpoints/previous`)")
         saved_world = int(state.get("world_size", 1))
         if progress and saved_world != self.world_size:
             raise CnnlabError(f"this checkpoint was taken part-way through an epoch by {saved_world} process(es); "
