@@ -312,3 +312,28 @@ def test_checkpoint_every_saves_by_steps_and_by_time_never_at_an_epochs_end(toy,
     assert saved == [(0, 4), (0, 8), (1, 4), (1, 8)]
     with pytest.raises(CnnlabError, match="needs a positive number of steps or seconds"):
         CheckpointEvery()
+
+
+def test_steps_per_epoch_makes_each_epoch_the_first_steps_of_its_own_order(toy, make_trainer):
+    from cnnlab.data.tensors import epoch_order
+
+    class Seen(Callback):
+        def __init__(self):
+            self.steps, self.first = [], []
+
+        def on_train_batch_start(self, trainer, batch):
+            if batch == 0:  # the first batch of the epoch is the start of that epoch's order
+                self.first.append(epoch_order(len(trainer.train_data), trainer.cfg.seed, trainer.epoch)[:16])
+
+        def on_train_batch_end(self, trainer, batch, loss):
+            self.steps.append((trainer.epoch, batch, trainer.progress.seen))
+
+    seen = Seen()
+    trainer = make_trainer(toy, callbacks=[seen], steps_per_epoch=3, schedule="onecycle")
+    assert trainer.steps_per_epoch == 3  # of the 12 a full pass over the 180 training images takes
+    trainer.fit()
+    assert seen.steps == [(e, b, 16 * (b + 1)) for e in range(3) for b in range(3)]
+    assert not torch.equal(seen.first[0], seen.first[1])  # a fresh sample each epoch
+    assert trainer.lr == pytest.approx(trainer.cfg.peak_lr * 1e-4)  # one-cycle planned over the 9 steps: at its floor
+    assert len(trainer.history) == 3 and all(h["val_loss"] is not None for h in trainer.history)
+    assert make_trainer(toy, steps_per_epoch=100).steps_per_epoch == 12  # never more than a pass

@@ -165,6 +165,10 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training set.
         batch_size: images per step.
+        steps_per_epoch: at most this many steps make an epoch (Keras's ``fit(steps_per_epoch=...)``): each
+            epoch trains on the first ``steps_per_epoch * batch_size`` images of its own shuffled order, a fresh
+            sample of the training set each time, and then validates; None = one pass over the training set.
+            Fractions of passes, e.g. 1.5 passes in 3 shorter epochs.
         optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
         lr: peak learning rate. Unset (None, ``lr: null``) means "the model's default": a registered
             model's metadata rate for Adam/AdamW (``ModelMeta.lr``, e.g. 1e-4 for VGG without BatchNorm),
@@ -197,6 +201,7 @@ class TrainConfig:
 
     epochs: int = _in(5, ge=1)
     batch_size: int = _in(32, ge=1)
+    steps_per_epoch: int | None = _in(None, ge=1)
     optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
     lr: float | None = _in(None, gt=0)
     momentum: float = _in(0.9, ge=0, lt=1)

@@ -124,6 +124,8 @@ class Trainer:
         self.epochs = cfg.epochs
         n = len(train_data) // world_size  # each rank's share: perm[:N - N % W][rank::W]
         self.steps_per_epoch = n // self.batch_size + (n % self.batch_size > 1)
+        if cfg.steps_per_epoch is not None:  # Keras's fit(steps_per_epoch): the first steps of each epoch's order
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
         if self.steps_per_epoch == 0:  # a last batch of one image is dropped (BatchNorm): no step would run
             raise CnnlabError(f"the training set has {n} image{'s' if n != 1 else ''}: no optimiser step can run; "
                               "give it at least 2 images (a smaller `data.val_split`, more data)")
@@ -209,6 +211,8 @@ class Trainer:
                 raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))
 
         order = shard(epoch_order(len(self.train_data), self.cfg.seed, self.epoch), self.rank, self.world_size)
+        if self.cfg.steps_per_epoch is not None:
+            order = order[:self.steps_per_epoch * self.batch_size]
         starts = self._hooks["on_train_batch_start"]
         loss, acc = train_one_epoch(
             self.net, self.optimizer, self.train_data, batch_size=self.batch_size, normalizer=self.normalizer,
