@@ -131,6 +131,22 @@ def test_configs_by_name_and_recipes(tmp_path, monkeypatch):
         recipe_path("fast", "svhn")
 
 
+def test_a_recipe_written_for_a_model_is_chosen_for_that_model_only(tmp_path, monkeypatch):
+    import cnnlab.config.loading as loading
+    from cnnlab.config import recipe_path
+
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "fashion-mnist.yaml").write_text("data: {dataset: fashion-mnist}\nmodel: {name: cnn_32_64}\n")
+    (tmp_path / "fast" / "fashion-mnist-tutorial.yaml").write_text("data: {dataset: fashion-mnist}\n"
+                                                                   "model: {name: cnn_64x2}\n")
+    (tmp_path / "fast" / "mnist.yaml").write_text("data: {dataset: mnist}\nmodel: {name: cnn_64x2}\n")
+    monkeypatch.setattr(loading, "PACKAGED", tmp_path)
+    assert recipe_path("fast", "fashion-mnist", "cnn_64x2").name == "fashion-mnist-tutorial.yaml"
+    assert recipe_path("fast", "fashion-mnist", "dnn_128").name == "fashion-mnist.yaml"  # none for it: the dataset's
+    assert recipe_path("fast", "fashion-mnist").name == "fashion-mnist.yaml"
+    assert recipe_path("fast", "mnist", "cnn_64x2").name == "mnist.yaml"  # the dataset must match too
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_loads_and_builds(path):
     from cnnlab.data.datasets import DATASETS

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a config (or --model/--dataset) into a run directory",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML experiment file, or a packaged config by name (e.g. fashion_mnist_cnn)")
-    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast (configs/fast/DATASET.yaml)")
+    p.add_argument("--recipe", help="a packaged recipe for --dataset, e.g. fast (configs/fast/DATASET.yaml; with --model, the recipe written for that model when there is one)")
     add_training_flags(p)
     p.add_argument("--out", help="run directory to create (default runs/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory given by --out")

@@ -144,12 +144,21 @@ def config_path(name: str | Path) -> Path:
     raise CnnlabError(f"config file {name} not found; pass an existing YAML file or a packaged config: {', '.join(names)}")
 
 
-def recipe_path(recipe: str, dataset: str) -> Path:
-    """The packaged recipe ``configs/<recipe>/<dataset>.yaml`` (e.g. recipe ``fast``, dataset ``mnist``).
+def recipe_path(recipe: str, dataset: str, model: str | None = None) -> Path:
+    """The packaged recipe ``configs/<recipe>/<dataset>.yaml`` (e.g. recipe ``fast``, dataset ``mnist``), or,
+    for a ``model``, the recipe written for that model on that dataset when there is one (a file of the
+    recipe's folder whose ``data.dataset`` and ``model.name`` are these, e.g. ``fast/fashion-mnist-tutorial.yaml``
+    for ``cnn_64x2``).
 
     Raises:
         CnnlabError: unknown recipe, or no config of it for ``dataset``.
     """
+    if model is not None and (PACKAGED / recipe).is_dir():
+        for candidate in sorted((PACKAGED / recipe).glob("*.yaml")):
+            doc = read_yaml(candidate)
+            data, spec = doc.get("data") or {}, doc.get("model") or {}
+            if data.get("dataset") == dataset and spec.get("name") == model:
+                return candidate
     path = PACKAGED / recipe / f"{dataset}.yaml"
     if not path.is_file():
         have = sorted(p.stem for p in (PACKAGED / recipe).glob("*.yaml")) if (PACKAGED / recipe).is_dir() else []

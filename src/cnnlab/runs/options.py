@@ -139,7 +139,8 @@ def experiment_config(config: str | Path | Config | None = None, *, recipe: str 
     Args:
         config: a YAML path, a packaged config name (``fashion_mnist_cnn``), a :class:`Config`, or None
             for the defaults.
-        recipe: a packaged recipe for ``options["dataset"]`` (``fast`` → ``configs/fast/DATASET.yaml``).
+        recipe: a packaged recipe for ``options["dataset"]`` (``fast`` → ``configs/fast/DATASET.yaml``), or the
+            one of that recipe written for ``options["model"]`` when there is one (``--model cnn_64x2``).
         overrides: typed ``(key.path, value)`` pairs applied last.
         **options: the training options of :data:`OPTIONS` (``epochs=3``, ``batch_size=64``, ...).
 
@@ -151,8 +152,8 @@ def experiment_config(config: str | Path | Config | None = None, *, recipe: str 
         if config is not None:
             raise CnnlabError("a recipe picks the config itself (configs/RECIPE/DATASET.yaml); give a recipe or a "
                               "config, not both")
-        return load_config(recipe_path(recipe, options.get("dataset") or "fashion-mnist"), given,
-                           layer_lists=layer_lists)
+        path = recipe_path(recipe, options.get("dataset") or "fashion-mnist", options.get("model"))
+        return load_config(path, given, layer_lists=layer_lists)
     if isinstance(config, Config):
         return load_config(None, given, base=to_dict(config), layer_lists=layer_lists)
     path = config_path(config) if config is not None else None
