@@ -3,8 +3,10 @@
 #   1. the tests marked `cuda` (a short training on CUDA; DDP parity on NCCL through torchrun when >= 2 GPUs);
 #   2. benchmarks/train_speed.py --device cuda: the tutorial CNN's training img/s in bf16 and fp32, and the
 #      inference img/s of the evaluation path;
+#   3. the CIFAR-10 GPU recipe, configs/fast/cifar-10-gpu.yaml (airbench-style), timed launch to exit with its
+#      test accuracy against 94% (benchmarks/time_to_accuracy.py), when the CIFAR-10 files are here;
 # and writes docs/results/gpu_check.json (machine, steps, status, seconds), docs/results/gpu_tests.txt and
-# docs/results/gpu_train_speed_{bf16,fp32}.json. Each step has its own time limit; a failed step is recorded
+# docs/results/gpu_train_speed_{bf16,fp32}.json and docs/results/gpu_cifar10.json. Each step has its own time limit; a failed step is recorded
 # and the others still run. Exit status: 0 when every step passed, 1 otherwise, 3 without CUDA.
 #
 # Usage (from anywhere): bash benchmarks/gpu_check.sh
@@ -70,6 +72,12 @@ for prec in bf16 fp32; do
     step "train_speed_$prec" 100 $PY benchmarks/train_speed.py --device cuda --precision "$prec" --no-keras \
         --repeats 3 "${DATA[@]}" --json "$RES/gpu_train_speed_$prec.json"
 done
+if $PY -c 'from cnnlab.data.datasets import locate; locate("cifar-10", download=False)' 2>/dev/null; then
+    step cifar10_gpu 240 $PY benchmarks/time_to_accuracy.py configs/fast/cifar-10-gpu.yaml:0.94 \
+        --json "$RES/gpu_cifar10.json"
+else
+    say "no CIFAR-10 here (set CNNLAB_DATA): the CIFAR-10 recipe is not timed"
+fi
 
 $PY - "$NAME" "$GPUS" "$RES" "${STEPS[@]}" <<'EOF'
 import json, platform, sys, time
@@ -83,6 +91,10 @@ for prec in ("bf16", "fp32"):
         out[f"train_speed_{prec}"] = json.load(open(f"{res}/gpu_train_speed_{prec}.json"))
     except OSError:
         pass
+try:
+    out["cifar10_gpu"] = json.load(open(f"{res}/gpu_cifar10.json"))
+except OSError:
+    pass
 json.dump(out, open(f"{res}/gpu_check.json", "w"), indent=1)
 print(json.dumps(out, indent=1))
 EOF
