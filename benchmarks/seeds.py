@@ -2,6 +2,11 @@
 
     python benchmarks/seeds.py run OUT [NAME ...]     train each config (all by default) into OUT/NAME, timed
     python benchmarks/seeds.py table OUT              the Markdown table of what OUT holds
+    python benchmarks/seeds.py standin FOLDER [N]     a stand-in for Kaggle's dogs-vs-cats train folder: N cat and
+                                                      N dog photos of CIFAR-10 (train batches) as FOLDER/cat.I.jpg,
+                                                      dog.I.jpg (default 500 each)
+
+``run OUT NAME ... -- ARGS`` passes ARGS on to each ``cnnlab train`` (e.g. ``--set data.dataset=folder:X``).
 
 ``run`` launches ``cnnlab train --config NAME --out OUT/NAME --no-progress`` one config after another and
 appends the wall time of each (launch to exit, with the load average at the end) to OUT/walltimes.txt;
@@ -36,16 +41,39 @@ TUTORIAL = {
 FAST = [n for n in TUTORIAL if not n.startswith(("cifar10", "cats_dogs"))]
 
 
-def run(out: Path, names: list[str]) -> None:
+def run(out: Path, names: list[str], extra: list[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         t0 = time.perf_counter()
         with open(out / f"{name}.log", "w") as log:
             rc = subprocess.call([sys.executable, "-m", "cnnlab", "train", "--config", name, "--out", str(out / name),
-                                  "--no-progress"], stdout=log, stderr=subprocess.STDOUT)
+                                  "--no-progress", *extra], stdout=log, stderr=subprocess.STDOUT)
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
         with open(out / "walltimes.txt", "a") as f:
             f.write(f"{name} rc={rc} wall={time.perf_counter() - t0:.1f} load={load}\n")
+
+
+def standin(folder: Path, per_class: int = 500) -> None:
+    """Kaggle's naming (``cat.0.jpg``, ``dog.0.jpg``) over CIFAR-10's cat (3) and dog (5) training photos, 32x32
+    JPEGs (quality 95): real cats and dogs, so the config's whole path runs (filename labels, resizing to 50x50,
+    VGG-16) while Kaggle's 25,000 photos are absent. Its accuracy says nothing about the tutorial's figure."""
+    from PIL import Image
+
+    from cnnlab.data.cifar import read_batch
+    from cnnlab.data.datasets import locate
+
+    root = locate("cifar-10", download=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {3: 0, 5: 0}
+    for i in range(1, 6):
+        batch = read_batch(next(root.rglob(f"data_batch_{i}")))
+        for pixels, label in zip(batch[b"data"], batch[b"labels"], strict=True):
+            if label in counts and counts[label] < per_class:
+                name = f"{'cat' if label == 3 else 'dog'}.{counts[label]}.jpg"
+                Image.fromarray(pixels.reshape(3, 32, 32).transpose(1, 2, 0)).save(folder / name, quality=95)
+                counts[label] += 1
+        if min(counts.values()) >= per_class:
+            break
 
 
 def walltimes(out: Path) -> dict[str, tuple[float, str]]:
@@ -77,11 +105,15 @@ def table(out: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("run", "table"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("run", "table", "standin"):
         sys.exit(__doc__)
     target = Path(sys.argv[2])
     if sys.argv[1] == "run":
-        run(target, sys.argv[3:] or FAST)
+        args = sys.argv[3:]
+        cut = args.index("--") if "--" in args else len(args)
+        run(target, args[:cut] or FAST, args[cut + 1:])
+    elif sys.argv[1] == "standin":
+        standin(target, int(sys.argv[3]) if len(sys.argv) > 3 else 500)
     else:
         print(table(target))
     os._exit(0)
