@@ -22,8 +22,6 @@ from pathlib import Path
 from cnnlab.runs.experiment import train
 from cnnlab.runs.options import experiment_config
 
-STEPS = 469  # batches of 128 in 60,000 images (the last one partial)
-
 # name -> overrides; a pass is 60,000 images
 VARIANTS: dict[str, dict] = {
     "default 1 pass": {"train.epochs": 1},
@@ -50,7 +48,8 @@ def run_variant(name: str, overrides: dict) -> dict:
         t0 = time.perf_counter()
         result = train(cfg, out=Path(tmp) / "run", progress=False, log=lambda s: None)
         wall = time.perf_counter() - t0
-    steps = cfg.train.steps_per_epoch or STEPS
+    per_pass = -(-60_000 // cfg.train.batch_size)  # batches in a pass (the last one partial)
+    steps = min(cfg.train.steps_per_epoch or per_pass, per_pass)
     images = min(steps * cfg.train.batch_size, 60_000) * cfg.train.epochs
     return {"variant": name, "overrides": overrides, "images": images, "passes": round(images / 60_000, 3),
             "train_s": round(sum(h["seconds"] for h in result.history), 2), "wall_in_process_s": round(wall, 2),
