@@ -614,3 +614,12 @@ def test_interactive_means_a_terminal_or_a_jupyter_kernels_stdout(monkeypatch):
         assert _interactive(_Stream()) is False  # a kernel renders widgets on its own stdout only
     monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace())  # an IPython without get_ipython
     assert _interactive(sys.stdout) is False
+
+
+def test_stall_warning_never_checks_a_single_class_problem():
+    lines = []
+    cb = StallWarning(lines.append, "x")
+    cb.on_fit_start(FakeTrainer(train_data=_labels(6)))  # H = 0: a loss of 0 is learning, not a stall
+    cb.on_train_epoch_end(FakeTrainer(epoch=1, model=torch.nn.Flatten(), train_data=_labels(6)),
+                          {"train_loss": 0.0, "train_acc": 1.0})
+    assert lines == []
