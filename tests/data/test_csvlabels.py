@@ -112,7 +112,7 @@ def test_two_column_headers_fix_the_unnamed_column_from_the_named_one(folder):
     cases = {"species,img\ncat,a.png\n": [("a.png", "cat")],  # the file named second: the label is column 0
              "label,kind\ncat,a.png\n": [("a.png", "cat")],  # the label named first: the file is column 1
              "kind,label\na.png,cat\n": [("a.png", "cat")],
-             "x,y\na.png,cat\n": [("a.png", "cat")]}  # neither named: file,label
+             "first,second\na.png,cat\n": [("a.png", "cat")]}  # neither named: file,label
     for text, items in cases.items():
         assert read_label_csv(write(folder, text)).items == items, text
 
