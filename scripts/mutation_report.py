@@ -1,7 +1,8 @@
 """Mutation score per module from the last `mutmut run` (`make mutate`), as the table docs/testing.md keeps.
 
 A mutant is *killed* when a test fails on it (a timeout counts: the tests noticed the change), *survived* when
-every test passed, and *untested* when no selected test runs its function. Mutants judged equivalent (they
+every test passed, and *untested* when no selected test runs its function (it counts against the score like a
+survivor: nothing would notice it). Mutants judged equivalent (they
 cannot change any result) are listed in docs/testing.md with the reason, by name, in a fenced block headed
 ``equivalent``; they are left out of the score.
 
@@ -56,7 +57,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for module in sorted(table):
         c = table[module]
-        counted = c["killed"] + c["survived"]
+        counted = c["killed"] + c["survived"] + c["no tests"]
         score = f"{100 * c['killed'] / counted:.1f}%" if counted else "n/a"
         print(f"| {module} | {sum(c.values())} | {c['killed']} | {c['survived']} | {c['equivalent']} | "
               f"{c['no tests']} | {c['not checked']} | {score} |")

@@ -82,3 +82,53 @@ def test_links_that_leave_the_folder_or_loop_are_skipped(folder, tmp_path_factor
         "inside.png": "outside the folder of labels.csv (row 2); only files under it are read",
         "loop1.png": "a symbolic link that loops (labels.csv row 3)",
         str(secret): "outside the folder of labels.csv (row 4); only files under it are read"}
+
+
+def test_backslash_paths_and_row_numbers_of_a_headerless_file(folder):
+    (folder / "sub").mkdir()
+    (folder / "sub" / "d.png").write_bytes(b"x")
+    found = read_label_csv(write(folder, "sub\\d.png,cat\nb.png,\n"))  # Windows separators; row 2 has no label
+    assert found.items == [("sub/d.png", "cat")]
+    assert found.skipped == [("b.png", "no label in labels.csv row 2")]  # no header: the first row is row 1
+
+
+def test_a_headerless_file_takes_no_column_names(folder):
+    message = (r"^labels.csv has no header row, so its 2 columns cannot be named; add a header \(e.g. file,label\) "
+               r"and set `data.file_column` / `data.label_column`$")
+    for given in ({"file_column": "file"}, {"label_column": "label"}):
+        with pytest.raises(CnnlabError, match=message):
+            read_label_csv(write(folder, "a.png,cat\n"), **given)
+
+
+def test_a_named_file_column_is_used_and_a_wrong_one_is_named_with_the_header(folder):
+    csv = write(folder, "path,image,label\nx,a.png,cat\n")  # two names that could be the file
+    assert read_label_csv(csv, file_column="Image").items == [("a.png", "cat")]
+    with pytest.raises(CnnlabError, match=r"^`data.file_column` 'nope' is not a column of labels.csv \(its header: "
+                                          r"path, image, label\)$"):
+        read_label_csv(csv, file_column="nope")
+
+
+def test_two_column_headers_fix_the_unnamed_column_from_the_named_one(folder):
+    cases = {"species,img\ncat,a.png\n": [("a.png", "cat")],  # the file named second: the label is column 0
+             "label,kind\ncat,a.png\n": [("a.png", "cat")],  # the label named first: the file is column 1
+             "kind,label\na.png,cat\n": [("a.png", "cat")],
+             "first,second\na.png,cat\n": [("a.png", "cat")]}  # neither named: file,label
+    for text, items in cases.items():
+        assert read_label_csv(write(folder, text)).items == items, text
+
+
+def test_short_and_blank_rows_are_skipped_and_fields_keep_their_newlines(folder):
+    found = read_label_csv(write(folder, "file,label\nc.png\n , \na.png,\"two\r\nlines\"\n"))
+    assert found.items == [("a.png", "two\r\nlines")]  # csv module docs: open with newline="" to keep these
+    assert found.skipped == [("c.png", "no label in labels.csv row 2")]  # " , " is a blank row, not a row
+    found = read_label_csv(write(folder, "label,file\ncat\n"))  # no file cell at all
+    assert found.items == [] and found.skipped == [("", "listed in labels.csv but missing")]
+
+
+def test_excel_byte_order_mark_and_unreadable_files(folder):
+    path = folder / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbffile,width,label\na.png,28,cat\n")  # Excel's "CSV UTF-8" starts with a BOM
+    assert read_label_csv(path).items == [("a.png", "cat")]
+    path.write_bytes(b"file,label\n\xe9t\xe9.png,cat\n")  # Latin-1, not UTF-8
+    with pytest.raises(CnnlabError, match=rf"^label CSV {path} cannot be read \(.*utf-8.*\); save it as UTF-8 CSV$"):
+        read_label_csv(path)

@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
-from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, batches, split
+from cnnlab.data.tensors import IMAGENET, ImageData, Normalizer, batches, constant_channels, split
 from cnnlab.errors import CnnlabError
 
 
@@ -111,3 +112,59 @@ def test_fit_is_per_channel_on_three_distinct_channels():
     # a constant channel is only shifted (to 0 up to float32 rounding of 51 * (1/255) - 0.2)
     assert out[:, 1].abs().max().item() < 1e-7
     assert out[:, 0].mean().item() == pytest.approx(0.0, abs=1e-6) and out[:, 2].mean().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_row_view_reads_its_rows_lazily_and_stays_on_the_cpu():
+    from cnnlab.data.tensors import RowView
+
+    base = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 1, 2, 2)
+    view = RowView(base, torch.tensor([4, 1, 3]))
+    assert len(view) == 3 and view.shape == (3, 1, 2, 2) and view.dtype == torch.uint8
+    assert torch.equal(view[0], base[4]) and torch.equal(view[1:], base[[1, 3]])
+    picked = view.select(torch.tensor([2, 0]))
+    assert isinstance(picked, RowView) and torch.equal(picked[:], base[[3, 4]])
+    assert view.to("cpu") is view  # no copy on the CPU
+    moved = view.to("meta")  # any other device gets the gathered rows
+    assert isinstance(moved, torch.Tensor) and moved.device.type == "meta" and moved.shape == (3, 1, 2, 2)
+    data = ImageData(base, torch.tensor([0, 1, 2, 0, 1, 2]), ["a", "b", "c"])
+    lazy = data.subset([5, 4, 3], copy=False).subset([2, 0], copy=False)  # a view of a view: rows 3 and 5
+    assert isinstance(lazy.images, RowView) and torch.equal(lazy.images[:], base[[3, 5]])
+
+
+def test_class_counts_include_classes_without_images():
+    data = ImageData(torch.zeros(3, 1, 1, 1, dtype=torch.uint8), torch.tensor([0, 0, 1]), ["a", "b", "c"])
+    assert data.class_counts() == [2, 1, 0]
+
+
+def test_per_channel_constants_for_numpy_from_unit_and_denormalize():
+    norm = Normalizer((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
+    scale, shift = norm.numpy_scale_shift(3)  # x / 255 / std - mean / std
+    np.testing.assert_allclose(scale.ravel(), [1 / 127.5, 1 / 63.75, 1 / 255], rtol=1e-7)  # float32
+    np.testing.assert_array_equal(shift.ravel(), [1.0, 1.0, 0.0])
+    assert scale.shape == shift.shape == (1, 3, 1, 1)
+    unit = torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1).expand(2, 3, 4, 4).contiguous()
+    out = norm.from_unit(unit)
+    assert torch.equal(out[0, :, 0, 0], torch.tensor([1.0, 1.0, 0.25]))  # (1 - .5)/.5, (.5 - .25)/.25, .25/1
+    assert out.is_contiguous() and not norm.from_unit(unit, channels_last=True).is_contiguous()
+    assert norm.from_unit(unit, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    back = norm.denormalize(torch.tensor([1.0, -3.0, 2.0]).view(1, 3, 1, 1))  # 1.0, -0.5 → 0, 2.0 → 1
+    assert back.ravel().tolist() == [1.0, 0.0, 1.0]
+    assert norm.denormalize(torch.tensor([0.2, 1.0, 0.5]).view(1, 3, 1, 1)).ravel().tolist() == pytest.approx(
+        [0.6, 0.5, 0.5], abs=1e-7)  # float32 arithmetic
+    with pytest.raises(CnnlabError, match="3 means / 3 stds for 1-channel images"):
+        norm.numpy_scale_shift(1)
+
+
+def test_a_channel_varying_by_one_grey_level_in_64800_pixels_is_not_constant():
+    x = torch.zeros(1, 1, 240, 270, dtype=torch.uint8)  # 64,800 pixels
+    x[0, 0, 0, 0] = 1  # std = 1 / sqrt(64800) = 0.003928 grey levels, above the 1/255 = 0.003922 threshold
+    data = ImageData(x, torch.tensor([0]), ["a"])
+    assert constant_channels(data) == []
+    x[0, 0, 0, 0] = 0
+    assert constant_channels(data) == [0]
+
+
+def test_normalizer_dict_round_trips_through_the_constructor():
+    norm = Normalizer((0.5, 0.25), (0.2, 0.1))
+    assert norm.to_dict() == {"mean": [0.5, 0.25], "std": [0.2, 0.1]}
+    assert Normalizer(**{k: tuple(v) for k, v in norm.to_dict().items()}) == norm

@@ -70,3 +70,61 @@ def test_median_latency_times_single_images():
     median_latency(engine, (3, 2, 2), budget=10.0, reps=7)
     assert len(calls) == 3 + 7
     assert ENGINES == ("auto", "torch", "onnx")
+
+
+class _FakeSession:
+    """An onnxruntime session stand-in: records the float32 batches it is given, returns them flattened."""
+
+    def __init__(self, batch):
+        from types import SimpleNamespace
+
+        self.inputs, self._shape = [], [batch, 3, 1, 2]
+        self.get_inputs = lambda: [SimpleNamespace(shape=self._shape)]
+
+    def run(self, names, feed):
+        assert names == ["probs"]
+        self.inputs.append(feed["input"].copy())
+        return [feed["input"].reshape(len(feed["input"]), -1)]
+
+
+def test_ort_engine_normalises_each_channel_with_its_own_constants():
+    session = _FakeSession("N")
+    norm = Normalizer((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
+    engine = OrtEngine(session, norm, 3)
+    x = np.array([[[[255, 0]], [[255, 0]], [[255, 0]]]], np.uint8)  # (1, 3, 1, 2)
+    got = engine(x)  # (1 - .5)/.5, (0 - .5)/.5; (1 - .25)/.25, (0 - .25)/.25; 1, 0
+    np.testing.assert_allclose(got, [[1.0, -1.0, 3.0, -1.0, 1.0, 0.0]], rtol=1e-6)
+    assert engine.fixed is None and session.inputs[0].dtype == np.float32
+
+
+def test_ort_session_options_and_the_first_line_of_a_load_error(tiny, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    path = tmp_path / "tiny.onnx"
+    write_onnx(tiny, (1, 6, 6), path)
+    opts = ort_session(path, threads=2, spin=False).get_session_options()
+    assert (opts.inter_op_num_threads, opts.intra_op_num_threads) == (1, 2)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.log_severity_level == 3  # onnxruntime's levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+    spinning = ort_session(path).get_session_options()  # spin-waiting is onnxruntime's default: left alone
+    with pytest.raises(Exception, match="does not have configuration"):
+        spinning.get_session_config_entry("session.intra_op.allow_spinning")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("x" * 200 + "\nsecond line")
+
+    monkeypatch.setattr(ort, "InferenceSession", fail)
+    with pytest.raises(CnnlabError, match=rf"^{path} is not a usable ONNX model \(x{{160}}\); delete it and run "
+                                          r"export it again \(cnnlab export RUN_DIR\)$"):
+        ort_session(path)
+
+
+def test_median_latency_feeds_uint8_and_times_until_the_budget_is_spent(monkeypatch):
+    from cnnlab.serve import engines
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(engines.time, "perf_counter", lambda: float(next(ticks)))
+    dtypes = []
+    # each timed call takes one tick (t0 = k, end = k + 1); budget 7 from tick 0: 3 calls, then the clock reads 7
+    assert median_latency(lambda x: dtypes.append(x.dtype), (1, 2, 2), budget=7.0, reps=10) == 1.0
+    assert dtypes == [np.uint8] * (3 + 3)

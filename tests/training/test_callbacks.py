@@ -281,3 +281,345 @@ def test_no_stall_warning_when_the_model_learns_or_merely_starts_slowly(toy, mak
     t.fit()
     assert not cb.constant_output(t)
     assert all("no longer depends" not in line for line in lines)
+
+
+# --- direct unit tests of each hook on a stand-in trainer (fast: mutation testing runs them per mutant) -------
+
+
+class FakeTrainer:
+    """The attributes and methods of :class:`~cnnlab.training.trainer.Trainer` that callbacks use."""
+
+    def __init__(self, epoch=0, epochs=5, steps_per_epoch=10, **kw):
+        from types import SimpleNamespace
+
+        self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, steps_per_epoch
+        self.lr, self.progress, self.val_data, self.model = 0.1, object(), None, None
+        self.engine = SimpleNamespace(device=torch.device("cpu"), channels_last=False)
+        self.normalizer = lambda x, channels_last=False: x  # noqa: ARG005 - the identity: logits = the images
+        self.saved, self.stops = [], []
+        self.__dict__.update(kw)
+
+    def save_checkpoint(self, name):
+        self.saved.append((name, self.epoch))
+
+    def request_stop(self, reason):
+        self.stops.append(reason)
+
+
+def _labels(*counts, num_classes=None):
+    """Data with ``counts[c]`` images of class c (images: 4 distinct 1x1x2 vectors, enough for a probe)."""
+    from types import SimpleNamespace
+
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = torch.arange(2 * len(labels), dtype=torch.float32).reshape(len(labels), 1, 1, 2)
+    return SimpleNamespace(labels=labels, num_classes=num_classes or len(counts), images=images)
+
+
+def test_stop_training_is_a_plain_stop_unless_failed():
+    from cnnlab.training.callbacks import StopTraining
+
+    plain = StopTraining("halt")
+    assert (str(plain), plain.reason, plain.failed) == ("halt", "halt", False)
+    assert StopTraining("diverged", failed=True).failed is True
+
+
+def test_nan_guard_names_the_problem_and_the_checkpoint_kept():
+    net = torch.nn.Linear(2, 2)
+    ok = FakeTrainer(epoch=1, model=net)
+    NanGuard().on_train_epoch_end(ok, {"train_loss": 0.5})  # finite loss and weights: nothing happens
+    from cnnlab.training.callbacks import StopTraining
+
+    with pytest.raises(StopTraining) as first:
+        NanGuard().on_train_epoch_end(FakeTrainer(epoch=1, model=net), {"train_loss": float("nan")})
+    assert first.value.failed and first.value.reason == (
+        "training loss became nan in epoch 1; stopped and no epoch finished cleanly "
+        "(lower train.lr, add warm-up, or check the data)")
+    with torch.no_grad():
+        net.bias[1] = float("inf")
+    with pytest.raises(StopTraining) as later:
+        NanGuard().on_train_epoch_end(FakeTrainer(epoch=3, model=net), {"train_loss": 0.5})
+    assert later.value.reason == ("a weight became NaN or infinite in epoch 3; stopped and kept the checkpoint of "
+                                  "epoch 2 (lower train.lr, add warm-up, or check the data)")
+
+
+def test_stall_warning_measures_the_label_entropy_and_balance():
+    cb = StallWarning(print, "x")
+    cb.on_fit_start(FakeTrainer(train_data=_labels(3, 1)))  # p = (3/4, 1/4): H = 0.5623, the majority 3/4
+    assert cb.entropy == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), rel=1e-12)  # float64 sums
+    assert (cb.majority, cb.classes, cb.balanced, cb.done) == (0.75, 2, False, False)
+    cb.on_fit_start(FakeTrainer(train_data=_labels(2, 2, 0)))  # a class with no image adds nothing to H
+    assert cb.entropy == pytest.approx(math.log(2), rel=1e-12) and cb.classes == 3 and not cb.balanced
+    cb.on_fit_start(FakeTrainer(train_data=_labels(6, 3, 3)))  # H = 1.0397 < 0.995 ln 3 = 1.0931: unbalanced
+    assert cb.entropy == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(4), rel=1e-12) and not cb.balanced
+    cb.on_fit_start(FakeTrainer(train_data=_labels(5, 5)))  # two even classes: H = ln 2, balanced, checked
+    assert cb.balanced and not cb.done
+    cb.on_fit_start(FakeTrainer(epoch=2, train_data=_labels(5, 5)))  # a resumed run is past the check
+    assert cb.done is True
+    cb.on_fit_start(FakeTrainer(train_data=_labels(5)))  # one class: H = 0, nothing to detect
+    assert cb.done is True
+
+
+def test_stall_warning_counts_a_loss_within_tol_of_h_as_at_h():
+    cb = StallWarning(print, "x", tol=0.02)
+    cb.entropy = math.log(3)  # tol · H = 0.02197; tol / H would be 0.0182
+    assert cb._at_entropy(math.log(3) + 0.02) and not cb._at_entropy(math.log(3) + 0.023)
+    exact = StallWarning(print, "x", tol=0.0)
+    exact.entropy = 1.0
+    assert exact._at_entropy(1.0)  # the bound is inclusive
+
+
+def test_constant_output_probes_the_validation_images_else_the_training_ones():
+    same = _labels(2, 2)
+    same.images = torch.ones(4, 1, 1, 2)
+    flat = torch.nn.Flatten()  # logits = the (identity-normalised) images
+    cb = StallWarning(print, "x")
+    assert cb.constant_output(FakeTrainer(model=flat, train_data=_labels(2, 2), val_data=same))
+    assert not cb.constant_output(FakeTrainer(model=flat, train_data=same, val_data=_labels(2, 2)))
+    assert cb.constant_output(FakeTrainer(model=flat, train_data=same))  # no validation data: the training images
+    assert not StallWarning(print, "x", probe=1).constant_output(FakeTrainer(model=flat, train_data=same))  # 1 image
+    two = _labels(1, 1)
+    two.images = torch.ones(2, 1, 1, 2)
+    assert cb.constant_output(FakeTrainer(model=flat, train_data=two))  # two identical images are enough
+
+
+def test_constant_output_tolerance_grows_with_the_logits():
+    def spread(d):  # two logit rows, largest |logit| 100, differing by d: constant iff d <= 1e-4 · (1 + 100)
+        data = _labels(1, 1)
+        data.images = torch.tensor([[100.0, 0.0], [100.0, d]]).reshape(2, 1, 1, 2)
+        return StallWarning(print, "x").constant_output(FakeTrainer(model=torch.nn.Flatten(), train_data=data))
+
+    assert spread(0.001) and spread(0.0100) and not spread(0.01015)  # 0.0101 is the bound
+
+
+LN2 = math.log(2)
+
+
+def _stall(lines, *, entropy=LN2, majority=0.5, classes=2, balanced=True, **kw):
+    cb = StallWarning(lines.append, "lower the rate", **kw)
+    cb.entropy, cb.majority, cb.classes, cb.balanced, cb.done = entropy, majority, classes, balanced, False
+    return cb
+
+
+def test_stall_warning_after_epoch_1_reads_validation_metrics_else_training_ones():
+    h = math.log(2)
+    cases = [  # (logs, warns)
+        ({"val_loss": h, "val_acc": 0.5, "train_loss": 0.1, "train_acc": 0.99}, True),
+        ({"val_loss": 0.1, "val_acc": 0.99, "train_loss": h, "train_acc": 0.5}, False),
+        ({"val_loss": None, "val_acc": None, "train_loss": h, "train_acc": 0.5}, True),
+        ({"train_loss": h, "train_acc": 0.5}, True),
+        ({"train_loss": None, "train_acc": 0.5}, False),
+        ({"train_loss": float("nan"), "train_acc": 0.5}, False),
+        ({"train_loss": 0.3, "train_acc": 0.4}, False),  # far from H: not stalled, whatever the accuracy
+        ({"train_loss": h, "train_acc": 0.5 + 0.02}, True),  # within 2 points of chance
+        ({"train_loss": h, "train_acc": 0.53}, False),
+        ({"train_loss": h, "train_acc": 0.9}, False),
+    ]
+    for logs, warns in cases:
+        lines = []
+        _stall(lines).on_train_epoch_end(FakeTrainer(epoch=1, model=torch.nn.Flatten(), train_data=_labels(2, 2)),
+                                         logs)
+        assert (len(lines) == 1) == warns, logs
+    lines = []
+    cb = _stall(lines)
+    cb.on_train_epoch_end(FakeTrainer(epoch=2, model=torch.nn.Flatten(), train_data=_labels(2, 2)),
+                          {"train_loss": h, "train_acc": 0.5})
+    assert lines == []  # only epoch 1 is checked
+
+
+def test_stall_warning_text_for_unbalanced_labels_and_a_live_model():
+    lines = []
+    cb = _stall(lines, entropy=0.5623, majority=0.75, balanced=False)
+    cb.on_train_epoch_end(FakeTrainer(epoch=1, model=torch.nn.Flatten(), train_data=_labels(3, 1)),
+                          {"train_loss": 0.5623, "train_acc": 0.75})
+    assert lines == ["warning: after epoch 1 the loss is 0.5623 ≈ the label entropy 0.5623, accuracy 0.750 ≈ chance: "
+                     "the model has learned nothing yet; check the labels and the learning rate 0.1 (an LR range "
+                     "test, cnnlab lr-find, shows where it learns)"]
+
+
+def test_stall_warning_early_check_runs_once_at_its_step_of_a_long_first_epoch():
+    h = torch.tensor(math.log(2))
+    dead = _labels(5, 5)
+    dead.images = torch.ones(10, 1, 1, 2)
+
+    def warned(*, epoch=0, steps=6, batch=2, loss=h, done=False, images=dead):
+        lines = []
+        cb = _stall(lines, check_step=3)
+        cb.done = done
+        cb.on_train_batch_end(FakeTrainer(epoch=epoch, steps_per_epoch=steps, model=torch.nn.Flatten(),
+                                          train_data=images), batch, loss)
+        return len(lines)
+
+    assert warned() == 1  # step 3 of 6 = 2 × 3: checked
+    assert warned(batch=1) == 0 and warned(batch=3) == 0  # only at the check step
+    assert warned(steps=5) == 0 and warned(steps=9) == 1  # an epoch shorter than 2 × 3 steps is not checked early
+    assert warned(epoch=1) == 0 and warned(done=True) == 0
+    assert warned(loss=torch.tensor(0.3)) == 0  # a constant model whose loss is off H: not this failure
+    assert warned(images=_labels(5, 5)) == 0  # at H but the output still depends on the input
+
+
+def test_monitors_keep_an_explicit_mode_their_key_and_keras_min_delta():
+    assert ModelCheckpoint("val_loss", "max").mode == "max"  # explicit, not resolved from the metric
+    from cnnlab.training.callbacks import MonitorCallback
+
+    base = MonitorCallback("val_loss", "min")
+    base.best = 0.5
+    assert base.min_delta == 0.0 and base.improved(0.4999)  # Keras's default min_delta=0: any decrease counts
+    early = EarlyStopping("val_loss", "min", patience=2)
+    early.best = 0.5
+    assert early.improved(0.4999)
+    assert EarlyStopping("val_loss", "min", 2, min_delta=0.1).min_delta == 0.1
+    assert EarlyStopping("val_loss", "min", 2, state_key="k").state_key == "k"
+    assert StopAtTarget("val_acc", "max", 0.9, state_key="t").state_key == "t"
+
+
+def test_stop_at_target_is_inclusive_and_ignores_a_missing_metric():
+    for monitor, mode, value, stops in (("val_acc", "max", 0.9, True), ("val_acc", "max", 0.89, False),
+                                        ("val_loss", "min", 0.3, True), ("val_loss", "min", 0.31, False)):
+        t = FakeTrainer(epoch=4)
+        StopAtTarget(monitor, mode, {"max": 0.9, "min": 0.3}[mode]).on_train_epoch_end(t, {monitor: value})
+        assert bool(t.stops) == stops, (monitor, value)
+    t = FakeTrainer(epoch=4)
+    StopAtTarget("val_acc", "max", 0.9).on_train_epoch_end(t, {"train_acc": 0.99})
+    assert t.stops == []
+    t = FakeTrainer(epoch=4)
+    StopAtTarget("val_acc", "max", 0.9).on_train_epoch_end(t, {"val_acc": 0.95})
+    assert t.stops == ["reached val_acc=0.9500 (target 0.9) at epoch 4"]
+
+
+def test_early_stopping_waits_patience_epochs_after_the_last_improvement():
+    def stop_epoch(values, patience=2):
+        cb, t = EarlyStopping("val_loss", "min", patience=patience), FakeTrainer()
+        for epoch, v in enumerate(values, 1):
+            t.epoch = epoch
+            cb.on_train_epoch_end(t, {"val_loss": v})
+            if t.stops:
+                return epoch, t.stops[0]
+        return None
+
+    assert stop_epoch([1.0, 0.9, 0.95, 0.96, 0.5]) == (
+        4, "early stopping: val_loss did not improve for 2 epochs (best 0.9000)")
+    assert stop_epoch([1.0, 1.1, 0.9, 0.95]) is None  # the improvement at epoch 3 restarted the count
+    assert stop_epoch([1.0, 1.1, 1.2, 1.3], patience=3) == (4, stop_epoch([1.0, 1.1, 1.2, 1.3], patience=3)[1])
+
+
+def test_fresh_monitor_state_and_state_written_before_the_keys_existed():
+    assert EarlyStopping("val_loss", "min", patience=2).state_dict() == {"best": None, "wait": 0}
+    assert ModelCheckpoint("val_loss", "min").state_dict() == {"best": None, "best_epoch": 0}
+    again = EarlyStopping("val_loss", "min", patience=2)
+    again.load_state_dict(EarlyStopping("val_loss", "min", patience=2).state_dict())
+    assert (again.best, again.wait) == (None, 0)
+    again.load_state_dict({"best": 0.5})
+    assert (again.best, again.wait) == (0.5, 0)
+    best = ModelCheckpoint("val_acc", "max")
+    best.best, best.best_epoch = 0.8, 4
+    other = ModelCheckpoint("val_acc", "max")
+    other.load_state_dict(best.state_dict())
+    assert (other.best, other.best_epoch) == (0.8, 4)
+    other.load_state_dict({"best": 0.7})
+    assert (other.best, other.best_epoch) == (0.7, 0)
+
+
+def test_checkpoint_every_saves_by_step_and_by_time_but_never_an_epochs_last_step():
+    from cnnlab.training.callbacks import CheckpointEvery
+
+    with pytest.raises(CnnlabError, match=r"^`callbacks\.checkpoint_every` needs a positive number of steps or "
+                                          r"seconds$"):
+        CheckpointEvery(steps=-1, seconds=5)
+    with pytest.raises(CnnlabError, match="positive number"):
+        CheckpointEvery(steps=2, seconds=-1)
+    t = FakeTrainer(epoch=1, steps_per_epoch=4)
+    cb = CheckpointEvery(steps=1)
+    for batch in range(4):
+        cb.on_train_batch_end(t, batch, torch.tensor(0.0))
+    assert (t.saved, cb.saved) == ([("last", 1)] * 3, 3)  # steps 5, 6, 7; step 8 ends the epoch
+    clock = iter([0.0, 0.0, 10.0, 10.0, 19.0]).__next__
+    t, cb = FakeTrainer(steps_per_epoch=10), CheckpointEvery(seconds=10, clock=clock)
+    cb.on_fit_start(t)
+    cb.on_train_batch_end(t, 0, torch.tensor(0.0))  # 10 s after the start: due (the bound is inclusive)
+    cb.on_train_batch_end(t, 1, torch.tensor(0.0))  # 9 s after that save: not yet
+    assert cb.saved == 1
+
+
+class _Stream(io.StringIO):
+    """A text stream that says whether it is a terminal and counts flushes."""
+
+    def __init__(self, tty=False):
+        super().__init__()
+        self.tty, self.flushes = tty, 0
+
+    def isatty(self):
+        return self.tty
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_progress_bar_goes_live_on_a_terminal_unless_told_and_flushes_each_line():
+    assert ProgressBar(_Stream(tty=True)).live and not ProgressBar(_Stream()).live
+    assert ProgressBar(_Stream(), live=True).live is True and ProgressBar(_Stream(tty=True), live=False).live is False
+    out = _Stream()
+    bar = ProgressBar(out, live=False)
+    before = out.flushes
+    bar.on_train_epoch_end(FakeTrainer(epoch=1, epochs=2), {"seconds": 1.0, "train_loss": 0.5, "train_acc": 0.8})
+    assert out.getvalue() == "Epoch 1/2 - 1.0s - loss 0.5000 - acc 0.8000\n" and out.flushes > before
+
+
+def test_live_progress_bar_shows_epoch_count_and_loss_and_redraws_at_most_5_times_a_second(monkeypatch):
+    from cnnlab.training import callbacks
+
+    out = _Stream()
+    bar = ProgressBar(out, live=True)
+    t = FakeTrainer(epoch=2, epochs=5, steps_per_epoch=4)
+    bar.on_train_epoch_start(t)
+    progress = bar._bar
+    assert [type(c).__name__ for c in progress.columns] == [
+        "TextColumn", "BarColumn", "MofNCompleteColumn", "TimeRemainingColumn", "TextColumn"]
+    assert (progress.columns[0].text_format, progress.columns[4].text_format) == ("Epoch 3/5", "{task.fields[loss]}")
+    assert progress.console.file is out and progress.live.transient
+    (task,) = progress.tasks
+    assert (task.description, task.total, task.completed, task.fields) == ("train", 4, 0, {"loss": ""})
+    completed = []
+    for batch, now in enumerate([0.5, 0.6, 0.9, 0.9]):  # redraw when > 0.2 s passed, and at the last step
+        monkeypatch.setattr(callbacks.time, "monotonic", lambda now=now: now)
+        bar.on_train_batch_end(t, batch, torch.tensor(0.123456 + batch))
+        completed.append((task.completed, task.fields["loss"]))
+    assert completed == [(1, "loss 0.1235"), (1, "loss 0.1235"), (3, "loss 2.1235"), (4, "loss 3.1235")]
+    bar.on_train_epoch_end(t, {"seconds": 1.0, "train_loss": 0.5, "train_acc": 0.8})
+    assert bar._bar is None and not progress.live.is_started
+    bar.on_train_batch_end(t, 0, torch.tensor(0.0))  # no bar between epochs: nothing to draw
+    bar.on_fit_end(t)
+    assert bar._bar is None
+
+
+def test_interactive_means_a_terminal_or_a_jupyter_kernels_stdout(monkeypatch):
+    import sys
+
+    from cnnlab.training.callbacks import _interactive
+
+    class ZMQInteractiveShell:  # Jupyter's kernel shell, by the class name IPython gives it
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert _interactive(_Stream(tty=True)) and not _interactive(_Stream()) and not _interactive(object())
+    assert not _interactive(sys.stdout) or sys.stdout.isatty()
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(sys, "stdout", _Stream())
+    for shell, expected in ((ZMQInteractiveShell(), True), (TerminalInteractiveShell(), False), (None, False)):
+        monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=lambda shell=shell: shell))
+        assert _interactive(sys.stdout) is expected, shell
+        assert _interactive(_Stream()) is False  # a kernel renders widgets on its own stdout only
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace())  # an IPython without get_ipython
+    assert _interactive(sys.stdout) is False
+
+
+def test_stall_warning_never_checks_a_single_class_problem():
+    lines = []
+    cb = StallWarning(lines.append, "x")
+    cb.on_fit_start(FakeTrainer(train_data=_labels(6)))  # H = 0: a loss of 0 is learning, not a stall
+    cb.on_train_epoch_end(FakeTrainer(epoch=1, model=torch.nn.Flatten(), train_data=_labels(6)),
+                          {"train_loss": 0.0, "train_acc": 1.0})
+    assert lines == []

@@ -1,5 +1,7 @@
 """Optimisers with Keras's constants, parameter groups for transfer learning, schedules, the L2 penalty."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -135,3 +137,21 @@ def test_one_sgd_step_with_l2_moves_weights_by_lr_times_grad_plus_2_l2_w():
     opt.step()
     torch.testing.assert_close(model.weight.detach(), w0 - lr * (g_w + 2 * c * w0))
     torch.testing.assert_close(model.bias.detach(), b0 - lr * g_b)  # no penalty on biases
+
+
+def test_onecycle_of_a_short_run_warms_up_for_one_step():
+    # 25% of 4 steps is 1 step of warm-up (from peak / 25), then cosine from the peak: step 1 is the peak
+    one = TrainConfig(schedule="onecycle")
+    assert lr_factor(one, 0, 4, 4) == pytest.approx(1 / 25)
+    assert lr_factor(one, 1, 4, 4) == pytest.approx(1.0)
+    assert lr_factor(one, 2, 4, 4) == pytest.approx(1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi / 3)))
+
+
+def test_set_lr_sets_plain_groups_and_tensor_rates_in_place():
+    w = nn.Parameter(torch.zeros(2))
+    sgd = torch.optim.SGD([w], lr=1.0)  # a group without lr_scale: scale 1
+    assert set_lr(sgd, 0.1, 0.5) == pytest.approx(0.05) and sgd.param_groups[0]["lr"] == pytest.approx(0.05)
+    rate = torch.tensor(0.01)
+    adam = torch.optim.Adam([w], lr=rate)  # PyTorch keeps a tensor lr as given (for capturable/compiled steps)
+    set_lr(adam, 0.1, 0.5)
+    assert adam.param_groups[0]["lr"] is rate and float(rate) == pytest.approx(0.05)
