@@ -51,7 +51,7 @@ def test_ort_session_of_missing_and_corrupt_files(tmp_path):
     with pytest.raises(CnnlabError, match=r"nope.onnx not found; export the run to ONNX first \(cnnlab export RUN_DIR\)"):
         ort_session(tmp_path / "nope.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage")
-    with pytest.raises(CnnlabError, match="junk.onnx is not a usable ONNX model .*; delete it and run") as err:
+    with pytest.raises(CnnlabError, match="junk.onnx is not a usable ONNX model .*; delete it and export the run again") as err:
         ort_session(tmp_path / "junk.onnx")
     assert "\n" not in str(err.value)
 
@@ -114,8 +114,8 @@ def test_ort_session_options_and_the_first_line_of_a_load_error(tiny, tmp_path, 
         raise RuntimeError("x" * 200 + "\nsecond line")
 
     monkeypatch.setattr(ort, "InferenceSession", fail)
-    with pytest.raises(CnnlabError, match=rf"^{path} is not a usable ONNX model \(x{{160}}\); delete it and run "
-                                          r"export it again \(cnnlab export RUN_DIR\)$"):
+    with pytest.raises(CnnlabError, match=rf"^{path} is not a usable ONNX model \(x{{160}}\); delete it and "
+                                          r"export the run again \(cnnlab export RUN_DIR\)$"):
         ort_session(path)
 
 

@@ -98,8 +98,8 @@ def ort_session(path: str | Path, *, threads: int | None = None, spin: bool = Tr
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         reason = str(exc).splitlines()[0][:160]
-        raise CnnlabError(f"{path} is not a usable ONNX model ({reason}); delete it and run "
-                          "export it again (cnnlab export RUN_DIR)") from None
+        raise CnnlabError(f"{path} is not a usable ONNX model ({reason}); delete it and "
+                          "export the run again (cnnlab export RUN_DIR)") from None
 
 
 def median_latency(engine, shape: tuple[int, int, int], budget: float = 0.25, reps: int = 25) -> float:
