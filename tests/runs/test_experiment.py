@@ -407,3 +407,19 @@ def test_a_run_with_ema_keeps_the_averaged_weights_it_validated(tmp_path):
     trained = load_checkpoint(run / "checkpoints" / "last")["train_weights"]
     assert any(not torch.equal(final[k], trained[k]) for k in final)  # ... not the weights that trained
     assert result.test.acc == pytest.approx(result.history[-1]["val_acc"], abs=1e-12)  # test set = validation
+
+
+def test_ema_with_restore_best_tests_and_keeps_the_best_epochs_average(tmp_path):
+    from cnnlab.runs.history import best_epoch
+
+    cfg = experiment_config(dataset="fashion-mnist-sample", model="dnn_128", epochs=3, batch_size=256, lr=0.05,
+                            overrides=[("train.ema", 0.9), ("train.steps_per_epoch", 4),
+                                                         ("callbacks.restore_best", True),
+                                                         ("callbacks.monitor", "val_acc")])
+    run = tmp_path / "run"
+    result = quiet(cfg, out=run)
+    best = best_epoch(result.history, "val_acc")
+    assert best["epoch"] != len(result.history)  # this seed peaks before the end: the restore matters
+    final, kept = load_file(run / "model.safetensors"), load_file(run / "checkpoints" / "best" / "model.safetensors")
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+    assert result.test.acc == pytest.approx(best["val_acc"], abs=1e-12)  # the test set validates each epoch

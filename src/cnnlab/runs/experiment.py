@@ -300,8 +300,9 @@ def _finish(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: Log, le
     """Restores the best weights if asked, saves the final weights, evaluates on the test set (every rank its
     share), writes results (rank 0)."""
     restored = False
-    if trainer.ema is not None:  # the run keeps the averaged weights, the ones its epochs were validated on
-        trainer.ema.copy_to(trainer.model)
+    if trainer.ema is not None:  # the run keeps the averaged weights, the ones its epochs were validated on;
+        trainer.ema.copy_to(trainer.model)  # from here the model holds them (and maybe the best epoch's next):
+        trainer.ema = None  # evaluate and save the model
     if cfg.callbacks.restore_best and (run.checkpoints / "best").exists():
         load_into(trainer.model, load_weights_file(run.checkpoints / "best" / "model.safetensors"), "checkpoints/best")
         log("Restored the weights of the best epoch")
