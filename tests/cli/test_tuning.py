@@ -27,6 +27,8 @@ def test_lr_find_prints_the_curve_and_the_suggestion_and_draws_it(tmp_path, caps
     (["--epochs", "3"], "error: --epochs cannot apply: the range test runs --steps optimiser steps at rates from "
                         "--start-lr to --end-lr; drop it"),
     (["--steps", "3"], "error: --steps is 3; the test needs at least 14"),
+    (["--nproc", "2", "--log", "tensorboard"], "error: --nproc, --log cannot apply: the range test runs in this one "
+                                              "process and keeps no run to log; drop it"),
     (["--out", "x.jpg"], "error: --out x.jpg: the plot is a PNG"),
 ])
 def test_lr_find_mistakes_are_one_line_errors(argv, message, capsys):

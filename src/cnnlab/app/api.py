@@ -113,6 +113,11 @@ def lr_find(config: str | Path | Config | None = None, *, recipe: str | None = N
     if refused:
         raise CnnlabError(f"{', '.join(f'`{n}`' for n in refused)} cannot apply: the range test runs `steps` "
                           "optimiser steps at rates from `start_lr` to `end_lr`; drop it")
+    # the test runs in this one process and writes no run: these would be silently ignored
+    alone = [n for n in ("nproc", "loggers") if options.get(n) not in (None, 1, [])]
+    if alone:
+        raise CnnlabError(f"{', '.join(f'`{n}`' for n in alone)} cannot apply: the range test runs in this one "
+                          "process and keeps no run to log; drop it")
     path = Path(out) if out is not None else None
     if path is not None and path.suffix.lower() != ".png":
         raise CnnlabError(f"`out` {path}: the plot is a PNG; give a name ending in .png")

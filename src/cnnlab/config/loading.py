@@ -160,13 +160,21 @@ def recipe_path(recipe: str, dataset: str, model: str | None = None) -> Path:
             if data.get("dataset") == dataset and spec.get("name") == model:
                 return candidate
     path = PACKAGED / recipe / f"{dataset}.yaml"
-    if not path.is_file():
-        have = sorted(p.stem for p in (PACKAGED / recipe).glob("*.yaml")) if (PACKAGED / recipe).is_dir() else []
-        if not have:
-            recipes = sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and p.name != "exercises")
-            raise CnnlabError(f"unknown recipe {recipe!r}; valid: {', '.join(recipes)}")
+    have = _dataset_recipes(PACKAGED / recipe)
+    if not have:
+        recipes = sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and _dataset_recipes(p))
+        raise CnnlabError(f"unknown recipe {recipe!r}; valid: {', '.join(recipes)}")
+    if dataset not in have:
         raise CnnlabError(f"recipe {recipe!r} has no config for dataset {dataset!r}; it has: {', '.join(have)}")
     return path
+
+
+def _dataset_recipes(folder: Path) -> list[str]:
+    """The datasets a recipe folder has a config for: files named after the dataset they train on (others, like
+    ``fast/mnist_best.yaml``, are configs reached by name)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml") if (read_yaml(p).get("data") or {}).get("dataset") == p.stem)
 
 
 # ------------------------------------------------------------------------------------------- overrides
