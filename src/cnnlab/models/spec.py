@@ -28,7 +28,6 @@ from torch import nn
 from cnnlab import native
 from cnnlab.errors import CnnlabError, one_of
 from cnnlab.models.registry import ModelMeta
-from cnnlab.native import winograd
 
 ACTIVATIONS = {
     "linear": None, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softmax": None,
@@ -88,13 +87,9 @@ class Conv2D(nn.Conv2d):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
-        if winograd.supported(x, self.weight, self.stride, self.dilation, self.groups):
-            ph, pw = self.padding
-            y = winograd.conv3x3(x, self.weight, self.bias, self.extra_pad or (pw, pw, ph, ph))
-        else:
-            if self.extra_pad is not None:
-                x = F.pad(x, self.extra_pad)
-            y = super().forward(x)
+        if self.extra_pad is not None:
+            x = F.pad(x, self.extra_pad)
+        y = super().forward(x)
         fn = ACTIVATIONS[self.activation]
         return fn(y) if activate and fn is not None else y
 
