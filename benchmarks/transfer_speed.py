@@ -19,7 +19,7 @@ alternating. Reported: the median epoch time recomputing the backbone, the media
 (epochs 2..N; epoch 1 also builds the cache), the cache's build time, and their ratio.
 
 Usage: python benchmarks/transfer_speed.py [--part steps epochs] [--models resnet18 mobilenet_v2 resnet50]
-       [--repeats 2] [--steps 3] [--images 512] [--epochs 3] [--no-keras] [--json FILE]
+       [--keras-only resnet50] [--repeats 2] [--steps 3] [--images 512] [--epochs 3] [--no-keras] [--json FILE]
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def part_steps(args) -> list[dict]:
         for model in args.models:
             for frozen in (True, False):
                 for engine, run in engines.items():
+                    if model in args.keras_only and engine != "keras":
+                        continue
                     rate = run(model, frozen)
                     if rate is not None:
                         rates.setdefault((model, frozen, engine), []).append(rate)
@@ -201,6 +203,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--no-keras", action="store_true")
+    ap.add_argument("--keras-only", nargs="*", default=[], help="models of --models that only the Keras peer runs "
+                    "(resnet50 on a busy machine)")
     ap.add_argument("--keras-python", default=str(Path.home() / ".cache" / "keras-peer" / "bin" / "python"))
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     args = ap.parse_args()

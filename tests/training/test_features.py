@@ -57,7 +57,8 @@ def test_training_on_cached_features_gives_the_same_weights_and_metrics(toy):
     lines = []
     cached = _fit(toy, FeatureCache("dense_1", required=True, log=lines.append))
     plain = _fit(toy, None)
-    assert cached.features.train is not None and "Cached the frozen backbone's features once" in lines[0]
+    assert cached.features.train is not None and "Cached the frozen backbone's features once" in lines[1]
+    assert lines[0] == "Caching the frozen backbone's features of 240 images (0.0 MB), once for every epoch..."
     assert len(cached.features.train) == 180 and cached.features.train.images.shape == (180, 8)
     # fp32 on CPU: the backbone computes each image alone of the others in its batch, and the head gets the same
     # tensors, steps and dropout masks, so the results are identical, not merely close

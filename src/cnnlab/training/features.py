@@ -225,6 +225,8 @@ class FeatureCache:
         if need > limit:
             return self._refuse(f"its features ({tuple(probe.shape[1:])} {str(probe.dtype)[6:]} per image) would take "
                                 f"{_size(need)}, over the {_size(limit)} allowed (half the available memory)")
+        self.log(f"Caching the frozen backbone's features of {len(train) + (len(val) if val is not None else 0):,} "
+                 f"images ({_size(need)}), once for every epoch...")
         val_set = None
         if val is not None:
             modes = [(m, m.training) for m in model.modules()]  # one by one: the frozen BatchNorm stays in eval
