@@ -26,6 +26,7 @@ nothing), so with per-image results independent of the batch they are computed i
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -161,8 +162,6 @@ def available_memory(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os  # noqa: PLC0415 - only where /proc is missing (not Linux)
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
