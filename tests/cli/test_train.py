@@ -122,7 +122,7 @@ def test_resume_extends_a_run_and_refuses_options_that_cannot_apply(dnn_run, tmp
     assert capsys.readouterr().err == ("error: --resume continues a run with its own model, data and starting "
                                        "weights, so --model, --out cannot apply; drop them (--epochs extends the "
                                        "run; --batch-size, --lr, --precision, --stop-at, --data-dir, --nproc, "
-                                       "--dist-timeout change how it goes on)\n")
+                                       "--dist-timeout, --cache-features change how it goes on)\n")
     assert main(["train", "--resume", str(run), "--overwrite"]) == 2
     assert "so --overwrite cannot apply; drop it " in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0

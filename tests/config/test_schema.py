@@ -126,3 +126,12 @@ def test_a_bad_checkpoint_every_is_one_line_naming_the_key(value):
         load_config(None, [("callbacks.checkpoint_every", value)])
     assert str(err.value) == (f"`callbacks.checkpoint_every`: {value!r} is neither a time nor a number of steps; "
                               "write e.g. 10min, 30s, 2h, 500steps, 500, or 0 for epoch ends only")
+
+
+def test_cache_features_takes_yamls_on_and_off_as_the_words_they_were():
+    assert TrainConfig().cache_features == "auto"
+    assert load_config(None, [("train.cache_features", False)]).train.cache_features == "off"  # YAML's `off`
+    assert load_config(None, [("train.cache_features", True)]).train.cache_features == "on"
+    assert load_config(None, [("train.cache_features", "off")]).train.cache_features == "off"
+    with pytest.raises(CnnlabError, match=r"`train.cache_features`: 'sometimes' is not one of auto, on, off"):
+        load_config(None, [("train.cache_features", "sometimes")])

@@ -1,5 +1,6 @@
 """Setting up a training: the config resolved as the run records it, the callbacks it asks for."""
 
+import pytest
 import torch
 
 from cnnlab.config import load_config
@@ -93,3 +94,81 @@ def test_weights_in_a_published_layout_bring_their_preprocessing(tmp_path, image
     resolve_config(experiment_config(model="googlenet", weights=str(tmp_path / "mine.pth"), dataset="mnist",
                                      overrides=[("data.normalize", "standard")]), notes.append)
     assert not any("published" in n for n in notes)  # the user chose the scaling: nothing to say
+
+
+# ------------------------------------------------------------------------ the frozen backbone's feature cache
+
+
+def _frozen(*overrides, **options):
+    return experiment_config(model="resnet18", freeze="backbone", overrides=list(overrides), **options)
+
+
+def test_the_feature_cache_is_the_default_for_a_frozen_backbone_without_augmentation():
+    from cnnlab.errors import CnnlabError
+    from cnnlab.runs.setup import feature_cache
+
+    lines: list[str] = []
+    cache = feature_cache(_frozen(), "fc", lines.append)
+    assert cache is not None and cache.head == "fc" and not cache.required and lines == []
+    assert feature_cache(_frozen(cache_features="on"), "fc", lines.append).required
+    assert feature_cache(_frozen(cache_features="off"), "fc", lines.append) is None and lines == []
+    for overrides, why in ((("data.augment.hflip", True),), "`data.augment` changes the images every epoch"), \
+            ((("model.train_bn", True),), "its BatchNorm layers keep training (`model.train_bn`)"):
+        assert feature_cache(_frozen(*overrides), "fc", lines.append) is None
+        assert lines.pop() == f"note: the frozen backbone's features are recomputed every epoch: {why}"
+        with pytest.raises(CnnlabError, match="`train.cache_features` is on but the backbone's features change"):
+            feature_cache(_frozen(*overrides, cache_features="on"), "fc", lines.append)
+    fine_tune = experiment_config(model="resnet18", fine_tune=True)  # the backbone trains from epoch 2
+    assert feature_cache(fine_tune, "fc", lines.append) is None
+    assert "unfrozen after epoch 1 (`model.freeze_epochs`)" in lines.pop()
+
+
+def test_cache_features_on_without_a_frozen_backbone_is_refused(toy):
+    import pytest
+
+    from cnnlab.data.prepare import Data
+    from cnnlab.data.tensors import Normalizer
+    from cnnlab.errors import CnnlabError
+    from cnnlab.runs.setup import build_trainer
+
+    cfg = experiment_config(cache_features="on", overrides=[("train.lr", 0.01)])
+    data = Data(toy, toy, toy, Normalizer(), "toy")
+    with pytest.raises(CnnlabError, match="`train.cache_features` is on but nothing is frozen"):
+        build_trainer(cfg, data, [], None)
+    off = build_trainer(experiment_config(overrides=[("train.lr", 0.01)]), data, [], None)
+    assert off.features is None
+
+
+def test_a_frozen_run_trains_on_cached_features_and_is_a_whole_model_run(tmp_path, image_folder):
+    from safetensors.torch import load_file
+
+    from cnnlab.runs.experiment import train
+    from cnnlab.runs.loaded import evaluate_run
+
+    def run(out, epochs, cache_features=None, **kw):
+        lines: list[str] = []
+        cfg = experiment_config(dataset=f"folder:{image_folder}", model="resnet18", freeze="backbone", epochs=epochs,
+                                batch_size=24, cache_features=cache_features, overrides=[("data.image_size", 32), ("train.lr", 0.01),
+                                                          ("train.precision", "fp32")])
+        result = train(cfg, out=out, progress=False, log=lines.append, **kw)
+        assert result.failed is None
+        return result, "\n".join(lines)
+
+    result, log = run(tmp_path / "cached", 2)
+    assert ("Cached the frozen backbone's features once: 96 train + 24 validation images, (512,) float32 each, "
+            "0.2 MB") in log and "each epoch trains the head (fc) on them" in log
+    weights = load_file(tmp_path / "cached" / "model.safetensors")
+    assert "layer4.1.conv2.weight" in weights and weights["fc.weight"].shape == (3, 512)  # backbone + head
+    loaded, evaluation, _ = evaluate_run(tmp_path / "cached")  # the whole model, images in
+    assert evaluation.acc == result.test.acc and evaluation.loss == pytest.approx(result.test.loss, rel=1e-6)
+    # resumed after epoch 1: the cache is built again and the run ends where the straight one did
+    run(tmp_path / "resumed", 1)
+    resumed, log = run(None, 2, resume=tmp_path / "resumed")
+    assert "Cached the frozen backbone's features once" in log
+    again = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(again[k], v) for k, v in weights.items())
+    plain, log = run(tmp_path / "plain", 2, cache_features="off")
+    assert "Cached" not in log
+    # 96 training images in steps of 24: every image goes through the backbone in a batch of 24 either way (fp32)
+    assert all(torch.equal(load_file(tmp_path / "plain" / "model.safetensors")[k], v) for k, v in weights.items())
+    assert plain.history[-1]["val_acc"] == result.history[-1]["val_acc"]

@@ -64,7 +64,8 @@ def train(config: str | Path | Config | None = None, *, recipe: str | None = Non
         log: receives one line per event (data, model, each epoch, stops).
         callbacks: your own :class:`~cnnlab.training.callbacks.Callback` objects, run beside the config's.
         **options: the CLI's training flags as keywords: ``model``, ``dataset``, ``epochs``, ``batch_size``,
-            ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``stop_at``,
+            ``lr``, ``precision``, ``pretrained``, ``weights``, ``freeze``, ``fine_tune``, ``cache_features``,
+            ``stop_at``,
             ``loggers`` (``"tensorboard"``, ``"mlflow"`` or both; the CLI's ``--log``), ``nproc`` (data-parallel
             processes on this machine; ``callbacks`` must then be picklable), ``sync_bn``, ``dist_timeout``,
             ``data_dir``.

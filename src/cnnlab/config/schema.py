@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from cnnlab.errors import CnnlabError
 
 PADDING_MODES = ("zeros", "reflect")
+CACHE_FEATURES = ("auto", "on", "off")
 DEFAULT_LR = 1e-3  # Keras's Adam default: ``train.lr`` when neither the config nor the model's metadata sets one
 
 
@@ -197,6 +198,12 @@ class TrainConfig:
             (a rank that died ends the job this soon, not after PyTorch's 30 minutes).
         sync_bn: BatchNorm statistics over the global batch (``SyncBatchNorm``, CUDA only; on CPU each process
             normalises by its own batch and DDP broadcasts rank 0's running statistics).
+        cache_features: with ``model.freeze: backbone`` for the whole run (``freeze_epochs`` 0), no
+            ``model.train_bn`` and no ``data.augment``, the frozen backbone's output for the training and
+            validation images is computed once and every epoch trains the head on it (the same result, the
+            backbone's cost paid once: :mod:`cnnlab.training.features`). ``auto`` (default) does so where it
+            applies and otherwise says why not in one line; ``on`` insists (an error where it cannot apply);
+            ``off`` recomputes the backbone every epoch. YAML's ``on``/``off``/``true``/``false`` all work.
     """
 
     epochs: int = _in(5, ge=1)
@@ -222,6 +229,14 @@ class TrainConfig:
     nproc: int = _in(1, ge=1, le=1024)
     dist_timeout: float = _in(60.0, gt=0)
     sync_bn: bool = False
+    cache_features: str | bool = "auto"
+
+    def __post_init__(self) -> None:
+        value = self.cache_features
+        if isinstance(value, bool):  # YAML 1.1 reads on/off as booleans: keep the word the user meant
+            object.__setattr__(self, "cache_features", "on" if value else "off")
+        elif value not in CACHE_FEATURES:
+            raise CnnlabError(f"`train.cache_features`: {value!r} is not one of {', '.join(CACHE_FEATURES)}")
 
     @property
     def peak_lr(self) -> float:

@@ -88,6 +88,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fine_tune", "flag", "fastai-style: 1 epoch with the backbone frozen, then all layers, backbone at "
            "lr x 0.1", lambda v: [("model.freeze", "backbone"), ("model.freeze_epochs", 1),
                                   ("model.backbone_lr", 0.1)] if v else []),
+    Option("cache_features", "str", "with --freeze backbone and no augmentation, compute the backbone's features "
+           "once and train the head on them every epoch (auto: where it applies; off: recompute every epoch)",
+           _to("train.cache_features"), choices=("auto", "on", "off")),
     Option("stop_at", "list", "stop once e.g. val_acc=0.91 or loss=0.3 is reached (repeatable)",
            lambda v: [("callbacks.stop_at", list(v))], metavar="METRIC=VALUE"),
     Option("loggers", "list", "also log to TensorBoard (RUN_DIR/tensorboard) or MLflow ($MLFLOW_TRACKING_URI, else "
@@ -162,7 +165,8 @@ def experiment_config(config: str | Path | Config | None = None, *, recipe: str 
 
 # What a resumed run can change: how long and how it trains, and where its data is now. The others would make
 # another experiment (another model, data or starting weights) than the checkpoint holds.
-RESUME_OPTIONS = ("epochs", "batch_size", "lr", "precision", "stop_at", "data_dir", "nproc", "dist_timeout")
+RESUME_OPTIONS = ("epochs", "batch_size", "lr", "precision", "stop_at", "data_dir", "nproc", "dist_timeout",
+                  "cache_features")
 
 
 def resume_config(run_dir: str | Path, *, overrides: Iterable[Override] = (), refused: Iterable[str] = (),

@@ -13,6 +13,7 @@ from cnnlab.config.schema import DEFAULT_LR
 from cnnlab.data.augment import Augmenter
 from cnnlab.data.prepare import Data
 from cnnlab.data.tensors import Normalizer
+from cnnlab.errors import CnnlabError
 from cnnlab.models.build import build_model, model_meta_for
 from cnnlab.models.pretrained import has_published_layout, head_parameters, load_initial_weights
 from cnnlab.models.registry import model_meta, model_names
@@ -32,6 +33,8 @@ from cnnlab.training.callbacks import (
 )
 from cnnlab.training.distributed import Place
 from cnnlab.training.engine import make_engine
+from cnnlab.training.features import KEY as CACHE_KEY
+from cnnlab.training.features import FeatureCache
 from cnnlab.training.optim import make_param_groups
 from cnnlab.training.trainer import Trainer
 from cnnlab.training.transfer import BackboneFreeze
@@ -135,20 +138,51 @@ def build_trainer(cfg: Config, data: Data, callbacks: list[Callback], checkpoint
     model = build_model(cfg.model, input_shape=data.train.shape, num_classes=data.train.num_classes)
     report = load_initial_weights(model, cfg.model, log)
     callbacks = list(callbacks)
-    groups = None
+    groups, features = None, None
     if cfg.model.freeze or cfg.model.backbone_lr != 1.0:
         meta = model_meta_for(cfg.model, data.train.shape, data.train.num_classes)
         head = head_parameters(model, meta, report)
         groups = make_param_groups(model, cfg.train, head=head, backbone_lr=cfg.model.backbone_lr)
         if cfg.model.freeze == "backbone":
             callbacks.append(BackboneFreeze(head, cfg.model.freeze_epochs, log, train_bn=cfg.model.train_bn))
+            features = feature_cache(cfg, meta.head, log)
+    elif cfg.train.cache_features == "on":
+        raise CnnlabError(f"{CACHE_KEY} is on but nothing is frozen: set `model.freeze` to backbone (or "
+                          f"{CACHE_KEY} to auto)")
     engine = make_engine(cfg.train)
     if place is not None:
         rank_threads(place, cfg.train.threads)
     return Trainer(model, cfg.train, train_data=data.train, val_data=data.val, normalizer=data.normalizer,
                    engine=engine, augment=_augmenter(cfg, data.train.shape), callbacks=callbacks,
                    checkpoint_dir=checkpoint_dir, param_groups=groups,
-                   rank=place.rank if place else 0, world_size=place.world_size if place else 1)
+                   rank=place.rank if place else 0, world_size=place.world_size if place else 1, features=features)
+
+
+def feature_cache(cfg: Config, head: str, log: Log) -> FeatureCache | None:
+    """The cache of a frozen backbone's features (:mod:`cnnlab.training.features`) when ``train.cache_features``
+    asks for it and the config keeps the backbone's output the same every epoch; else None, with one note
+    saying why (``auto``).
+
+    Raises:
+        CnnlabError: ``train.cache_features: on`` where the config rules the cache out.
+    """
+    mode = cfg.train.cache_features
+    if mode == "off":
+        return None
+    reason = None
+    if cfg.model.freeze_epochs:
+        reason = f"the backbone is unfrozen after epoch {cfg.model.freeze_epochs} (`model.freeze_epochs`)"
+    elif cfg.model.train_bn:
+        reason = "its BatchNorm layers keep training (`model.train_bn`)"
+    elif Augmenter(cfg.data.augment).enabled:
+        reason = "`data.augment` changes the images every epoch"
+    if reason is None:
+        return FeatureCache(head, required=mode == "on", log=log)
+    if mode == "on":
+        raise CnnlabError(f"{CACHE_KEY} is on but the backbone's features change from epoch to epoch: {reason}; "
+                          f"set {CACHE_KEY} to auto or off")
+    log(f"note: the frozen backbone's features are recomputed every epoch: {reason}")
+    return None
 
 
 def build_callbacks(cfg: Config, progress: bool | None = None, log: Log = _print,

@@ -30,6 +30,7 @@ from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.ema import WeightEMA
 from cnnlab.training.engine import Engine
 from cnnlab.training.epoch import EpochProgress, evaluate, train_one_epoch
+from cnnlab.training.features import IDENTITY, FeatureCache
 from cnnlab.training.metrics import Evaluation
 from cnnlab.training.optim import lr_factor, make_optimizer, make_param_groups, set_lr
 
@@ -69,6 +70,9 @@ class Trainer:
             started (:func:`cnnlab.training.distributed.start`): the model trains wrapped in
             ``DistributedDataParallel``, each rank takes ``cfg.batch_size / world_size`` images per step, and
             metrics, stop decisions and signals are agreed among the ranks.
+        features: train the head alone on cached features of the frozen backbone
+            (:class:`~cnnlab.training.features.FeatureCache`: built at the first epoch, refused with a logged
+            reason when the backbone is not deterministic); None: every epoch runs the whole model.
 
     Attributes:
         epoch: completed epochs.
@@ -99,6 +103,7 @@ class Trainer:
         param_groups: list[dict] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        features: FeatureCache | None = None,
     ) -> None:
         self.cfg, self.engine, self.normalizer, self.augment = cfg, engine, normalizer, augment
         self.model = model.to(engine.device)
@@ -117,6 +122,7 @@ class Trainer:
         groups = param_groups or make_param_groups(self.model, cfg)
         self.optimizer = make_optimizer(groups, cfg, engine.device)
         self.rank, self.world_size = rank, world_size
+        self.features = features
         self.batch_size = distributed.per_rank_batch(cfg.batch_size, world_size)
         # the module that trains: DDP around the model (which stays what is saved, evaluated and inspected)
         self.net = distributed.wrap(self.model, engine, cfg.sync_bn) if world_size > 1 else self.model
@@ -214,8 +220,11 @@ class Trainer:
         if self.cfg.steps_per_epoch is not None:
             order = order[:self.steps_per_epoch * self.batch_size]
         starts = self._hooks["on_train_batch_start"]
+        net, data, normalizer = self.net, self.train_data, self.normalizer
+        if self._cached():  # the head alone, on the frozen backbone's features (the same order, steps and rates)
+            net, data, normalizer = self.features.tail, self.features.train, IDENTITY
         loss, acc = train_one_epoch(
-            self.net, self.optimizer, self.train_data, batch_size=self.batch_size, normalizer=self.normalizer,
+            net, self.optimizer, data, batch_size=self.batch_size, normalizer=normalizer,
             engine=self.engine, generator=self.aug_generator, label_smoothing=self.cfg.label_smoothing,
             l2=self.cfg.l2, augment=self.augment, order=order, progress=self.progress,
             on_batch_start=(lambda i: self.dispatch("on_train_batch_start", i)) if starts else None,
@@ -227,7 +236,7 @@ class Trainer:
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
         if self.val_data is not None and math.isfinite(loss):
-            self.last_eval = self.evaluate(self.val_data)
+            self.last_eval = self._validate()
             logs.update(val_loss=self.last_eval.loss, val_acc=self.last_eval.acc)
         logs.update(seconds=time.perf_counter() - start, lr=lr_used)
         self.epoch += 1
@@ -248,6 +257,26 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and saved: the moving average when ``cfg.ema`` is on, else the model."""
         return self.ema.module if self.ema is not None else self.model
+
+    def _cached(self) -> bool:
+        """Whether this epoch trains on cached features (built here the first time; a signal while they are
+        being computed saves the epoch's start and stops, as it would after a step)."""
+        if self.features is None:
+            return False
+        use = self.features.ready(self.model, self.train_data, self.val_data, normalizer=self.normalizer,
+                                  engine=self.engine, batch_size=self.batch_size,
+                                  eval_batch_size=self.cfg.eval_batch_size, stop=lambda: self.interrupt is not None)
+        if self.interrupt is not None:
+            raise TrainingInterrupted(self.interrupt, self.save_checkpoint("last"))
+        return use
+
+    def _validate(self) -> Evaluation:
+        """The epoch's validation: on the cached validation features when there are any, else the whole model."""
+        # (with an EMA the average's head is what validates: through the whole averaged model)
+        if self.features is not None and self.features.val is not None and self.ema is None:
+            return evaluate(self.features.tail, self.features.val, normalizer=IDENTITY, engine=self.engine,
+                            batch_size=self.cfg.eval_batch_size)
+        return self.evaluate(self.val_data)
 
     def evaluate(self, data: ImageData, tta: str | None = None) -> Evaluation:
         """``data`` through :attr:`eval_model` (unwrapped), split among the ranks and summed when distributed."""
