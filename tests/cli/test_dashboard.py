@@ -21,8 +21,11 @@ URL = re.compile(r"cnnlab dashboard: (http://\S+/)\s+\((\d+) runs? under ")
 
 
 def _start(args):
+    # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script) inherits SIGINT ignored,
+    # and uvicorn then has no Ctrl-C to re-raise after its clean shutdown
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "dashboard", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()
     m = URL.search(line)
     if not m:
