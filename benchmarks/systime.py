@@ -66,7 +66,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=DEFAULT)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="leave glibc's trim/mmap thresholds (the trainer sets them: cnnlab.native.heap)")
     args = ap.parse_args()
+    if not args.glibc_defaults:
+        from cnnlab.native.heap import keep_freed_memory
+
+        print(f"glibc thresholds set: {keep_freed_memory()}")
 
     from cnnlab.data.datasets import load_dataset
     from cnnlab.data.prepare import make_normalizer

@@ -24,6 +24,7 @@ from torch import nn
 from cnnlab.config import TrainConfig
 from cnnlab.data.tensors import ImageData, Normalizer, epoch_order, seed_of, shard
 from cnnlab.errors import CnnlabError
+from cnnlab.native.heap import keep_freed_memory
 from cnnlab.training import distributed
 from cnnlab.training.callbacks import HOOKS, Callback, StopTraining, overrides
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
@@ -106,6 +107,7 @@ class Trainer:
         features: FeatureCache | None = None,
     ) -> None:
         self.cfg, self.engine, self.normalizer, self.augment = cfg, engine, normalizer, augment
+        keep_freed_memory()  # no heap trim and regrow around each step's big blocks (native/heap.py)
         self.model = model.to(engine.device)
         if engine.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
