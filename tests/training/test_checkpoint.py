@@ -64,7 +64,8 @@ def test_state_that_json_cannot_hold_is_refused_and_leaves_nothing(tmp_path, mak
 
 
 def test_missing_and_damaged_checkpoints_are_named(tmp_path, make_model):
-    with pytest.raises(CnnlabError, match="holds no usable checkpoint .no state.json.; nothing to resume from"):
+    with pytest.raises(CnnlabError, match="holds no usable checkpoint .no state.json.; nothing to resume from: train the run "
+                                         "again with `overwrite`, or start a new run from weights it saved"):
         load_checkpoint(tmp_path / "none")
     save_checkpoint(tmp_path / "ck", make_model(), {"epoch": 1})
     with pytest.raises(CnnlabError, match="does not fit this model"):

@@ -147,7 +147,8 @@ def load_checkpoint(folder: Path, model: nn.Module | None = None, *, fallback: P
             log(f"note: {folder} is not usable ({problem}); resuming from {fallback} instead")
         folder, problem = fallback, None
     if problem is not None:
-        raise CnnlabError(f"{folder} holds no usable checkpoint ({problem}); nothing to resume from")
+        raise CnnlabError(f"{folder} holds no usable checkpoint ({problem}); nothing to resume from: train the "
+                          "run again with `overwrite`, or start a new run from weights it saved (`model.weights`)")
     if model is not None:
         load_into(model, load_weights_file(folder / MODEL_FILE), str(folder / MODEL_FILE))
     tensors = load_weights_file(folder / STATE_FILE)
