@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict] = {
     "1.5 passes, ema .99": {"train.epochs": 3, "train.steps_per_epoch": 235, "train.ema": 0.99},
     "2 passes": {"train.epochs": 2},
     "2 passes, ema .995": {"train.epochs": 2, "train.ema": 0.995},
+    "2 passes, flips": {"train.epochs": 2, "data.augment.hflip": True},
+    "2.5 passes": {"train.epochs": 5, "train.steps_per_epoch": 235},
 }
 
 
