@@ -326,7 +326,7 @@ class Trainer:
             self.aug_generator.set_state(state["aug_generator"])
         elif self.progress is not None:
             raise CnnlabError("this part-way checkpoint has no augmentation stream (`aug_generator`) to continue "
-                              "its epoch with; resume from an epoch's end (`checkpoints/previous`)")
+                              "its epoch with (was state.json edited?); train the run again with `overwrite`")
         saved_world = int(state.get("world_size", 1))
         if progress and saved_world != self.world_size:
             raise CnnlabError(f"this checkpoint was taken part-way through an epoch by {saved_world} process(es); "
