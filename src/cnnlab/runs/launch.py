@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -46,6 +47,7 @@ def _free_port() -> int:
 def _worker(local_rank: int, fn: Callable, nproc: int, port: int, box: Any, args: tuple, kwargs: dict) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    code = 0
     try:
         log = (lambda line: box.put(("log", line))) if local_rank == 0 else (lambda line: None)
         result = fn(*args, log=log, **kwargs)
@@ -55,7 +57,14 @@ def _worker(local_rank: int, fn: Callable, nproc: int, port: int, box: Any, args
         kind = "user" if isinstance(exc, CnnlabError) else "signal" if isinstance(exc, KeyboardInterrupt) else ""
         box.put(("error", time.time(), local_rank, kind, getattr(exc, "signum", int(signal.SIGINT)),
                  f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        raise
+        code = 0 if isinstance(exc, KeyboardInterrupt) else 1  # as torch.multiprocessing's wrapper exits
+    # Leave without the interpreter's teardown: everything the run writes is closed and the box's puts are
+    # written through, but gloo's threads can still hold tensors then, and freeing them while the
+    # interpreter is being torn down aborts the process (SIGABRT), which failed a finished job at random.
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], None], **kwargs: Any) -> T:

@@ -39,8 +39,14 @@ function render(data) {
   $("#count").textContent = `${data.rows.length} of ${data.total} runs · listed in ${(1000 * data.seconds).toFixed(0)} ms`;
   $("#empty").hidden = data.total > 0;
   pickCount();
+  // a running row changes every few seconds; otherwise poll slowly, so that a run started after this page
+  // opened (in a terminal, by another user) appears without a reload, as in TensorBoard
+  poll(data.rows.some(r => r.status === "running") ? 3000 : 15000);
+}
+
+function poll(ms) {
   clearTimeout(state.timer);
-  if (data.rows.some(r => r.status === "running")) state.timer = setTimeout(load, 3000);
+  state.timer = setTimeout(() => (document.hidden ? poll(ms) : load()), ms);
 }
 
 function pickCount() {
@@ -58,6 +64,7 @@ async function load() {
   } catch (err) {
     $("#filter-error").hidden = false;
     $("#filter-error").textContent = err.message;
+    poll(15000);  // a server that was busy or restarting: try again, keeping what is shown
   }
 }
 
