@@ -43,13 +43,13 @@ def test_flips_are_exact_mirrors():
     assert 16 < sum(flipped) < 48  # about half
 
 
-@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "nearest"])
 def test_crop_padding_is_a_shifted_window(mode):
     pad = 3
     x = batch(n=24)
     out = Augmenter(AugmentConfig(crop_padding=pad, padding_mode=mode))(x, gen())
     assert out.shape == x.shape
-    padded = F.pad(x, (pad,) * 4, mode="constant" if mode == "zeros" else "reflect")
+    padded = F.pad(x, (pad,) * 4, mode={"zeros": "constant", "reflect": "reflect", "nearest": "replicate"}[mode])
     offsets = set()
     for i in range(len(x)):
         hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
@@ -139,6 +139,19 @@ def test_rotation_fill_follows_padding_mode():
     assert (zeros[:, :, 0, 0] < 0.5).float().mean() > 0.5  # corners rotate in from outside: black
     reflect = Augmenter(AugmentConfig(rotation=45, padding_mode="reflect"))(x, gen())
     assert torch.allclose(reflect, x, atol=1e-6)  # a mirror of a flat image is flat
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "nearest"])
+def test_nearest_fill_repeats_the_border_pixel_as_keras_does(mode):
+    # a left-to-right ramp shifted by up to 40%: pixels shifted in repeat the edge column (0 or 1), so every
+    # row stays non-decreasing and keeps its end values; a mirror (reflect) or black (zeros) fill breaks that
+    x = torch.linspace(0, 1, 16).expand(32, 1, 8, 16).contiguous()
+    out = Augmenter(AugmentConfig(translate=0.4, padding_mode=mode))(x, gen())
+    monotone = bool((out.diff(dim=3) >= -1e-6).all())  # 1e-6: bilinear weights in fp32
+    assert monotone == (mode == "nearest")
+    if mode == "nearest":
+        # each image shifted right starts with the repeated 0 column, one shifted left ends with the 1s
+        assert bool(((out.amin(dim=(1, 2, 3)) == 0) | (out.amax(dim=(1, 2, 3)) == 1)).all())
 
 
 def test_zoom_and_translate_move_content():

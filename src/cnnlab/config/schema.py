@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 
 from cnnlab.errors import CnnlabError
 
-PADDING_MODES = ("zeros", "reflect")
+PADDING_MODES = ("zeros", "reflect", "nearest")
 CACHE_FEATURES = ("auto", "on", "off")
 DEFAULT_LR = 1e-3  # Keras's Adam default: ``train.lr`` when neither the config nor the model's metadata sets one
 
@@ -32,8 +32,9 @@ class AugmentConfig:
         contrast: scale the distance from each image's mean by a factor in [1 - contrast, 1 + contrast].
         noise: add Gaussian noise with this standard deviation, in [0, 1] pixel units (0.02 ≈ 5/255).
         cutout: zero one square of this side (pixels) per image, placed wholly inside it.
-        padding_mode: what fills pixels shifted in from outside: ``zeros`` (black) or ``reflect``
-            (mirror of the border).
+        padding_mode: what fills pixels shifted in from outside: ``zeros`` (black), ``reflect`` (mirror of
+            the border) or ``nearest`` (the border pixel repeated: Keras ``ImageDataGenerator``'s default
+            ``fill_mode``).
     """
 
     hflip: bool = False

@@ -106,7 +106,9 @@ class Augmenter:
     def _random_crop(self, x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
         """Pads by ``pad`` and gathers an (H, W) window at a per-sample offset in [0, 2 * pad]."""
         n, c, h, w = x.shape
-        mode = "reflect" if self.config.padding_mode == "reflect" and pad < min(h, w) else "constant"
+        fill = self.config.padding_mode
+        # reflect needs pad < size; replicate ("nearest") has no such limit
+        mode = {"reflect": "reflect" if pad < min(h, w) else "constant", "nearest": "replicate"}.get(fill, "constant")
         padded = F.pad(x, (pad, pad, pad, pad), mode=mode).contiguous()
         oy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=g, device=x.device)
         ox = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=g, device=x.device)
@@ -132,7 +134,7 @@ class Augmenter:
             torch.stack([sin * (w / h), cos, 2 * uniform(-cfg.translate, cfg.translate)], 1),
         ], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        pad = "reflection" if cfg.padding_mode == "reflect" else "zeros"
+        pad = {"reflect": "reflection", "nearest": "border"}.get(cfg.padding_mode, "zeros")
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
 
     @staticmethod
