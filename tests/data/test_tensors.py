@@ -168,3 +168,23 @@ def test_normalizer_dict_round_trips_through_the_constructor():
     norm = Normalizer((0.5, 0.25), (0.2, 0.1))
     assert norm.to_dict() == {"mean": [0.5, 0.25], "std": [0.2, 0.1]}
     assert Normalizer(**{k: tuple(v) for k, v in norm.to_dict().items()}) == norm
+
+
+def test_statistics_come_from_the_first_10000_images():
+    # 10,001 one-pixel images, 10,000 black then one white: the default sample (the first 10,000) is constant,
+    # so fit gives mean 0 and std 1 (a constant channel is only shifted) and channel 0 is named constant
+    images = torch.zeros(10_001, 1, 1, 1, dtype=torch.uint8)
+    images[-1] = 255
+    data = ImageData(images, torch.zeros(10_001, dtype=torch.long), ("a",))
+    assert Normalizer.fit(data) == Normalizer((0.0,), (1.0,))
+    assert constant_channels(data) == [0]
+    assert Normalizer.fit(data, max_images=10_001).mean == pytest.approx((1 / 10_001,))  # all of them: not constant
+    assert constant_channels(data, max_images=10_001) == []
+
+
+def test_the_constants_follow_the_inputs_device():
+    # the "meta" device stands for a GPU here: constants left on the CPU could not meet its tensors
+    n = Normalizer((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    assert n.denormalize(x).device.type == "meta" and n.from_unit(x).device.type == "meta"
+    assert n(torch.empty(2, 3, 4, 4, dtype=torch.uint8, device="meta")).device.type == "meta"

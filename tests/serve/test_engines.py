@@ -72,6 +72,21 @@ def test_median_latency_times_single_images():
     assert ENGINES == ("auto", "torch", "onnx")
 
 
+def test_median_latency_defaults_25_timings_within_a_quarter_second(monkeypatch):
+    calls = []
+    engine = calls.append
+    monkeypatch.setattr("cnnlab.serve.engines.time.perf_counter", lambda: 0.0)  # a clock that never moves
+    median_latency(engine, (1, 2, 2))
+    assert len(calls) == 3 + 25  # reps: 25 timings at most
+    clock = iter(i / 64 for i in range(10_000))  # 1/64 s a reading (exact in binary); stop = 16/64 = 0.25 s
+    monkeypatch.setattr("cnnlab.serve.engines.time.perf_counter", lambda: next(clock))
+    calls.clear()
+    median_latency(engine, (1, 2, 2))
+    # readings: 0 sets the stop (16); 3 timed calls read 1-6; then each call reads the stop check, start and
+    # end, so the checks at 7, 10 and 13 pass and the one at 16 ends it
+    assert len(calls) == 3 + 3 + 3
+
+
 class _FakeSession:
     """An onnxruntime session stand-in: records the float32 batches it is given, returns them flattened."""
 

@@ -623,3 +623,17 @@ def test_stall_warning_never_checks_a_single_class_problem():
     cb.on_train_epoch_end(FakeTrainer(epoch=1, model=torch.nn.Flatten(), train_data=_labels(6)),
                           {"train_loss": 0.0, "train_acc": 1.0})
     assert lines == []
+
+
+def test_stall_warning_defaults_check_step_100_with_a_256_image_probe():
+    dead = _labels(150, 150)
+    dead.images = torch.ones(300, 1, 1, 2)
+    dead.images[256:] = 2.0  # past the probe the images differ: a 256-image probe still sees a constant output
+    lines = []
+    cb = StallWarning(lines.append, "fix it")
+    cb.on_fit_start(FakeTrainer(train_data=dead))
+    trainer = FakeTrainer(steps_per_epoch=200, model=torch.nn.Flatten(), train_data=dead)
+    cb.on_train_batch_end(trainer, 98, torch.tensor(math.log(2)))  # step 99: not yet
+    assert lines == []
+    cb.on_train_batch_end(trainer, 99, torch.tensor(math.log(2)))  # step 100 of a 200-step epoch
+    assert len(lines) == 1 and "after 100 steps" in lines[0]

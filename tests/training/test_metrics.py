@@ -41,3 +41,14 @@ def test_to_dict_and_the_text_table():
         "dog     0   2   0",
         "hor     1   0   3",
     ]
+
+
+def test_defaults_show_five_pairs_and_six_letter_labels():
+    conf = torch.tensor([[0, 1, 2, 3], [4, 0, 5, 6], [7, 8, 0, 9], [10, 11, 12, 0]])  # 12 distinct off-diagonal
+    ev = Evaluation(0.0, 0.0, conf, ("airplane", "bird", "cat", "automobile"))
+    assert ev.most_confused() == [("automobile", "cat", 12), ("automobile", "bird", 11),
+                                  ("automobile", "airplane", 10), ("cat", "automobile", 9), ("cat", "bird", 8)]
+    assert format_confusion(ev).splitlines()[:2] == [
+        "         airpla   bird    cat automo",
+        "airpla        0      1      2      3",  # 6 + 2 spaces, then 7 a column
+    ]
