@@ -106,24 +106,76 @@ def test_one_failing_rank_ends_the_whole_job_quickly_with_its_error(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-TEARDOWN = """import atexit, os
+TEARDOWN = """import atexit, builtins, os, sys
 from cnnlab.runs.launch import spawn
-def work(*, log):
-    atexit.register(os.abort)  # what gloo's threads can do while the interpreter is torn down
-    return int(os.environ["RANK"]) + 41
+
+
+class Bomb:
+    def __del__(self):
+        os.abort()  # what freeing gloo's tensors can do while the interpreter is torn down
+
+
+class Holder:  # like a user's callback, passed in and kept by the launcher's call until the rank ends
+    file = None
+
+
+def work(*, log, folder, holder):
+    rank = os.environ["RANK"]
+    builtins.bomb = Bomb()  # freed only by the interpreter's teardown
+    holder.file = open(f"{folder}/kept.{rank}.txt", "w")  # never closed
+    holder.file.write("written")
+    builtins.held = open(f"{folder}/held.{rank}.txt", "w")  # never closed, never freed
+    builtins.held.write("flushed")
+    atexit.register(lambda: open(f"{folder}/atexit.{rank}.txt", "w").write("ran"))
+    return int(rank) + 41
+
+
 if __name__ == "__main__":
-    print(spawn(work, 2, log=print))
+    print(spawn(work, 2, log=print, folder=sys.argv[1], holder=Holder()))
 """
 
 
-def test_a_finished_rank_leaves_without_the_interpreters_teardown(tmp_path):
-    # a rank that finished its work must not fail the job by aborting at exit (a gloo thread freeing
-    # tensors during teardown did, at random, in CI: "process 1 terminated with signal SIGABRT")
+def test_a_finished_rank_ends_as_a_normal_exit_would_without_the_interpreters_teardown(tmp_path):
+    # a rank that finished must not fail the job by aborting in the teardown (a gloo thread freeing tensors
+    # did, at random, in CI: "process 1 terminated with signal SIGABRT"), and must still do what a normal
+    # exit does for the user's code: atexit handlers, open files flushed
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env=os.environ.copy())
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
     assert (proc.returncode, proc.stdout) == (0, "41\n"), proc.stderr
+    for rank in (0, 1):
+        assert (tmp_path / f"kept.{rank}.txt").read_text() == "written"
+        assert (tmp_path / f"held.{rank}.txt").read_text() == "flushed"
+        assert (tmp_path / f"atexit.{rank}.txt").read_text() == "ran"
+
+
+def _error(t, rank, kind, message, signum=2):
+    return ("error", t, rank, kind, signum, message, "Traceback ...")
+
+
+def test_the_error_that_explains_the_end_is_raised():
+    import torch.multiprocessing as mp
+
+    from cnnlab.runs.launch import WorkerFailed, _raise_first
+    from cnnlab.training.trainer import TrainingInterrupted
+
+    closed = _error(1.0, 1, "", "RuntimeError: [gloo] Connection closed by peer")
+    user = _error(1.003, 0, "user", "CnnlabError: no labelled images in data")  # stamped after its echo
+    with pytest.raises(CnnlabError, match="^no labelled images in data$"):
+        _raise_first([closed, user], "fallback")
+    killed = mp.ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 99, -9, "SIGKILL")
+    reset = _error(2.0, 0, "", "RuntimeError: [gloo] Connection reset by peer")
+    with pytest.raises(WorkerFailed, match="^rank 1 was ended by SIGKILL"):
+        _raise_first([reset], str(killed), (), killed)
+    with pytest.raises(WorkerFailed, match="^rank 0 failed: RuntimeError: \\[gloo\\] Connection reset"):
+        _raise_first([reset], "fallback")  # no rank died silently: the earliest error
+    early = mp.ProcessExitedException("process 0 terminated with signal SIGTERM", 0, 98, -15, "SIGTERM")
+    with pytest.raises(TrainingInterrupted) as stop:  # SIGTERM passed on while the ranks were starting
+        _raise_first([], str(early), [15], early)
+    assert stop.value.signum == 15 and stop.value.checkpoint is None
+    with pytest.raises(WorkerFailed, match="^rank 0 was ended by SIGTERM"):  # not from this launcher
+        _raise_first([], str(early), (), early)
 
 
 @pytest.mark.slow

@@ -10,7 +10,10 @@ carrying the rank's traceback. Rank 0's log lines and its result come back to th
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
+import io
 import os
 import pickle
 import signal
@@ -19,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -53,14 +56,31 @@ def _worker(local_rank: int, fn: Callable, nproc: int, port: int, box: Any, args
         result = fn(*args, log=log, **kwargs)
         if local_rank == 0:
             box.put(("result", pickle.dumps(result)))
+        del result
     except BaseException as exc:  # report, then fail this process: torch.multiprocessing ends the others
         kind = "user" if isinstance(exc, CnnlabError) else "signal" if isinstance(exc, KeyboardInterrupt) else ""
         box.put(("error", time.time(), local_rank, kind, getattr(exc, "signum", int(signal.SIGINT)),
                  f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         code = 0 if isinstance(exc, KeyboardInterrupt) else 1  # as torch.multiprocessing's wrapper exits
-    # Leave without the interpreter's teardown: everything the run writes is closed and the box's puts are
-    # written through, but gloo's threads can still hold tensors then, and freeing them while the
-    # interpreter is being torn down aborts the process (SIGABRT), which failed a finished job at random.
+    del args, kwargs  # the caller's callbacks: freed below, with whatever they hold open
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Ends this rank as a normal exit would, short of the interpreter's teardown.
+
+    gloo's threads can still hold tensors at exit, and freeing them while the interpreter is torn down aborts
+    the process (SIGABRT: it failed a finished job at random). So what the teardown does for the user's code
+    is done here, with the interpreter whole: objects left behind are freed (a callback's file is closed),
+    ``atexit`` handlers run, files still open are flushed; then the process ends at once.
+    """
+    gc.collect()
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for obj in gc.get_objects():
+        with contextlib.suppress(Exception):
+            if isinstance(obj, io.IOBase) and not obj.closed and obj.writable():
+                obj.flush()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -93,7 +113,10 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
                                join=False, start_method="spawn")
     messages: list[tuple] = []
 
+    received: list[int] = []
+
     def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
         for p in procs.processes:
             if p.is_alive():
                 os.kill(p.pid, signum)
@@ -116,7 +139,7 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
             drain()
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         drain()
-        _raise_first(messages, str(exc))
+        _raise_first(messages, str(exc), received, exc)
     except KeyboardInterrupt:  # the children got the signal too: let them save their checkpoint
         for p in procs.processes:
             p.join(timeout=60)
@@ -132,14 +155,28 @@ def spawn(fn: Callable[..., T], nproc: int, *args: Any, log: Callable[[str], Non
     return pickle.loads(results[0][1])
 
 
-def _raise_first(messages: list[tuple], fallback: str) -> None:
-    """Raises the earliest error the ranks reported (see :func:`spawn`)."""
+def _raise_first(messages: list[tuple], fallback: str, received: Sequence[int] = (),
+                 failure: BaseException | None = None) -> None:
+    """Raises the error that explains the job's end (see :func:`spawn`).
+
+    A user error from any rank comes first: the other ranks' errors are then its echoes (a closed connection
+    when that rank left the process group), whatever their times. Then a rank killed by a signal it did not
+    report: the others' errors follow from its death. Then the earliest error reported. A signal this
+    launcher passed on that ended ranks before they could report (during start-up) is a stop on that signal.
+    """
     errors = sorted(m for m in messages if m[0] == "error")
+    users = [m for m in errors if m[3] == "user"]
+    if users:
+        raise CnnlabError(users[0][5].partition(": ")[2])
+    dead = getattr(failure, "error_index", None) if isinstance(failure, mp.ProcessExitedException) else None
+    if dead is not None and failure.signal_name and not received and all(m[2] != dead for m in errors):
+        raise WorkerFailed(f"rank {dead} was ended by {failure.signal_name} (killed from outside, or out of "
+                           "memory: see the system log) and reported nothing; the other ranks stopped with it")
     if not errors:
+        if received:
+            raise TrainingInterrupted(received[0], None)
         raise WorkerFailed(fallback)
     _, _, rank, kind, signum, message, trace = errors[0]
-    if kind == "user":
-        raise CnnlabError(message.partition(": ")[2])
     if kind == "signal":
         raise TrainingInterrupted(signum, None)
     raise WorkerFailed(f"rank {rank} failed: {message}\n{trace}")
