@@ -134,8 +134,17 @@ def test_a_run_that_appears_after_the_page_opened_is_listed_without_a_reload(ser
     try:
         page.clock.run_for(16_000)
         page.wait_for_selector("tr[data-id='late']")
+        page.check("tr[data-id='late'] input")
+        page.check("tr[data-id='base'] input")
+        assert page.inner_text("#compare") == "Compare 2 runs"
     finally:
         shutil.rmtree(root / "late")
+    page.focus("tr[data-id='base'] input")
+    page.clock.run_for(16_000)  # the run is gone: its row, and its tick, go at the next refresh
+    page.wait_for_selector("tr[data-id='late']", state="detached")
+    assert page.inner_text("#compare") == "Compare 1 run" and page.is_disabled("#compare")
+    assert page.is_checked("tr[data-id='base'] input")
+    assert page.evaluate("document.activeElement.closest('tr').dataset.id") == "base"  # focus kept on rebuild
 
 
 def _wait_for_epoch_file(run: Path, epochs: int) -> bool:

@@ -1,7 +1,7 @@
 // The runs table: sort by any column, filter by words and by expressions, tick 2–4 runs to compare.
 "use strict";
 
-const state = { sort: "started", desc: true, q: "", where: "", picked: new Set(), columns: {} };
+const state = { sort: "started", desc: true, q: "", where: "", picked: new Set(), columns: {}, seq: 0, running: false, stale: false };
 const NUMERIC = new Set(["params", "epochs", "best_val_acc", "best_epoch", "test_acc", "wall_seconds"]);
 
 function cell(col, r) {
@@ -35,19 +35,33 @@ function render(data) {
       onchange: e => { e.target.checked ? state.picked.add(r.id) : state.picked.delete(r.id); pickCount(); },
     })),
     Object.keys(data.columns).map(col => cell(col, r))));
+  // the table is rebuilt on every refresh: keep the keyboard focus on the same run's checkbox or link
+  const active = tbl.contains(document.activeElement) ? document.activeElement : null;
+  const focusId = active?.closest("tr")?.dataset.id, focusTag = active?.tagName === "INPUT" ? "input" : "a";
   tbl.replaceChildren(h("thead", {}, head), h("tbody", {}, body));
+  if (focusId) tbl.querySelector(`tr[data-id="${CSS.escape(focusId)}"] ${focusTag}`)?.focus();
+  if (data.rows.length === data.total) {  // every run is listed: a tick on a run that is gone is dropped
+    const listed = new Set(data.rows.map(r => r.id));
+    for (const id of [...state.picked]) if (!listed.has(id)) state.picked.delete(id);
+  }
   $("#count").textContent = `${data.rows.length} of ${data.total} runs · listed in ${(1000 * data.seconds).toFixed(0)} ms`;
   $("#empty").hidden = data.total > 0;
   pickCount();
   // a running row changes every few seconds; otherwise poll slowly, so that a run started after this page
   // opened (in a terminal, by another user) appears without a reload, as in TensorBoard
-  poll(data.rows.some(r => r.status === "running") ? 3000 : 15000);
+  state.running = data.rows.some(r => r.status === "running");
+  poll();
 }
 
-function poll(ms) {
+// the next refresh; a hidden tab skips it and refreshes when it is shown again
+function poll() {
   clearTimeout(state.timer);
-  state.timer = setTimeout(() => (document.hidden ? poll(ms) : load()), ms);
+  state.timer = setTimeout(() => { if (document.hidden) state.stale = true; else load(); }, state.running ? 3000 : 15000);
 }
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && state.stale) { state.stale = false; load(); }
+});
 
 function pickCount() {
   const n = state.picked.size, btn = $("#compare");
@@ -58,13 +72,17 @@ function pickCount() {
 
 async function load() {
   const params = new URLSearchParams({ q: state.q, where: state.where, sort: state.sort, desc: state.desc });
+  const seq = ++state.seq;  // a slow answer to an older request (a refresh, a shorter filter) is dropped
   try {
-    render(await api(`/api/runs?${params}`));
+    const data = await api(`/api/runs?${params}`);
+    if (seq !== state.seq) return;
+    render(data);
     $("#filter-error").hidden = true;
   } catch (err) {
+    if (seq !== state.seq) return;
     $("#filter-error").hidden = false;
     $("#filter-error").textContent = err.message;
-    poll(15000);  // a server that was busy or restarting: try again, keeping what is shown
+    poll();  // a bad filter, or a server that was busy or restarting: try again, keeping what is shown
   }
 }
 
