@@ -133,6 +133,24 @@ def test_bad_vary_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_value_its_key_can_never_take_is_refused_before_any_variant_trains(tmp_path):
+    base = _yaml(tmp_path / "tiny.yaml", TINY)
+    cases = {"data.augment.padding_mode=nearest,bogus": "^data.augment.padding_mode: 'bogus' is not one of zeros, "
+                                                        "reflect, nearest \\(in `vary`\\)$",
+             "train.optimizer=adam,bogus": "^train.optimizer: 'bogus' is not one of adam, adamw, sgd, rmsprop",
+             "train.lr=0.1,-1": "^train.lr must be > 0, got -1.0 \\(in `vary`\\)$",
+             "train.epochs=1,x": "^train.epochs expects an integer, got 'x'"}
+    for vary, message in cases.items():
+        with pytest.raises(CnnlabError, match=message):
+            plan(base, vary=[vary], out=tmp_path / "x")
+    yaml_section = _yaml(tmp_path / "s.yaml", {**TINY, "compare": {"vary": {"train.optimizer": ["sgd", "nope"]}}})
+    with pytest.raises(CnnlabError, match="^train.optimizer: 'nope' is not one of"):
+        plan(yaml_section)
+    # a layer list's values are the experiment (a kernel too large for the input is a result, see above)
+    assert len(plan(base, vary=["model.layers.0.filters=2,3"], out=tmp_path / "x")[0]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 def test_nothing_to_compare(tmp_path):
     base = _yaml(tmp_path / "tiny.yaml", TINY)
     with pytest.raises(CnnlabError, match="has no compare: section; say what to `vary`"):

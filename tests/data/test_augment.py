@@ -188,3 +188,9 @@ def test_settings_that_would_wipe_out_the_images_are_refused(key, value, ok):
     else:
         with pytest.raises(CnnlabError, match=rf"data.augment.{key}={value} on 28x28 images .* at most 14"):
             aug.check((1, 28, 28))
+
+
+def test_an_empty_batch_comes_back_empty():
+    x = torch.zeros(0, 3, 8, 8)
+    out = Augmenter(EVERYTHING)(x, gen())
+    assert out.shape == (0, 3, 8, 8) and out is not x  # a new tensor, as for any batch

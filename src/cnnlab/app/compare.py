@@ -38,6 +38,7 @@ from cnnlab.config import (
     CompareConfig,
     Config,
     Override,
+    check_value,
     config_path,
     from_dict,
     load_config,
@@ -236,6 +237,12 @@ def plan(base: str | Path | None, *, vary: Sequence[str] = (), configs: Sequence
         if not spec and len(paths) == 1:
             raise CnnlabError(f"{base} has no compare: section; say what to `vary`, e.g. train.lr=0.001,0.01, "
                               "or add `configs` OTHER.yaml")
+    for key, values in spec.items():  # a value its key can never take is a typo: refused before any training
+        for value in values:
+            try:
+                check_value(key, value)
+            except CnnlabError as exc:  # named as typed in `vary`, not as the option flag of that key
+                raise CnnlabError(f"{str(exc).replace(f'`{key}`', key)} (in `vary`)") from None
     raws = [(p, read_yaml(p)) for p in paths]
     labels = _labels(list(spec))
     taken = {MARKER, TABLE, CSV, PLOT}

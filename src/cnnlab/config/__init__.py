@@ -4,6 +4,7 @@ from cnnlab.config.loading import (
     PACKAGED,
     Override,
     apply_override,
+    check_value,
     config_path,
     dump_yaml,
     flatten,
@@ -29,5 +30,5 @@ from cnnlab.config.schema import (
 )
 
 __all__ = ["PACKAGED", "PADDING_MODES", "AugmentConfig", "CallbacksConfig", "CompareConfig", "Config", "DataConfig",
-           "ModelConfig", "Override", "TrainConfig", "apply_override", "config_path", "dump_yaml", "flatten", "from_dict",
+           "ModelConfig", "Override", "TrainConfig", "apply_override", "check_value", "config_path", "dump_yaml", "flatten", "from_dict",
            "load_config", "parse_every", "parse_override", "parse_value", "read_yaml", "recipe_path", "replace", "to_dict"]

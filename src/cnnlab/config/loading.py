@@ -273,17 +273,43 @@ def from_dict(cls: type, data: Any, prefix: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise CnnlabError(f"unknown config key '{prefix}{unknown[0]}'; valid keys in {where}: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-        choices = f.metadata.get("choices")
-        if choices is not None and kwargs[name] not in choices:
-            shown = ", ".join("null" if c is None else str(c) for c in choices)
-            raise CnnlabError(f"{_named(prefix + name)}: {value!r} is not one of {shown}")
-        if "range" in f.metadata and kwargs[name] is not None:
-            _check_range(kwargs[name], f.metadata["range"], f"{prefix}{name}")
+    kwargs = {name: _field_value(fields[name], hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _field_value(f: dataclasses.Field, hint: Any, value: Any, key: str) -> Any:
+    """``value`` coerced to field ``f``'s type, its choices and range checked."""
+    out = _coerce(hint, value, key)
+    choices = f.metadata.get("choices")
+    if choices is not None and out not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        raise CnnlabError(f"{_named(key)}: {value!r} is not one of {shown}")
+    if "range" in f.metadata and out is not None:
+        _check_range(out, f.metadata["range"], key)
+    return out
+
+
+def check_value(key: str, value: Any) -> None:
+    """Checks one ``key`` = ``value`` on its own: the type, choices and range its field allows (what
+    :func:`from_dict` checks), e.g. each value of a ``compare --vary`` before any variant trains. Keys inside
+    lists or free mappings (``model.layers.0.filters``) and unknown keys are left to :func:`from_dict`.
+
+    Raises:
+        CnnlabError: a value the field can never take, naming the key.
+    """
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return
+        hint = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            _field_value(fields[part], hint, value, key)
+        elif dataclasses.is_dataclass(hint):
+            cls = hint
+        else:
+            return
 
 
 def _check_range(value: float, bounds: tuple, key: str) -> None:

@@ -65,6 +65,8 @@ class Augmenter:
             return x
         if x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"expected float (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        if x.shape[0] == 0:  # nothing to draw for (and the crop's gather cannot reshape 0 elements)
+            return x.clone()
         cfg = self.config
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         g = generator
