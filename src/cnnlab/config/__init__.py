@@ -1,14 +1,14 @@
-"""Experiment configuration: the schema (``schema``) and how a config is built and stored (``loading``)."""
+"""Experiment configuration: the schema (``schema``), its fields checked (``fields``), and how a config is built
+and stored (``loading``)."""
 
+from cnnlab.config.fields import check_value, from_dict
 from cnnlab.config.loading import (
     PACKAGED,
     Override,
     apply_override,
-    check_value,
     config_path,
     dump_yaml,
     flatten,
-    from_dict,
     load_config,
     parse_override,
     parse_value,
