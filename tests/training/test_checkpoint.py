@@ -162,3 +162,11 @@ def test_a_digest_that_leaves_files_out_vouches_for_nothing(tmp_path, make_model
     (tmp_path / "ck" / "digest.json").write_text(digest)
     with pytest.raises(CnnlabError, match=r"ck holds no usable checkpoint \(digest.json is damaged\)"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_plain_json_objects_in_state_json_are_read_with_their_tensors():
+    # cnnlab writes every mapping as {"__dict__": [[key, value], ...]} (int keys survive); a state.json edited
+    # by hand may hold plain objects: their values are read the same way, tensor references included
+    t = torch.arange(3.0)
+    state = checkpoint._join({"a": {"__tensor__": "x"}, "b": {"c": [1, {"__tensor__": "x"}]}, "d": None}, {"x": t})
+    assert state["a"] is t and state["b"]["c"][0] == 1 and state["b"]["c"][1] is t and state["d"] is None
