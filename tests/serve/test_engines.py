@@ -47,6 +47,15 @@ def test_ort_engine_matches_torch_with_dynamic_and_fixed_batches(tiny, tmp_path,
     assert got.shape == (10, 4) and np.abs(got - TorchEngine(tiny, NORM)(x)).max() <= 1e-5
 
 
+def test_ort_session_asks_for_the_cpu_provider_by_its_name(tiny, tmp_path, capfd):
+    path = tmp_path / "tiny.onnx"
+    write_onnx(tiny, (1, 6, 6), path)
+    session = ort_session(path)
+    out, err = capfd.readouterr()
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "EP Error" not in out + err  # onnxruntime's banner for a provider name it does not know (then a retry)
+
+
 def test_ort_session_of_missing_and_corrupt_files(tmp_path):
     with pytest.raises(CnnlabError, match=r"nope.onnx not found; export the run to ONNX first \(cnnlab export RUN_DIR\)"):
         ort_session(tmp_path / "nope.onnx")
