@@ -188,3 +188,67 @@ def test_the_constants_follow_the_inputs_device():
     x = torch.empty(2, 3, 4, 4, device="meta")
     assert n.denormalize(x).device.type == "meta" and n.from_unit(x).device.type == "meta"
     assert n(torch.empty(2, 3, 4, 4, dtype=torch.uint8, device="meta")).device.type == "meta"
+
+
+def test_split_defaults_names_and_edges():
+    data = ImageData(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10) % 2, ("a", "b"), "d")
+    train, val = split(data, 2, seed=0)  # 2 is the smallest count
+    assert (len(train), len(val)) == (8, 2) and (train.name, val.name) == ("d[train]", "d[val]")
+    assert type(train.images) is torch.Tensor and type(val.images) is torch.Tensor  # copies by default
+    assert [len(p) for p in split(data, 0.1, seed=0)] == [9, 1]  # a fraction that holds out one image
+    with pytest.raises(CnnlabError, match=r"nor a whole count of at least 2 images \(10000 holds out 10,000\)$"):
+        split(data, 1, seed=0)
+    with pytest.raises(CnnlabError, match="neither a fraction"):
+        split(data, 0, seed=0)
+
+
+def test_subset_keeps_names_indices_and_one_level_of_view():
+    from cnnlab.data.tensors import RowView
+
+    base = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1)
+    data = ImageData(base, torch.zeros(6, dtype=torch.long), ("a",), "d")
+    sub = data.subset(np.array([5, 3, 1], dtype=np.int32))
+    assert sub.name == "d" and sub.indices.dtype == torch.long and sub.indices.tolist() == [5, 3, 1]
+    assert data.subset([0], "named").name == "named"
+    assert sub.subset([1]).indices.tolist() == [3]  # positions in the original data, through two subsets
+    lazy = data.subset([5, 4, 3], copy=False).subset([2, 0], copy=False)
+    assert isinstance(lazy.images, RowView) and lazy.images.base is base  # rows of the data, not a view of a view
+
+
+def test_to_keeps_everything_but_the_device():
+    data = ImageData(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0]), ("a", "b"), "d")
+    sub = data.subset([2, 0])
+    moved = sub.to("meta")
+    assert moved.images.device.type == "meta" and moved.labels.device.type == "meta"
+    assert (moved.name, moved.classes, moved.indices.tolist()) == ("d", ("a", "b"), [2, 0])
+
+
+def test_batches_shuffle_with_the_generator_only():
+    data = ImageData(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.zeros(100, dtype=torch.long), ("a",))
+
+    def order(seed):
+        torch.manual_seed(seed)  # the global stream must not matter
+        return torch.cat([x.flatten() for x, _ in batches(data, 32, shuffle=True,
+                                                          generator=torch.Generator().manual_seed(7))]).tolist()
+
+    first = order(1)
+    assert first == order(2) and sorted(first) == list(range(100)) and first != list(range(100))
+
+
+def test_shard_drops_the_remainder_so_every_rank_gets_as_many():
+    from cnnlab.data.tensors import shard
+
+    order = torch.arange(10)
+    assert [shard(order, r, 3).tolist() for r in range(3)] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+
+
+def test_normalizer_default_layout_and_checks():
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    assert IMAGENET(x).is_contiguous()  # NCHW unless channels_last is asked for
+    with pytest.raises(CnnlabError, match="2 means / 1 stds for 3-channel"):
+        Normalizer((0.1, 0.2), (0.3,))(x)
+    with pytest.raises(CnnlabError, match="a constant channel has std 0: use data.normalize: unit, or fit it again"):
+        Normalizer((0.5,), (0.0,))
+    n = Normalizer((0.5,), (0.25,))
+    n(torch.zeros(1, 1, 2, 2, dtype=torch.uint8, device="meta"))  # constants kept per device:
+    assert n(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)).device.type == "cpu"  # the CPU call gets its own
