@@ -170,3 +170,32 @@ def test_plain_json_objects_in_state_json_are_read_with_their_tensors():
     t = torch.arange(3.0)
     state = checkpoint._join({"a": {"__tensor__": "x"}, "b": {"c": [1, {"__tensor__": "x"}]}, "d": None}, {"x": t})
     assert state["a"] is t and state["b"]["c"][0] == 1 and state["b"]["c"][1] is t and state["d"] is None
+
+
+def test_a_full_disk_names_the_good_checkpoint_left_or_none(tmp_path, make_model, monkeypatch):
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(CnnlabError, match=r"the last good checkpoint is none yet$"):  # the first save of a run
+        save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1}, keep_previous=tmp_path / "previous")
+    (tmp_path / "previous").mkdir()  # only the older one exists (last was moved aside, then the save failed)
+    with pytest.raises(CnnlabError, match=f"the last good checkpoint is {tmp_path / 'previous'}$"):
+        save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1}, keep_previous=tmp_path / "previous")
+    with pytest.raises(CnnlabError, match=r"the last good checkpoint is none yet$"):  # no previous asked for
+        save_checkpoint(tmp_path / "last", make_model(), {"epoch": 1})
+
+
+def test_load_errors_name_the_file(tmp_path, make_model):
+    import torch.nn as nn
+
+    last = tmp_path / "last"
+    save_checkpoint(last, make_model(), {"epoch": 1})
+    with pytest.raises(CnnlabError, match=f"^{last / 'model.safetensors'} does not fit this model"):
+        load_checkpoint(last, model=nn.Linear(2, 2))
+    (last / "state.json").write_text("{not json")  # damaged, with a digest that vouches for it
+    digests = json.loads((last / "digest.json").read_text())
+    digests["sha256"]["state.json"] = checkpoint.file_digest(last / "state.json")
+    (last / "digest.json").write_text(json.dumps(digests))
+    with pytest.raises(CnnlabError, match=f"^{last / 'state.json'} is corrupt \\("):
+        load_checkpoint(last)
