@@ -252,3 +252,16 @@ def test_normalizer_default_layout_and_checks():
     n = Normalizer((0.5,), (0.25,))
     n(torch.zeros(1, 1, 2, 2, dtype=torch.uint8, device="meta"))  # constants kept per device:
     assert n(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)).device.type == "cpu"  # the CPU call gets its own
+
+
+def test_labels_must_match_the_images_and_constants_stay_float32():
+    with pytest.raises(ValueError, match=r"^labels shape \(2,\) != \(3,\)$"):
+        ImageData(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), ("a",))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # a notebook's choice must not change the model's input type
+    try:
+        n = Normalizer((0.5,), (0.25,))
+        assert n(torch.zeros(1, 1, 2, 2, dtype=torch.uint8)).dtype == torch.float32
+        assert all(t.dtype == torch.float32 for t in n._consts(torch.device("cpu"), 1))
+    finally:
+        torch.set_default_dtype(previous)

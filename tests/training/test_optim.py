@@ -155,3 +155,22 @@ def test_set_lr_sets_plain_groups_and_tensor_rates_in_place():
     adam = torch.optim.Adam([w], lr=rate)  # PyTorch keeps a tensor lr as given (for capturable/compiled steps)
     set_lr(adam, 0.1, 0.5)
     assert adam.param_groups[0]["lr"] is rate and float(rate) == pytest.approx(0.05)
+
+
+def test_groups_carry_their_scale_and_the_backbone_defaults_to_the_head_rate():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    cfg = TrainConfig(lr=0.01)
+    assert make_param_groups(model, cfg)[0]["lr_scale"] == 1.0  # schedules multiply every group's rate by it
+    head, body = make_param_groups(model, cfg, head={"1.weight", "1.bias"})
+    assert (body["lr"], body["lr_scale"]) == (0.01, 1.0)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_kernels_on_cpu_and_cuda_only(name):
+    from cnnlab.training.optim import _fused_ok
+
+    model = nn.Linear(2, 2)
+    cfg = TrainConfig(optimizer=name, lr=0.05)
+    assert make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu")).defaults["fused"] is True
+    # building a CUDA optimiser needs a GPU; which devices get the fused kernels does not
+    assert _fused_ok(torch.device("cuda")) == {"fused": True} and _fused_ok(torch.device("meta")) == {}
