@@ -195,6 +195,9 @@ def test_split_defaults_names_and_edges():
     train, val = split(data, 2, seed=0)  # 2 is the smallest count
     assert (len(train), len(val)) == (8, 2) and (train.name, val.name) == ("d[train]", "d[val]")
     assert type(train.images) is torch.Tensor and type(val.images) is torch.Tensor  # copies by default
+    from cnnlab.data.tensors import RowView
+
+    assert all(isinstance(p.images, RowView) for p in split(data, 2, seed=0, copy=False))  # or lazy views
     assert [len(p) for p in split(data, 0.1, seed=0)] == [9, 1]  # a fraction that holds out one image
     with pytest.raises(CnnlabError, match=r"nor a whole count of at least 2 images \(10000 holds out 10,000\)$"):
         split(data, 1, seed=0)
@@ -251,7 +254,10 @@ def test_normalizer_default_layout_and_checks():
         Normalizer((0.5,), (0.0,))
     n = Normalizer((0.5,), (0.25,))
     n(torch.zeros(1, 1, 2, 2, dtype=torch.uint8, device="meta"))  # constants kept per device:
-    assert n(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)).device.type == "cpu"  # the CPU call gets its own
+    assert n(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)).tolist() == [[[[2.0, 2.0], [2.0, 2.0]]]]  # CPU's own
+    x = torch.rand(1, 1, 2, 2, requires_grad=True)  # attributions differentiate through the normaliser
+    n.from_unit(x).sum().backward()
+    assert x.grad.tolist() == [[[[4.0, 4.0], [4.0, 4.0]]]]  # d/dx (x - 0.5) / 0.25
 
 
 def test_labels_must_match_the_images_and_constants_stay_float32():
