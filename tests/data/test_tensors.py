@@ -250,7 +250,7 @@ def test_normalizer_default_layout_and_checks():
     assert IMAGENET(x).is_contiguous()  # NCHW unless channels_last is asked for
     with pytest.raises(CnnlabError, match="2 means / 1 stds for 3-channel"):
         Normalizer((0.1, 0.2), (0.3,))(x)
-    with pytest.raises(CnnlabError, match="a constant channel has std 0: use data.normalize: unit, or fit it again"):
+    with pytest.raises(CnnlabError, match=r"a positive number \(a constant channel has std 0: use data.normalize: unit, or fit it again\)$"):
         Normalizer((0.5,), (0.0,))
     n = Normalizer((0.5,), (0.25,))
     n(torch.zeros(1, 1, 2, 2, dtype=torch.uint8, device="meta"))  # constants kept per device:
