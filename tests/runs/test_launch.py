@@ -195,7 +195,8 @@ def test_a_hung_rank_ends_the_job_after_dist_timeout(tmp_path):
     assert took < 90, f"the job took {took:.0f} s to end with train.dist_timeout=5"
 
 
-OPTIONS = {"dataset": "fashion-mnist-sample", "model": "cnn_32_64", "epochs": 3, "batch_size": 64,
+# 5 epochs of ~1 s: the kill lands mid-run even when this process is slow to see epoch 1
+OPTIONS = {"dataset": "fashion-mnist-sample", "model": "cnn_32_64", "epochs": 5, "batch_size": 64,
            "precision": "fp32", "nproc": 2}
 KILLED = ("import sys\nfrom cnnlab.runs.experiment import train\nfrom cnnlab.runs.options import experiment_config\n"
           "if __name__ == '__main__':\n"
@@ -215,10 +216,10 @@ def test_a_two_rank_run_killed_in_epoch_2_resumes_to_the_uninterrupted_result(tm
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a lost machine would
     proc.wait()
-    assert len(epochs(run)) == 1, "the run got past epoch 2 before the kill; the test needs a slower epoch"
+    assert 1 <= len(epochs(run)) < 5, "the run ended before the kill; the test needs slower epochs"
 
     resumed = train(experiment_config(run / "config.yaml"), resume=run, progress=False, log=lambda s: None)
-    assert [m["epoch"] for m in epochs(run)] == [1, 2, 3]
+    assert [m["epoch"] for m in epochs(run)] == [1, 2, 3, 4, 5]
     clean = train(experiment_config(**OPTIONS), out=tmp_path / "clean", progress=False, log=lambda s: None)
     # same seed, order, optimiser state and per-(epoch, rank) streams: the same numbers
     assert resumed.test.acc == clean.test.acc and resumed.test.loss == clean.test.loss
