@@ -149,28 +149,33 @@ def recipe_path(recipe: str, dataset: str, model: str | None = None) -> Path:
     Raises:
         CnnlabError: unknown recipe, or no config of it for ``dataset``.
     """
-    if model is not None and (PACKAGED / recipe).is_dir():
-        for candidate in sorted((PACKAGED / recipe).glob("*.yaml")):
-            doc = read_yaml(candidate)
-            data, spec = doc.get("data") or {}, doc.get("model") or {}
-            if data.get("dataset") == dataset and spec.get("name") == model:
+    docs = _recipe_docs(PACKAGED / recipe)  # each file parsed once, for both questions below
+    if model is not None:
+        for candidate, doc in docs:
+            if _dataset_of(doc) == dataset and (doc.get("model") or {}).get("name") == model:
                 return candidate
-    path = PACKAGED / recipe / f"{dataset}.yaml"
-    have = _dataset_recipes(PACKAGED / recipe)
+    have = _dataset_recipes(docs)
     if not have:
-        recipes = sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and _dataset_recipes(p))
+        recipes = sorted(p.name for p in PACKAGED.iterdir() if p.is_dir() and _dataset_recipes(_recipe_docs(p)))
         raise CnnlabError(f"unknown recipe {recipe!r}; valid: {', '.join(recipes)}")
     if dataset not in have:
         raise CnnlabError(f"recipe {recipe!r} has no config for dataset {dataset!r}; it has: {', '.join(have)}")
-    return path
+    return PACKAGED / recipe / f"{dataset}.yaml"
 
 
-def _dataset_recipes(folder: Path) -> list[str]:
+def _recipe_docs(folder: Path) -> list[tuple[Path, dict]]:
+    """(file, parsed YAML) of every config in a recipe folder, in name order (none when it is no folder)."""
+    return [(p, read_yaml(p)) for p in sorted(folder.glob("*.yaml"))] if folder.is_dir() else []
+
+
+def _dataset_of(doc: dict) -> Any:
+    return (doc.get("data") or {}).get("dataset")
+
+
+def _dataset_recipes(docs: list[tuple[Path, dict]]) -> list[str]:
     """The datasets a recipe folder has a config for: files named after the dataset they train on (others, like
     ``fast/mnist_best.yaml``, are configs reached by name)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.yaml") if (read_yaml(p).get("data") or {}).get("dataset") == p.stem)
+    return [p.stem for p, doc in docs if _dataset_of(doc) == p.stem]
 
 
 # ------------------------------------------------------------------------------------------- overrides
