@@ -33,12 +33,17 @@ _pool: ThreadPoolExecutor | None = None
 MAX_K = 64
 
 
-def _build() -> ctypes.CDLL:
+def _build(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compiles convpool.c into the cache (once per source, compiler and flags) and loads it.
+
+    ``defines``: extra ``-D`` flags; the tests build ``-DCONVPOOL_PORTABLE`` to check the portable loops
+    against the AVX-512 ones on a machine that has both.
+    """
     src = SOURCE.read_bytes()
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise OSError("no C compiler (gcc/cc) on PATH")
-    flags = ["-O3", "-march=native", "-shared", "-fPIC"]
+    flags = ["-O3", "-march=native", "-shared", "-fPIC", *defines]
     key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + os.uname().machine.encode()).hexdigest()[:16]
     lib = cache_dir() / "native" / f"convpool-{key}.so"
     if not lib.is_file():
@@ -46,8 +51,8 @@ def _build() -> ctypes.CDLL:
             subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, timeout=120)
     dll = ctypes.CDLL(str(lib))
     p, i = ctypes.c_void_p, ctypes.c_int
-    dll.convpool_forward.argtypes = [p, p, p, p, p] + [i] * 8
-    dll.convpool_backward.argtypes = [p, p, p, p, p, p] + [i] * 8
+    dll.convpool_forward.argtypes = [p, p, p, p, i, p] + [i] * 8
+    dll.convpool_backward.argtypes = [p, p, i, p, p, p] + [i] * 8
     dll.convpool_forward.restype = dll.convpool_backward.restype = i
     return dll
 
@@ -100,8 +105,17 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _out_dtype() -> torch.dtype:
+    """bf16 under CPU bf16 autocast (what the next layer casts the block's output to anyway: writing it in the
+    kernel saves that full-size cast pass, and its gradient's, with the same rounding), else fp32."""
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
 class ConvPoolReLU(torch.autograd.Function):
-    """relu(max_pool2d(conv2d(x, weight, bias), 2)) for a valid stride-1 conv; output channels-last."""
+    """relu(max_pool2d(conv2d(x, weight, bias), 2)) for a valid stride-1 conv; output channels-last, fp32, or
+    bf16 under bf16 autocast (computed in fp32 either way)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
@@ -112,26 +126,29 @@ class ConvPoolReLU(torch.autograd.Function):
         h2, w2 = (h - kh + 1) // 2, (w - kw + 1) // 2
         wt = weight.detach().float().reshape(f, -1).t().contiguous()  # (K, F)
         b = bias.detach().float().contiguous()
-        out = torch.empty(n, h2, w2, f)
-        code = torch.empty(n, h2, w2, f, dtype=torch.uint8)
-        _run([lambda a=a, z=z: lib.convpool_forward(_ptr(x), _ptr(wt), _ptr(b), _ptr(out), _ptr(code), a, z,
+        out = torch.empty(n, h2, w2, f, dtype=_out_dtype())
+        bf16 = int(out.dtype == torch.bfloat16)
+        code = torch.empty(n, h2, w2, f, dtype=torch.uint8)  # pool winner and ReLU mask: all the backward needs
+        _run([lambda a=a, z=z: lib.convpool_forward(_ptr(x), _ptr(wt), _ptr(b), _ptr(out), bf16, _ptr(code), a, z,
                                                     c, h, w, kh, kw, f) for a, z in _chunks(n)])
-        ctx.save_for_backward(x, out, code)
+        ctx.save_for_backward(x, code)
         ctx.kernel = (kh, kw)
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         lib = library()
-        x, out, code = ctx.saved_tensors
+        x, code = ctx.saved_tensors
         n, c, h, w = x.shape
         kh, kw = ctx.kernel
-        f = out.shape[-1]
-        g = grad.permute(0, 2, 3, 1).float().contiguous()  # (N, H2, W2, F)
+        f = code.shape[-1]
+        g = grad.permute(0, 2, 3, 1)  # (N, H2, W2, F); already contiguous when it comes channels-last
+        g = g.contiguous() if g.dtype == torch.bfloat16 else g.float().contiguous()
+        bf16 = int(g.dtype == torch.bfloat16)
         parts = _chunks(n)
         gws = torch.zeros(len(parts), c * kh * kw, f)
         gbs = torch.zeros(len(parts), f)
-        _run([lambda i=i, a=a, z=z: lib.convpool_backward(_ptr(x), _ptr(g), _ptr(out), _ptr(code), _ptr(gws[i]),
+        _run([lambda i=i, a=a, z=z: lib.convpool_backward(_ptr(x), _ptr(g), bf16, _ptr(code), _ptr(gws[i]),
                                                           _ptr(gbs[i]), a, z, c, h, w, kh, kw, f)
               for i, (a, z) in enumerate(parts)])
         grad_w = gws.sum(0).t().reshape(f, c, kh, kw)
