@@ -20,7 +20,7 @@ from cnnlab.models import (
     model_names,
     register_model,
 )
-from cnnlab.models.registry import check_input, reject_options, torchvision_weights
+from cnnlab.models.registry import check_input, first_line, reject_options, torchvision_weights
 
 KEYS = json.loads(Path(__file__).with_name("torchvision_keys.json").read_text())
 ARCHS = sorted(k for k in KEYS if not k.startswith("_"))
@@ -59,6 +59,7 @@ def test_names_descriptions_and_unknown_models():
         create_model("resnet9000", num_classes=2, input_shape=(1, 28, 28))
     with pytest.raises(CnnlabError, match="unknown model 'nope'"):
         model_meta("nope")
+    assert first_line(None) == first_line("  \n ") == "" and first_line("\n  One.\n\n  More.\n  ") == "One."
 
 
 def test_register_model_keeps_the_builder_and_its_metadata(monkeypatch):

@@ -8,7 +8,8 @@ from cnnlab.config import ModelConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.models.pretrained import published_weights
 from cnnlab.models.registry import ModelMeta, create_model, model_meta
-from cnnlab.models.spec import build_spec, spec_meta
+from cnnlab.models.spec import build_spec
+from cnnlab.models.specinfo import spec_meta
 
 
 def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
-ModelBuilder = Callable[..., nn.Module]
+if TYPE_CHECKING:  # start-up time: the registry (and `cnnlab models`) must not import torch (~1.1 s)
+    from torch import nn
+
+ModelBuilder = Callable[..., "nn.Module"]
 
 # Adam learning rates from scratch (ModelMeta.lr): BatchNorm keeps 1e-3 (Keras's default) stable; the deep
 # classics without it need ten times less (measured with cnnlab lr-find: docs/seeds.md).
@@ -126,14 +128,19 @@ class ModelEntry:
     @property
     def description(self) -> str:
         """First line of the builder's docstring."""
-        doc = (self.builder.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return first_line(self.builder.__doc__)
+
+
+def first_line(doc: str | None) -> str:
+    """The first line of a docstring once its ends are stripped ("" for none): a model's one-line description."""
+    text = (doc or "").strip()
+    return text.splitlines()[0] if text else ""
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 # Modules that register model families on import (one family per file).
-_FAMILIES = ("seeds", "vgg", "resnet", "googlenet", "inception", "mobilenet", "alexnet")
+FAMILIES = ("seeds", "vgg", "resnet", "googlenet", "inception", "mobilenet", "alexnet")
 _loaded = False
 
 
@@ -152,7 +159,7 @@ def load_families() -> None:
     global _loaded
     if _loaded:
         return
-    for mod in _FAMILIES:
+    for mod in FAMILIES:
         importlib.import_module(f"cnnlab.models.{mod}")
     _loaded = True
 

@@ -1,16 +1,20 @@
 """The tutorials' own models, as layer specs (the same lists a user writes in YAML).
 
 Parameter counts equal Keras's for the same architecture at the tutorial's input (tests pin them).
+Importing this module does not import torch (the builders do), so the catalogue lists these models fast.
 """
 
 from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cnnlab.models.registry import MODELS, ModelEntry
-from cnnlab.models.spec import SpecModel, build_spec, spec_meta
+from cnnlab.models.specinfo import spec_meta
+
+if TYPE_CHECKING:
+    from cnnlab.models.spec import SpecModel
 
 
 def _conv(filters, k=3, **kw):
@@ -104,6 +108,9 @@ def seed_layers(name: str, num_classes: int | str = "num_classes") -> list[dict]
 
 
 def _builder(name: str, *, num_classes: int = 10, input_shape: tuple[int, int, int] | None = None) -> SpecModel:
+    # lazy: start-up time, spec imports torch (~1.1 s) and only building a model needs it, not listing one
+    from cnnlab.models.spec import build_spec
+
     shape = input_shape or SEED_SPECS[name].input_shape
     return build_spec(seed_layers(name, num_classes), input_shape=shape, num_classes=num_classes)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from cnnlab import native
 from cnnlab.errors import CnnlabError, one_of
-from cnnlab.models.registry import ModelMeta
+from cnnlab.models.specinfo import keras_name
 
 ACTIVATIONS = {
     "linear": None, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softmax": None,
@@ -240,12 +240,6 @@ class SpecModel(nn.Sequential):
         return x
 
 
-_KERAS_NAMES = {
-    "Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AveragePooling2D": "average_pooling2d",
-    "GlobalAveragePooling2D": "global_average_pooling2d", "GlobalMaxPooling2D": "global_max_pooling2d",
-    "Flatten": "flatten", "Dense": "dense", "Dropout": "dropout",
-    "BatchNormalization": "batch_normalization", "Activation": "activation",
-}
 _KEYS = {
     "Conv2D": {"filters", "kernel_size", "strides", "padding", "activation", "use_bias"},
     "MaxPooling2D": {"pool_size", "strides", "padding"},
@@ -257,25 +251,6 @@ _KEYS = {
     "Activation": {"activation"},
 }
 _REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
-
-
-def _keras_name(kind: str, given: Any, counts: dict[str, int]) -> str:
-    """Keras's automatic layer name (``conv2d``, ``conv2d_1``, ...) unless the spec gives one."""
-    base = _KERAS_NAMES[kind]
-    n = counts.get(base, 0)
-    counts[base] = n + 1
-    return str(given or (base if n == 0 else f"{base}_{n}"))
-
-
-def spec_meta(layers: Sequence[Mapping[str, Any]], input_shape: Shape, num_classes: int = 10) -> ModelMeta:
-    """Metadata of a layer list: its head is the last Dense layer, its first conv the first Conv2D."""
-    counts: dict[str, int] = {}
-    names = [(layer.get("type"), _keras_name(layer.get("type"), layer.get("name"), counts))
-             for layer in layers if layer.get("type") in _KERAS_NAMES]
-    dense = [n for kind, n in names if kind == "Dense"]
-    conv = [n for kind, n in names if kind == "Conv2D"]
-    return ModelMeta(tuple(input_shape), num_classes, head=dense[-1] if dense else None,
-                     first_conv=conv[0] if conv else None)
 
 
 def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_classes: int | None = None) -> SpecModel:
@@ -305,7 +280,7 @@ def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_c
         kind = layer.pop("type", None)
         if kind not in _KEYS:
             raise one_of(f"layer type in model.layers.{i}", kind, _KEYS)
-        name = _keras_name(kind, layer.pop("name", None), counts)
+        name = keras_name(kind, layer.pop("name", None), counts)
         where = f"model.layers.{i} ({name}: {kind})"
         layer.pop("input_shape", None)  # pasted from Keras code; the data decides the input shape
         unknown = set(layer) - _KEYS[kind]
