@@ -107,6 +107,9 @@ def test_unknown_dataset_lists_the_valid_names():
 def test_bundled_sample_is_verified_and_stratified():
     train, test = ds.load_dataset("fashion-mnist-sample")
     assert train.images.shape == (6000, 1, 28, 28) and test.images.shape == (1000, 1, 28, 28)
+    # one contiguous uint8 block (the channel axis a plain view, not a stride-0 one) and int64 labels
+    assert train.images.dtype == torch.uint8 and train.images.stride() == (784, 784, 28, 1)
+    assert train.labels.dtype == test.labels.dtype == torch.int64
     assert train.class_counts() == [600] * 10 and test.class_counts() == [100] * 10
     assert sum(Path(ds.SAMPLES_DIR / "fashion-mnist-sample" / f.name).stat().st_size
                for f in ds.DATASETS.get("fashion-mnist-sample").files) < 5e6

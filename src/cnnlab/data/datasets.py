@@ -13,17 +13,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cnnlab.data import cifar
 from cnnlab.data.idx import read_idx_cached
 from cnnlab.data.sources import data_roots
-from cnnlab.data.tensors import ImageData
 from cnnlab.errors import CnnlabError
 from cnnlab.io import RemoteFile, cache_dir, check_file, download_file, write_atomic
 from cnnlab.registry import Registry
+
+if TYPE_CHECKING:
+    from cnnlab.data.tensors import ImageData
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -217,7 +219,18 @@ def _missing(info: DatasetInfo, roots: list[Path], why: str) -> DatasetMissing:
 
 
 SPLITS = ("train", "test")
-Loader = Callable[[Path, DatasetInfo, Sequence[str]], list[ImageData]]
+Loader = Callable[[Path, DatasetInfo, Sequence[str]], "list[ImageData]"]
+
+
+def _image_data(images: np.ndarray, labels: np.ndarray, info: DatasetInfo, split: str) -> ImageData:
+    """One split as :class:`ImageData` of uint8 images (N, C, H, W), not copied, and labels (N,) as int64."""
+    # lazy: start-up time, torch costs ~1.1 s that `cnnlab datasets list` / `info` (this registry) never need
+    import torch
+
+    from cnnlab.data.tensors import ImageData
+
+    return ImageData(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False)), info.classes,
+                     f"{info.name}:{split}")
 
 
 def _load_idx(folder: Path, info: DatasetInfo, splits: Sequence[str] = SPLITS) -> list[ImageData]:
@@ -229,8 +242,8 @@ def _load_idx(folder: Path, info: DatasetInfo, splits: Sequence[str] = SPLITS) -
         if x.ndim != 3 or y.shape != (x.shape[0],):
             raise CnnlabError(f"{folder}: {prefix} images {x.shape} and labels {y.shape} do not match")
         # a fresh decode is a read-only frombuffer view: copy it; the cache's np.load array is writable already
-        images = torch.from_numpy(x if x.flags.writeable else x.copy()).unsqueeze(1)
-        out.append(ImageData(images, torch.from_numpy(y.astype(np.int64)), info.classes, f"{info.name}:{split}"))
+        images = np.expand_dims(x if x.flags.writeable else x.copy(), 1)  # (N, H, W) → (N, 1, H, W), a view
+        out.append(_image_data(images, y, info, split))
     return out
 
 
@@ -239,7 +252,7 @@ def _load_cifar(folder: Path, info: DatasetInfo, splits: Sequence[str] = SPLITS)
     out = []
     for split in splits:
         x, y = cifar.read_split(batches, cifar.TRAIN_BATCHES if split == "train" else (cifar.TEST_BATCH,))
-        out.append(ImageData(torch.from_numpy(x), torch.from_numpy(y), info.classes, f"{info.name}:{split}"))
+        out.append(_image_data(x, y, info, split))
     return out
 
 
