@@ -1,6 +1,8 @@
 """``cnnlab datasets``, ``models`` and ``summary``: what they print, and user mistakes as one ``error:`` line."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -59,6 +61,20 @@ def test_dataset_info_lines(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "Any Keras-style layer list works too: model.layers in a YAML config (see configs/)."
     assert any(line.startswith("dnn_128              Tutorial 1 DNN:") for line in out)
+
+
+def test_models_prints_the_catalogue_and_the_lists_start_without_torch(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from cnnlab.models import describe, model_names
+
+    assert lines[:-2] == [f"{name:<20} {describe(name)}" for name in model_names()] and lines[-2] == ""
+    # start-up: these commands only read tables, so they must not pay for importing PyTorch (~1.1 s)
+    code = ("import sys; from cnnlab.cli import main; "
+            "codes = [main(a) for a in (['models'], ['datasets', 'list'], ['datasets', 'info', 'cifar-10'])]; "
+            "print(codes, 'torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "[0, 0, 0] False"
 
 
 def test_datasets_inspect_a_folder(image_folder, capsys):

@@ -7,7 +7,7 @@ import argparse
 from cnnlab.cli.main import EXIT_OK, print_json
 from cnnlab.data.datasets import CIFAR_ARCHIVE, DATASETS, where_is
 from cnnlab.errors import CnnlabError
-from cnnlab.models import describe, model_names
+from cnnlab.models.catalog import catalog
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -46,8 +46,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    for name in model_names():
-        print(f"{name:<20} {describe(name)}")
+    for name, description in catalog():
+        print(f"{name:<20} {description}")
     print("\nAny Keras-style layer list works too: model.layers in a YAML config (see configs/).")
     return EXIT_OK
 
