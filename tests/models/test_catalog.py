@@ -74,6 +74,7 @@ def test_registered_in_reads_names_and_docstrings_from_the_source():
     "from x import register_model\ndef f(): pass\nf = register_model(META)(f)\n",
     "from x import MODELS\nMODELS.add('n', entry)\n",
     "from x import register_model\n@register_model(META, **options)\ndef f(): pass\n",
+    "from x import register_model\n@register_model(*arguments)\ndef f(): pass\n",
     "from x import register_model\nclass A:\n    @register_model(META)\n    def f(self): pass\n",
 ])
 def test_a_registration_the_text_does_not_show_plainly_is_refused(source):

@@ -86,7 +86,8 @@ def _is_models_add(func: ast.expr) -> bool:
 def _registered_name(call: ast.Call) -> str | None:
     """The ``name`` given to ``register_model`` (None: the function's own), as ``name or fn.__name__`` reads it."""
     given = [kw.value for kw in call.keywords if kw.arg == "name"] + call.args[1:2]
-    if any(kw.arg is None for kw in call.keywords) or len(call.args) > 2:
+    if (any(kw.arg is None for kw in call.keywords) or len(call.args) > 2
+            or any(isinstance(arg, ast.Starred) for arg in call.args)):
         raise UnreadableSource(f"line {call.lineno}: register_model with arguments it does not take plainly")
     if not given:
         return None
