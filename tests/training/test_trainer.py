@@ -337,3 +337,15 @@ def test_steps_per_epoch_makes_each_epoch_the_first_steps_of_its_own_order(toy, 
     assert trainer.lr == pytest.approx(trainer.cfg.peak_lr * 1e-4)  # one-cycle planned over the 9 steps: at its floor
     assert len(trainer.history) == 3 and all(h["val_loss"] is not None for h in trainer.history)
     assert make_trainer(toy, steps_per_epoch=100).steps_per_epoch == 12  # never more than a pass
+
+
+def test_validation_freq_validates_every_nth_epoch_and_the_last(toy, make_trainer):
+    trainer = make_trainer(toy, epochs=5, validation_freq=2)
+    trainer.fit()
+    validated = [h["epoch"] for h in trainer.history if h["val_loss"] is not None]
+    assert validated == [2, 4, 5]  # Keras's N, 2N, ..., and the last epoch, whose weights the run keeps
+    assert all(h["val_acc"] is None for h in trainer.history if h["epoch"] in (1, 3))
+    assert trainer.last_eval is not None and trainer.last_eval.loss == trainer.history[-1]["val_loss"]
+    every = make_trainer(toy, epochs=5)
+    every.fit()
+    assert [h["train_loss"] for h in every.history] == [h["train_loss"] for h in trainer.history]  # training untouched

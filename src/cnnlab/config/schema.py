@@ -171,6 +171,10 @@ class TrainConfig:
             epoch trains on the first ``steps_per_epoch * batch_size`` images of its own shuffled order, a fresh
             sample of the training set each time, and then validates; None = one pass over the training set.
             Fractions of passes, e.g. 1.5 passes in 3 shorter epochs.
+        validation_freq: validate after every this many epochs (Keras's ``fit(validation_freq=N)``: after
+            epochs N, 2N, ...) and, unlike Keras, always after the last one; the epochs between record no
+            validation metrics, which monitors (early stopping, best checkpoint, ``stop_at``) skip. Saves the
+            validation passes of short-epoch recipes; 1 = every epoch.
         optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
         lr: peak learning rate. Unset (None, ``lr: null``) means "the model's default": a registered
             model's metadata rate for Adam/AdamW (``ModelMeta.lr``, e.g. 1e-4 for VGG without BatchNorm),
@@ -210,6 +214,7 @@ class TrainConfig:
     epochs: int = _in(5, ge=1)
     batch_size: int = _in(32, ge=1)
     steps_per_epoch: int | None = _in(None, ge=1)
+    validation_freq: int = _in(1, ge=1)
     optimizer: str = _choice("adam", "adamw", "sgd", "rmsprop")
     lr: float | None = _in(None, gt=0)
     momentum: float = _in(0.9, ge=0, lt=1)

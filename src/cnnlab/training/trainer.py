@@ -237,7 +237,8 @@ class Trainer:
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
-        if self.val_data is not None and math.isfinite(loss):
+        if self.val_data is not None and math.isfinite(loss) and (
+                self.epoch % self.cfg.validation_freq == self.cfg.validation_freq - 1 or self.epoch + 1 == self.epochs):
             self.last_eval = self._validate()
             logs.update(val_loss=self.last_eval.loss, val_acc=self.last_eval.acc)
         logs.update(seconds=time.perf_counter() - start, lr=lr_used)
