@@ -55,6 +55,26 @@ def test_import_is_light_and_the_api_works_from_a_fresh_interpreter():
     assert out.split() == [cnnlab.__version__, "True", "True"]
 
 
+TRAIN_AND_RESUME = """
+import sys, cnnlab
+layers = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "Flatten"},
+          {"type": "Dense", "units": "num_classes", "activation": "softmax"}]
+options = dict(progress=False, log=lambda s: None)
+run = cnnlab.train(dataset="fashion-mnist-sample", out=sys.argv[1], epochs=1, batch_size=64, **options,
+                   overrides={"model.layers": layers, "train.steps_per_epoch": 3, "train.ema": 0.9,
+                              "train.schedule": "cosine", "train.l2": 1e-4})
+resumed = cnnlab.train(resume=sys.argv[1], epochs=2, **options)
+print(run.status, resumed.status, len(resumed.history), sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+
+
+def test_training_and_resuming_never_import_torch_dynamo(tmp_path):
+    # torch.optim imports torch._dynamo (~1 s of start-up); cnnlab's optimisers and training path must not
+    out = subprocess.run([sys.executable, "-c", TRAIN_AND_RESUME, str(tmp_path / "run")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["done", "done", "2", "[]"]
+
+
 def test_lr_find_from_python_returns_the_finding_and_its_png(tmp_path):
     found, path = cnnlab.lr_find(model="dnn_128", dataset="fashion-mnist-sample", batch_size=256, steps=20,
                                  start_lr=1e-4, end_lr=1.0, out=tmp_path / "lr.png", log=lambda s: None)

@@ -1,14 +1,24 @@
 """Optimisers with Keras's constants, parameter groups for transfer learning, schedules, the L2 penalty."""
 
+import contextlib
 import math
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.training import optim
 from cnnlab.training.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    RMSprop,
     l2_penalty,
     l2_targets,
     lr_factor,
@@ -63,7 +73,8 @@ def test_optimizers_use_keras_constants(name, kind):
     model = nn.Linear(2, 2)
     cfg = TrainConfig(optimizer=name, lr=0.05, momentum=0.5, nesterov=True)
     opt = make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu"))
-    assert type(opt) is kind and opt.param_groups[0]["lr"] == 0.05
+    assert isinstance(opt, kind) and type(opt).__name__ == kind.__name__  # ours, a subclass of torch's (below)
+    assert opt.param_groups[0]["lr"] == 0.05
     if name in ("adam", "adamw", "rmsprop"):
         assert opt.defaults["eps"] == 1e-7
     if name == "rmsprop":
@@ -174,3 +185,221 @@ def test_fused_kernels_on_cpu_and_cuda_only(name):
     assert make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu")).defaults["fused"] is True
     # building a CUDA optimiser needs a GPU; which devices get the fused kernels does not
     assert _fused_ok(torch.device("cuda")) == {"fused": True} and _fused_ok(torch.device("meta")) == {}
+
+
+# --- torch's optimisers without the torch._dynamo import (Adam, AdamW, SGD, RMSprop of cnnlab.training.optim) ---
+
+CASES = [  # (ours, torch's, flags): cnnlab's flags (fused Adam/AdamW/SGD, eps 1e-7) and a few others
+    (Adam, torch.optim.Adam, {"fused": True, "eps": 1e-7}),
+    (Adam, torch.optim.Adam, {"fused": True, "eps": 1e-7, "weight_decay": 0.01}),
+    (Adam, torch.optim.Adam, {"foreach": False, "amsgrad": True}),  # unfused: torch's body too
+    (AdamW, torch.optim.AdamW, {"fused": True, "eps": 1e-7, "weight_decay": 0.01}),
+    (AdamW, torch.optim.AdamW, {"fused": True, "weight_decay": 0.0}),
+    (SGD, torch.optim.SGD, {"fused": True}),
+    (SGD, torch.optim.SGD, {"fused": True, "momentum": 0.9}),
+    (SGD, torch.optim.SGD, {"fused": True, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    (RMSprop, torch.optim.RMSprop, {"alpha": 0.9, "eps": 1e-7, "momentum": 0.5}),
+]
+CASE_IDS = [f"{ours.__name__}-{'-'.join(f'{k}={v}' for k, v in flags.items())}" for ours, _, flags in CASES]
+
+
+@pytest.fixture(params=[True, False], ids=["dynamo blocked", "dynamo loaded"])
+def ours_context(request):
+    """Runs a test twice: with ``import torch._dynamo`` made to fail inside ``with ours_context():`` (ours then
+    takes the path of a process without dynamo, cnnlab's), and with dynamo loaded (ours then calls torch's
+    wrapped methods). The stock optimisers these tests compare with import it, so they run outside the block.
+    (torch's ``_disable_dynamo`` wrappers keep dynamo's function once called, so only a fresh process proves
+    that building one never imports it: the subprocess test below.)"""
+    import torch._dynamo  # noqa: F401
+
+    @contextlib.contextmanager
+    def context():
+        if not request.param:
+            yield
+            return
+        saved, sys.modules["torch._dynamo"] = sys.modules["torch._dynamo"], None
+        try:
+            yield
+        finally:
+            sys.modules["torch._dynamo"] = saved
+
+    return context
+
+
+def _params() -> list[nn.Parameter]:
+    """A channels-last conv kernel, a bias, a dense kernel, a bf16 vector and one that never gets a gradient."""
+    g = torch.Generator().manual_seed(0)
+    return [nn.Parameter(torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)),
+            nn.Parameter(torch.randn(4, generator=g)), nn.Parameter(torch.randn(5, 4, generator=g)),
+            nn.Parameter(torch.randn(6, generator=g).bfloat16()), nn.Parameter(torch.randn(3, generator=g))]
+
+
+def _groups(params):
+    return [{"params": params[:2], "lr": 0.01}, {"params": params[2:], "lr": 0.003, "name": "second"}]
+
+
+def _steps(opt, params, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        opt.zero_grad()
+        for p in params[:-1]:  # the last keeps grad None: no state, no update
+            p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))
+        opt.step()
+
+
+def _assert_identical(a, b) -> None:
+    """Equal bit for bit, tensors with the same dtype, device and strides, at every depth of a state_dict."""
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert (a.dtype, a.device, a.shape, a.stride()) == (b.dtype, b.device, b.shape, b.stride())
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _assert_identical(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_identical(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize(("ours", "stock", "flags"), CASES, ids=CASE_IDS)
+def test_steps_and_state_are_bit_identical_to_torchs_optimiser(ours, stock, flags, ours_context):
+    ref = _params()
+    ref_opt = stock(_groups(ref), **flags)
+    _steps(ref_opt, ref, 4, seed=1)
+    mine = _params()
+    with ours_context():
+        opt = ours(_groups(mine), **flags)
+        _steps(opt, mine, 4, seed=1)
+        state = opt.state_dict()
+    assert isinstance(opt, stock)
+    _assert_identical([p.detach() for p in mine], [p.detach() for p in ref])
+    assert not torch.equal(mine[0], _params()[0])  # it did move
+    assert mine[-1] not in opt.state  # no state for the parameter without a gradient (plain SGD keeps none)
+    _assert_identical(state, ref_opt.state_dict())
+
+
+@pytest.mark.parametrize(("ours", "stock", "flags"), CASES, ids=CASE_IDS)
+def test_state_dicts_move_between_ours_and_torchs_both_ways(ours, stock, flags, ours_context):
+    ref = _params()  # the uninterrupted run: 3 steps of one gradient stream, 3 of another
+    ref_opt = stock(_groups(ref), **flags)
+    _steps(ref_opt, ref, 3, seed=1)
+    _steps(ref_opt, ref, 3, seed=2)
+
+    params = _params()  # ours, then torch's
+    with ours_context():
+        first = ours(_groups(params), **flags)
+        _steps(first, params, 3, seed=1)
+        saved = first.state_dict()
+    then = stock(_groups(params), **flags)
+    then.load_state_dict(saved)
+    _steps(then, params, 3, seed=2)
+    _assert_identical([p.detach() for p in params], [p.detach() for p in ref])
+    _assert_identical(then.state_dict(), ref_opt.state_dict())
+
+    params = _params()  # torch's, then ours
+    first = stock(_groups(params), **flags)
+    _steps(first, params, 3, seed=1)
+    saved = first.state_dict()
+    with ours_context():
+        then = ours(_groups(params), **flags)
+        then.load_state_dict(saved)
+        _steps(then, params, 3, seed=2)
+        state = then.state_dict()
+    _assert_identical([p.detach() for p in params], [p.detach() for p in ref])
+    _assert_identical(state, ref_opt.state_dict())
+
+
+def test_step_hooks_fire_once_and_the_profiler_names_the_step(ours_context):
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # a stock instance puts torch's hook wrapper on Adam.step
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+    try:
+        with ours_context():
+            w = nn.Parameter(torch.ones(3))
+            opt = Adam([w], fused=True)
+            handles += [opt.register_step_pre_hook(lambda o, a, k: calls.append("pre")),
+                        opt.register_step_post_hook(lambda o, a, k: calls.append("post"))]
+            w.grad = torch.ones(3)
+            opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == ["global pre", "pre", "post", "global post"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.zero_grad()
+        w.grad = torch.ones(3)
+        opt.step()
+    names = {e.name for e in prof.events()}
+    assert {"Optimizer.step#Adam.step", "Optimizer.zero_grad#Adam.zero_grad"} <= names
+
+
+def test_a_torch_lr_scheduler_drives_ours_as_torchs(ours_context):
+    rates = {}
+    for kind in (torch.optim.SGD, SGD):
+        w = nn.Parameter(torch.ones(2))
+        with ours_context() if kind is SGD else contextlib.nullcontext(), warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+            opt = kind([w], lr=0.1, momentum=0.9, fused=True)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=6)
+            rates[kind] = []
+            for _ in range(6):
+                w.grad = torch.ones(2)
+                opt.step()
+                sched.step()
+                rates[kind].append(opt.param_groups[0]["lr"])
+        rates[kind].append(w.detach().clone())
+    _assert_identical(rates[SGD], rates[torch.optim.SGD])
+    assert rates[SGD][0] != rates[SGD][2]
+
+
+def test_a_differentiable_optimiser_takes_torchs_own_step(monkeypatch):
+    # torch's wrapper runs the step with grad mode on for differentiable=True (torch's own test recipe: a
+    # non-leaf parameter whose gradient requires grad); under ours' no_grad the update would have no graph.
+    # As in a process without dynamo (this one has it), where ours would otherwise take its own path:
+    monkeypatch.setattr(optim, "_dynamo_loaded", lambda: False)
+    p0, g = torch.ones(2, requires_grad=True), torch.full((2,), 2.0, requires_grad=True)
+    p = p0.clone()
+    p.grad = g
+    SGD([p], lr=0.1, differentiable=True).step()
+    p.sum().backward()
+    assert p.detach().tolist() == [pytest.approx(0.8)] * 2 and g.grad.tolist() == [pytest.approx(-0.1)] * 2
+
+
+def test_ours_call_torchs_own_functions_under_the_dynamo_wrappers():
+    # what the subclasses rely on in torch 2.13; a torch that wraps differently fails here first
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        plain = getattr(Adam, name).__wrapped__
+        assert plain is getattr(torch.optim.Optimizer, name).__wrapped__ and plain.__qualname__ == f"Optimizer.{name}"
+    for stock, step in ((torch.optim.Adam, "Adam.step"), (torch.optim.AdamW, "Adam.step"),
+                        (torch.optim.SGD, "SGD.step"), (torch.optim.RMSprop, "RMSprop.step")):
+        stock([nn.Parameter(torch.zeros(1))])  # an instance puts torch's hook wrapper on the class's step
+        with_no_grad, body = optim._torch_steps(stock.step)  # ours' super().step
+        assert with_no_grad.__code__.co_name == "_use_grad" and body.__qualname__ == step
+
+
+BUILD_AND_STEP = """
+import sys, torch
+from torch import nn
+from cnnlab.config import TrainConfig
+from cnnlab.training.optim import make_optimizer, make_param_groups
+for name in ("adam", "adamw", "sgd", "rmsprop"):
+    model = nn.Linear(3, 2)
+    cfg = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.01)
+    opt = make_optimizer(make_param_groups(model, cfg), cfg, torch.device("cpu"))
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+
+
+def test_building_and_stepping_each_optimiser_leaves_dynamo_unimported():
+    out = subprocess.run([sys.executable, "-c", BUILD_AND_STEP], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

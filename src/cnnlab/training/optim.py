@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -12,6 +14,83 @@ from cnnlab.config import TrainConfig
 from cnnlab.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
+
+def _dynamo_loaded() -> bool:
+    return sys.modules.get("torch._dynamo") is not None  # None: its import is blocked (as a test does)
+
+
+def _dynamo_free(name: str) -> Callable:
+    """``Optimizer.<name>`` calling torch's own function under its ``@torch._disable_dynamo`` wrapper until
+    ``torch._dynamo`` is loaded, the wrapped one after."""
+    wrapped = getattr(torch.optim.Optimizer, name)
+    plain = wrapped.__wrapped__  # the wrapper is made with functools.wraps (torch/_compile.py)
+
+    @functools.wraps(plain)
+    def method(self, *args, **kwargs):
+        return (wrapped if _dynamo_loaded() else plain)(self, *args, **kwargs)
+
+    return method
+
+
+@functools.cache
+def _torch_steps(step: Callable) -> tuple[Callable, Callable]:
+    """torch's ``step`` as ``Optimizer`` leaves it once an instance exists, split into (the step under its
+    no-grad wrapper ``_use_grad_for_differentiable``, the step's own body).
+
+    ``Optimizer._patch_step_function`` may have put its profiler/hook wrapper (marked ``hooked``) around the
+    class's ``step``; our subclass gets its own, so that one is peeled off, or hooks would fire twice.
+    """
+    while getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step, step.__wrapped__
+
+
+class _WithoutDynamo:
+    """Mixin: a torch optimiser whose construction and steps do not import ``torch._dynamo``.
+
+    Why: importing it costs 1.0-1.5 s on a 2-core CPU (``python -X importtime``), paid by every ``cnnlab
+    train`` before its first step, and torch 2.13 imports it in every optimiser, whatever the flags:
+    ``Optimizer.add_param_group`` (called by ``__init__``), ``zero_grad``, ``state_dict`` and
+    ``load_state_dict`` are wrapped in ``torch._disable_dynamo`` (torch/_compile.py), which imports it on the
+    first call, and ``step`` in ``_use_grad_for_differentiable`` (torch/optim/optimizer.py), which imports it
+    on every call for ``torch._dynamo.graph_break()``.
+
+    Both wrappers only matter while dynamo traces, and nothing can trace before ``torch._dynamo`` is imported.
+    So until it is, these methods call torch's own functions under the wrappers (``__wrapped__``; the step
+    under ``torch.no_grad()``, which is what ``_use_grad_for_differentiable`` sets for a non-differentiable
+    optimiser): the same code, so the same state, state_dict and bits as torch's optimiser; step hooks,
+    the profiler's ``Optimizer.step#Adam.step`` and schedulers are torch's own (the subclass is one). Once
+    dynamo is loaded, or with ``differentiable=True``, every call goes to torch's wrapped method.
+    """
+
+    add_param_group = _dynamo_free("add_param_group")
+    zero_grad = _dynamo_free("zero_grad")
+    state_dict = _dynamo_free("state_dict")
+    load_state_dict = _dynamo_free("load_state_dict")
+
+    def step(self, closure=None):
+        """torch's ``step`` (see the class); returns the closure's loss."""
+        with_no_grad, body = _torch_steps(super().step.__func__)
+        if self.defaults["differentiable"] or _dynamo_loaded():
+            return with_no_grad(self, closure)
+        with torch.no_grad():
+            return body(self, closure)
+
+
+class Adam(_WithoutDynamo, torch.optim.Adam):
+    """``torch.optim.Adam`` without the ``torch._dynamo`` import (see ``_WithoutDynamo``)."""
+
+
+class AdamW(_WithoutDynamo, torch.optim.AdamW):
+    """``torch.optim.AdamW`` without the ``torch._dynamo`` import (see ``_WithoutDynamo``)."""
+
+
+class SGD(_WithoutDynamo, torch.optim.SGD):
+    """``torch.optim.SGD`` without the ``torch._dynamo`` import (see ``_WithoutDynamo``)."""
+
+
+class RMSprop(_WithoutDynamo, torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` without the ``torch._dynamo`` import (see ``_WithoutDynamo``)."""
 
 
 def _fused_ok(device: torch.device) -> dict:
@@ -23,24 +102,24 @@ def _fused_ok(device: torch.device) -> dict:
 @OPTIMIZERS.register("adam")
 def _adam(groups, cfg: TrainConfig, device):
     # eps 1e-7 is Keras's default (PyTorch's is 1e-8); keeps per-epoch results comparable with the tutorials.
-    return torch.optim.Adam(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
+    return Adam(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups, cfg: TrainConfig, device):
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
+    return AdamW(groups, lr=cfg.peak_lr, eps=1e-7, weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups, cfg: TrainConfig, device):
-    return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+    return SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups, cfg: TrainConfig, device):
     # Keras RMSprop: rho 0.9, eps 1e-7.
-    return torch.optim.RMSprop(groups, lr=cfg.peak_lr, alpha=0.9, eps=1e-7, momentum=cfg.momentum if cfg.momentum else 0.0,
+    return RMSprop(groups, lr=cfg.peak_lr, alpha=0.9, eps=1e-7, momentum=cfg.momentum if cfg.momentum else 0.0,
                                weight_decay=cfg.weight_decay)
 
 
