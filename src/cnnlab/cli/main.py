@@ -321,8 +321,9 @@ def entry() -> None:
     """The ``cnnlab`` console script and ``python -m cnnlab``: ``main`` then a fast exit.
 
     Every file a command writes is closed (and renamed into place) before ``main`` returns, so the
-    interpreter's teardown only frees memory; with PyTorch (and ``torch._dynamo``, which ``torch.optim``
-    imports) loaded that takes ~0.6 s on a 2-core CPU, a quarter of a one-epoch MNIST run's fixed cost.
+    interpreter's teardown only frees memory; with PyTorch loaded that took ~0.6 s on a 2-core CPU (measured
+    with ``torch._dynamo`` loaded too, which cnnlab's optimisers no longer import), a quarter of a one-epoch
+    MNIST run's fixed cost then.
     """
     try:
         code = main()
