@@ -1,7 +1,8 @@
 """Wall-clock time to a test accuracy: runs `cnnlab train` on configs and reports seconds and accuracy.
 
 Each run is a fresh process (`python -m cnnlab train --config X`), timed from launch to exit, so the time
-includes Python start-up, data loading, training, evaluation and writing the run directory.
+includes Python start-up, data loading, training, evaluation and writing the run directory. With several
+configs and ``--repeats``, the configs take turns.
 
 Usage: python benchmarks/time_to_accuracy.py CONFIG[:TARGET[:BUDGET_S]] ... [--repeats N] [--json FILE]
   e.g. configs/fast/fashion_mnist_cnn.yaml:0.905:15 configs/fast/mnist.yaml:0.99:10
@@ -41,18 +42,21 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args()
-    rows = []
+    specs = []
     for spec in args.runs:
         config, *rest = spec.split(":")
-        target = float(rest[0]) if rest else None
-        budget = float(rest[1]) if len(rest) > 1 else None
-        extra = [a for o in args.overrides for a in ("--set", o)]
-        walls, accs = [], []
-        for _ in range(args.repeats):
+        specs.append((config, float(rest[0]) if rest else None, float(rest[1]) if len(rest) > 1 else None))
+    extra = [a for o in args.overrides for a in ("--set", o)]
+    results: dict[str, tuple[list[float], list[float]]] = {config: ([], []) for config, _, _ in specs}
+    for _ in range(args.repeats):  # the configs take turns, so a load burst hits them alike
+        for config, _, _ in specs:
             wall, acc, epochs = run_once(config, extra)
-            walls.append(wall)
-            accs.append(acc)
+            results[config][0].append(wall)
+            results[config][1].append(acc)
             print(f"{config}: {acc:.4f} test accuracy in {wall:.1f} s ({epochs} epochs)", flush=True)
+    rows = []
+    for config, target, budget in specs:
+        walls, accs = results[config]
         row = {"config": config, "median_s": statistics.median(walls), "median_acc": statistics.median(accs),
                "walls": walls, "accs": accs, "target": target, "budget_s": budget}
         row["met"] = (target is None or row["median_acc"] >= target) and (budget is None or row["median_s"] <= budget)
