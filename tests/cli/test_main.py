@@ -25,6 +25,16 @@ def test_python_dash_m_exit_codes_and_a_closed_pipe():
     assert b"Traceback" not in proc.stderr.read()
 
 
+def test_an_output_that_cannot_encode_a_character_gets_a_question_mark_not_a_traceback():
+    import os
+
+    for encoding in ("ascii", "latin-1"):
+        env = {**os.environ, "PYTHONIOENCODING": encoding}
+        proc = subprocess.run([sys.executable, "-m", "cnnlab", "models"], capture_output=True, env=env, timeout=60)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr
+        assert b"inputs ? 63x63" in proc.stdout  # inception_v3's "inputs ≥ 63x63"
+
+
 def test_no_command_prints_the_help_and_version_prints_the_version(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out

@@ -40,7 +40,7 @@ def test_folder_report_goes_to_the_log_and_image_size_is_required(image_folder):
 def test_validation_is_the_test_set_or_a_held_out_part_of_training():
     plain = prepare_data(load_config(None, [("data.dataset", "fashion-mnist-sample")]).data)
     assert plain.val is plain.test and len(plain.train) == 6000 and plain.report is None
-    assert plain.note == "validating on the 1,000 test images each epoch (as the tutorials do)"
+    assert plain.note == "validating on the 1,000 test images (as the tutorials do)"
     held = prepare_data(load_config(None, [("data.dataset", "fashion-mnist-sample"), ("data.val_split", 1000)]).data)
     assert (len(held.train), len(held.val), len(held.test)) == (5000, 1000, 1000)
     assert held.note == "validating on 1,000 held-out training images, testing on 1,000"

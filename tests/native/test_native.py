@@ -148,3 +148,23 @@ def test_bf16_output_is_the_fp32_output_rounded_and_takes_a_bf16_gradient():
     grads32 = torch.autograd.grad(out32, [model.conv2d.weight, model.conv2d.bias], g.float())
     for a, r in zip(grads16, grads32, strict=True):
         assert torch.equal(a, r)
+
+
+def test_a_cache_it_cannot_write_means_the_eager_path_not_an_error(monkeypatch):
+    """The kernel is an optimisation: a cache folder it cannot write (atomic_path's one-line CnnlabError) turns
+    it off with the reason, and the block runs eagerly, as without a compiler."""
+    from cnnlab.errors import CnnlabError
+
+    def refuse(*args, **kwargs):
+        raise CnnlabError("cannot write native/convpool.so: permission denied; give a path in a folder you can write")
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "cache_dir", lambda: native.Path("/nonexistent-cnnlab-test-cache"))
+    monkeypatch.setattr(native, "atomic_path", refuse)
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")):
+        pytest.skip("no C compiler here: the build fails before it writes")
+    assert native.library() is None and "permission denied" in native._failed and "eager path" in native._failed
+    model = _block(1, 3, 16).train()
+    assert model.conv2d.conv_pool_relu(torch.randn(2, 1, 15, 15)) is None
+    assert torch.isfinite(model(torch.randn(2, 1, 15, 15))).all()

@@ -27,6 +27,10 @@ def test_curves_have_loss_and_accuracy_panels(tmp_path, png_check_maps):
     png_check_maps(save_figure(fig, tmp_path / "curves.png"))
     no_val = plot_curves([{**h, "val_loss": None, "val_acc": None} for h in HISTORY], title="Mine")
     assert len(no_val.axes[0].get_lines()) == 1 and no_val.get_suptitle() == "Mine"
+    every_2nd = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": 0.5 if e % 2 == 0 else None,
+                  "val_acc": 0.1 * e if e % 2 == 0 else None} for e in range(1, 6)]
+    val = plot_curves(every_2nd).axes[1].get_lines()[1]  # train.validation_freq 2: one joined line, no gaps
+    assert list(val.get_xdata()) == [2, 4] and list(val.get_ydata()) == [0.2, 0.4]
 
 
 def test_prediction_titles_name_the_true_class_of_a_mistake():

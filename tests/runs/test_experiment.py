@@ -423,3 +423,11 @@ def test_ema_with_restore_best_tests_and_keeps_the_best_epochs_average(tmp_path)
     final, kept = load_file(run / "model.safetensors"), load_file(run / "checkpoints" / "best" / "model.safetensors")
     assert all(torch.equal(final[k], kept[k]) for k in final)
     assert result.test.acc == pytest.approx(best["val_acc"], abs=1e-12)  # the test set validates each epoch
+
+
+def test_the_data_line_says_when_validation_runs():
+    from cnnlab.runs.experiment import _cadence
+
+    assert _cadence(1, 5) == ", each epoch"
+    assert _cadence(5, 5) == _cadence(9, 5) == ", after the last epoch"
+    assert _cadence(2, 5) == ", every 2 epochs and after the last"

@@ -34,11 +34,12 @@ class Recorder(RunProgress):
         self.seen.append(read_progress(self.run))
 
 
-def _fit(toy, run, cb, epochs=2):
+def _fit(toy, run, cb, epochs=2, validation_freq=1):
     torch.manual_seed(0)
     model = build_spec(LAYERS, input_shape=toy.shape, num_classes=3)
     # 240 images at batch 64: 4 steps per epoch (the last one 48 images)
-    trainer = Trainer(model, TrainConfig(epochs=epochs, batch_size=64, lr=0.01, optimizer="sgd"), train_data=toy,
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.01, optimizer="sgd", validation_freq=validation_freq)
+    trainer = Trainer(model, cfg, train_data=toy,
                       val_data=toy, normalizer=Normalizer(), engine=Engine(torch.device("cpu"), None, False),
                       callbacks=[HistoryWriter(run), cb])
     trainer.fit()
@@ -57,6 +58,15 @@ def test_every_batch_is_written_when_the_interval_allows(toy, tmp_path):
     assert {s["batches"] for s in cb.seen} == {4} and {s["epochs"] for s in cb.seen} == {2}
     assert cb.seen[-1]["pid"] > 0 and cb.seen[-1]["host"] == socket.gethostname()
     assert not list(run.path.glob(".progress.json.*"))  # atomic writes leave no temporary file behind
+
+
+def test_an_epoch_that_does_not_validate_never_says_validating(toy, tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    run.update_meta(status="running")
+    cb = Recorder(run, interval=10.0, clock=lambda: 100.0)  # only the forced writes
+    _fit(toy, run, cb, epochs=3, validation_freq=2)  # validates after epochs 2 and 3
+    ends = [(s["epoch"], s["phase"]) for s in cb.seen if s["batch"] == 4 and s["phase"] != "epoch done"]
+    assert ends == [(1, "training"), (2, "validating"), (3, "validating"), (3, "finished")]
 
 
 def test_writes_within_an_epoch_are_throttled(toy, tmp_path):

@@ -349,3 +349,10 @@ def test_validation_freq_validates_every_nth_epoch_and_the_last(toy, make_traine
     every = make_trainer(toy, epochs=5)
     every.fit()
     assert [h["train_loss"] for h in every.history] == [h["train_loss"] for h in trainer.history]  # training untouched
+
+
+def test_validates_names_the_epochs_that_validate(toy, make_trainer):
+    trainer = make_trainer(toy, epochs=7, validation_freq=3)
+    assert [e for e in range(7) if trainer.validates(e)] == [2, 5, 6]  # 0-based: epochs 3, 6 and the last
+    trainer.val_data = None
+    assert not any(trainer.validates(e) for e in range(7))  # no validation data: never

@@ -325,6 +325,11 @@ def entry() -> None:
     with ``torch._dynamo`` loaded too, which cnnlab's optimisers no longer import), a quarter of a one-epoch
     MNIST run's fixed cost then.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # an output that cannot encode a character (PYTHONIOENCODING=ascii, a latin-1 console) gets '?' for it,
+        # not a traceback: descriptions and messages use ≥, →, ×
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         code = main()
     except SystemExit as exc:  # argparse's --help (0) / usage errors (2, EXIT_MISTAKE)

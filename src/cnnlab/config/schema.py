@@ -172,9 +172,10 @@ class TrainConfig:
             sample of the training set each time, and then validates; None = one pass over the training set.
             Fractions of passes, e.g. 1.5 passes in 3 shorter epochs.
         validation_freq: validate after every this many epochs (Keras's ``fit(validation_freq=N)``: after
-            epochs N, 2N, ...) and, unlike Keras, always after the last one; the epochs between record no
-            validation metrics, which monitors (early stopping, best checkpoint, ``stop_at``) skip. Saves the
-            validation passes of short-epoch recipes; 1 = every epoch.
+            epochs N, 2N, ...) and, unlike Keras, always after the last planned one; the epochs between record
+            no validation metrics, which monitors (early stopping, best checkpoint, ``stop_at``) skip. A run that
+            a callback stops earlier ends on that epoch, validated or not (the final test runs either way).
+            Saves the validation passes of short-epoch recipes; 1 = every epoch.
         optimizer: adam, adamw, sgd (``momentum``, ``nesterov``) or rmsprop.
         lr: peak learning rate. Unset (None, ``lr: null``) means "the model's default": a registered
             model's metadata rate for Adam/AdamW (``ModelMeta.lr``, e.g. 1e-4 for VGG without BatchNorm),

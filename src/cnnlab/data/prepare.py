@@ -65,7 +65,7 @@ def prepare_data(cfg: DataConfig, *, log: Log = _print, weights: Normalizer | No
             train, val = split(train, cfg.val_split, cfg.split_seed)
             note = f"validating on {len(val):,} held-out training images, testing on {len(test):,}"
         else:
-            val, note = test, f"validating on the {len(test):,} test images each epoch (as the tutorials do)"
+            val, note = test, f"validating on the {len(test):,} test images (as the tutorials do)"
     if cfg.normalize == "standard" and (flat := constant_channels(train)):
         names = ", ".join(f"{i} ({_CHANNEL_NAMES.get((train.shape[0], i), i)})" for i in flat)
         log(f"note: channel {names} is constant in the training images (std 0); it is shifted, not scaled")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, cache_dir
 
 SOURCE = Path(__file__).with_name("convpool.c")
@@ -69,7 +70,9 @@ def library() -> ctypes.CDLL | None:
             else:
                 try:
                     _lib = _build()
-                except (OSError, subprocess.SubprocessError) as exc:
+                except (OSError, subprocess.SubprocessError, CnnlabError) as exc:
+                    # no compiler, a compiler that fails, or a cache it cannot write (CnnlabError from
+                    # atomic_path): the kernel is an optimisation, so training goes on without it
                     _failed = f"native kernel unavailable ({exc}); using the eager path"
     return _lib
 

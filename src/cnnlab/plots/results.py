@@ -17,9 +17,10 @@ def plot_curves(history: Sequence[dict], title: str | None = None) -> Figure:
     for i, (key, label) in enumerate((("loss", "Loss (cross-entropy)"), ("acc", "Accuracy"))):
         ax = fig.add_subplot(1, 2, i + 1)
         ax.plot(epochs, [h[f"train_{key}"] for h in history], ".-", label=f"training {key}", color="#1f77b4")
-        val = [h.get(f"val_{key}") for h in history]
-        if any(v is not None for v in val):
-            ax.plot(epochs, [np.nan if v is None else v for v in val], ".-", label=f"validation {key}", color="#d62728")
+        # only the validated epochs, joined: with `train.validation_freq` the others have no value
+        val = [(e, h[f"val_{key}"]) for e, h in zip(epochs, history, strict=True) if h.get(f"val_{key}") is not None]
+        if val:
+            ax.plot(*zip(*val, strict=True), ".-", label=f"validation {key}", color="#d62728")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

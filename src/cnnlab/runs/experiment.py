@@ -264,6 +264,15 @@ def _record_config_change(run: RunDir, old: Config, new: Config, epoch: int, log
             f"epoch {epoch + 1} continues on the new plan")
 
 
+def _cadence(freq: int, epochs: int) -> str:
+    """When validation runs (``train.validation_freq``), as the data line says it."""
+    if freq == 1:
+        return ", each epoch"
+    if freq >= epochs:
+        return ", after the last epoch"
+    return f", every {freq} epochs and after the last"
+
+
 def _trainer(cfg: Config, data: Data, run: RunDir, progress: bool | None, log: Log,
              extra: Sequence[Callback] = (), place: Place | None = None) -> Trainer:
     """The trainer of a run (for this rank): :func:`build_trainer` with the config's callbacks (and ``extra``);
@@ -289,7 +298,8 @@ def _record_start(run: RunDir, cfg: Config, data: Data, trainer: Trainer, log: L
         model=cfg.model.name if not cfg.model.layers else None, model_layers=len(cfg.model.layers or ()))
     if data.report is not None:
         run.write_json("data_report.json", data.report.to_dict())
-    log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}")
+    log(f"Data: {data.train.name} {len(data.train):,} train images {data.train.shape}, {data.note}"
+        + _cadence(cfg.train.validation_freq, trainer.epochs))
     log(f"Model: {cfg.model.name if not cfg.model.layers else 'layers from config'} - {params:,} params - "
         f"{engine.device.type} {engine.precision}{' channels_last' if engine.channels_last else ''} "
         f"{torch.get_num_threads()} threads - batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr:g}"

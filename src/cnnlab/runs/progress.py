@@ -60,7 +60,7 @@ class RunProgress(Callback):
         done = batch + 1
         last = done >= trainer.steps_per_epoch
         if last or self.clock() - self._last >= self.interval:
-            self._write(trainer, done, "validating" if last else "training")
+            self._write(trainer, done, "validating" if last and trainer.validates(trainer.epoch) else "training")
 
     def on_train_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         # trainer.epoch already counts this epoch: report it, not the next one

@@ -237,8 +237,7 @@ class Trainer:
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss, "train_acc": acc,
                                 "val_loss": None, "val_acc": None}
         self.last_eval = None
-        if self.val_data is not None and math.isfinite(loss) and (
-                self.epoch % self.cfg.validation_freq == self.cfg.validation_freq - 1 or self.epoch + 1 == self.epochs):
+        if self.validates(self.epoch) and math.isfinite(loss):
             self.last_eval = self._validate()
             logs.update(val_loss=self.last_eval.loss, val_acc=self.last_eval.acc)
         logs.update(seconds=time.perf_counter() - start, lr=lr_used)
@@ -255,6 +254,12 @@ class Trainer:
                 self.request_stop(stop.reason)  # a plain stop: the later callbacks still record this epoch
         if self.world_size > 1:  # rank 0 decides (the ranks saw the same metrics; this makes it certain)
             self.stop_reasons = distributed.from_lead(self.stop_reasons)
+
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with a validation pass: there is validation data, and it is a
+        ``validation_freq``-th epoch or the last planned one."""
+        freq = self.cfg.validation_freq
+        return self.val_data is not None and (epoch % freq == freq - 1 or epoch + 1 == self.epochs)
 
     @property
     def eval_model(self) -> nn.Module:
