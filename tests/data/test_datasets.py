@@ -140,3 +140,20 @@ def test_real_datasets_match_their_published_facts(real_data):
     assert test.class_counts() == [1000] * 10
     alone = ds.load_test_split("cifar-10", real_data)
     assert torch.equal(alone.images, test.images) and torch.equal(alone.labels, test.labels)
+
+
+def test_a_cache_that_cannot_record_a_verification_still_verifies(tmp_path, monkeypatch):
+    """verified.json is a shortcut: a cache folder it cannot write (a CnnlabError from the atomic write) costs a
+    re-hash next time, not the run."""
+    data = tmp_path / "f.bin"
+    data.write_bytes(b"cnnlab")
+    spec = RemoteFile("f.bin", ("http://127.0.0.1/f.bin",), sha256=hashlib.sha256(b"cnnlab").hexdigest())
+
+    def refuse(path, text):
+        raise CnnlabError(f"cannot write {path}: permission denied; give a path in a folder you can write")
+
+    monkeypatch.setattr(ds, "write_atomic", refuse)
+    ds.verify(data, spec)  # no error
+    data.write_bytes(b"other!")
+    with pytest.raises(CnnlabError):  # and a wrong file is still refused
+        ds.verify(data, spec)

@@ -139,7 +139,8 @@ def verify(path: Path, spec: RemoteFile) -> None:
         return
     check_file(path, spec)
     known[key] = stamp
-    with contextlib.suppress(OSError):  # best effort: a read-only cache only costs a re-hash next time
+    # best effort: a read-only cache (atomic writes report it as a CnnlabError) only costs a re-hash next time
+    with contextlib.suppress(OSError, CnnlabError):
         write_atomic(store, json.dumps(known))
 
 

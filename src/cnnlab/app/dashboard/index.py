@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from cnnlab.app.compare import MARKER as COMPARE_MARKER
+from cnnlab.errors import CnnlabError
 from cnnlab.io import write_atomic
 from cnnlab.runs.history import best_epoch
 from cnnlab.runs.progress import read_progress, trainer_alive
@@ -246,7 +247,8 @@ class RunIndex:
 
     def _save(self) -> None:
         rows = [{**row.to_dict(), "key": self._keys[rid]} for rid, row in self._raw.items()]
-        with contextlib.suppress(OSError):  # no cache (read-only home): the next server reads the files
+        # no cache (read-only home; atomic writes report it as a CnnlabError): the next server reads the files
+        with contextlib.suppress(OSError, CnnlabError):
             write_atomic(self.store, json.dumps({"version": STORE_VERSION, "root": str(self.root.resolve()),
                                                  "rows": rows}))
 
