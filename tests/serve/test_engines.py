@@ -36,6 +36,15 @@ def test_torch_engine_is_the_softmax_of_the_normalised_input(tiny):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
 
 
+def test_the_torch_engine_keeps_the_memory_it_frees(tiny, monkeypatch):
+    from cnnlab.serve import engines
+
+    calls = []
+    monkeypatch.setattr(engines, "keep_freed_memory", lambda: calls.append(1) or True)
+    TorchEngine(tiny, NORM)
+    assert calls == [1]  # glibc's thresholds, as training sets them (cnnlab.native.heap)
+
+
 @pytest.mark.parametrize("batch", [None, 4])
 def test_ort_engine_matches_torch_with_dynamic_and_fixed_batches(tiny, tmp_path, batch):
     path = tmp_path / "tiny.onnx"

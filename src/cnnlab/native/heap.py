@@ -1,10 +1,11 @@
-"""Keep freed memory in the process during training: glibc's ``mallopt`` trim and mmap thresholds.
+"""Keep freed memory in the process during training and inference: glibc's ``mallopt`` trim and mmap thresholds.
 
 Why: a training step allocates and frees the same large blocks each time (at batch 200 the tutorial CNN's
 max-pool indices are 14.7 MB, its activations 8-14 MB). With glibc's defaults the freed top of the heap is
 returned to the kernel after each step (its dynamic trim threshold is twice the largest block it ever
 mmapped) and grown again in the next, and every regrown page is faulted in and zeroed by the kernel:
-``mnist_cnn_dropout`` spent ~27% of its time in system calls (docs/benchmarks.md, "System time"). Fixed
+``mnist_cnn_dropout`` spent ~27% of its time in system calls (docs/benchmarks.md, "System time"), and batched
+bf16 inference lost up to half its speed the same way (same section). Fixed
 thresholds (``M_TRIM_THRESHOLD`` 1 GiB; ``M_MMAP_THRESHOLD`` 32 MiB, above those blocks) keep those
 pages mapped; the cost is that memory freed during training stays with the process until it exits, as with
 the allocators (jemalloc, tcmalloc) PyTorch users preload for the same reason. ``CNNLAB_KEEP_HEAP=0`` leaves

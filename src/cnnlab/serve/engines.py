@@ -13,6 +13,7 @@ import torch
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
+from cnnlab.native.heap import keep_freed_memory
 
 ENGINES = ("auto", "torch", "onnx")
 
@@ -31,6 +32,7 @@ class TorchEngine:
     def __init__(self, model: torch.nn.Module, normalizer: Normalizer) -> None:
         self.model = model.eval()
         self.normalizer = normalizer
+        keep_freed_memory()  # batched prediction frees and reallocates its activations: keep them (native/heap.py)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.data.tensors import ImageData, Normalizer, batches
+from cnnlab.native.heap import keep_freed_memory
 from cnnlab.training.engine import Engine
 from cnnlab.training.metrics import Evaluation, confusion_matrix
 from cnnlab.training.optim import l2_penalty, l2_targets
@@ -161,6 +162,7 @@ def evaluate_sums(
     """
     was = model.training
     model.eval()
+    keep_freed_memory()  # each batch's activations are freed and reallocated: keep them mapped (native/heap.py)
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     preds, probs = [], []
     try:
