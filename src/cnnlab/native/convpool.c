@@ -216,29 +216,27 @@ static inline __attribute__((always_inline)) void bwd_chunk(
     const __m512 zero = _mm512_setzero_ps();
     __m512 acc[KC], accb = zero;
     for (int k = 0; k < KCC; k++) acc[k] = zero;
-    {
-        const float *xn = x + (long)n * C * H * W;
-        for (int i = 0; i < H2; i++)
-            for (int j = 0; j < W2; j++) {
-                const long o = (((long)n * H2 + i) * W2 + j) * F + f0;
-                const __m128i cb = _mm_loadu_si128((const __m128i *)(code + o));
-                const __m512 gin = bf16 ? from_bf16x16((const uint16_t *)g + o) : _mm512_loadu_ps((const float *)g + o);
-                /* through the ReLU: zero where it cut (threshold_backward's select, not a product) */
-                const __m512 gv = _mm512_maskz_mov_ps(_mm_test_epi8_mask(cb, _mm_set1_epi8(RELU_PASSED)), gin);
-                const __m128i pos = _mm_and_si128(cb, _mm_set1_epi8(3));
-                accb = _mm512_add_ps(accb, gv);
-                __mmask16 won[4];
-                float p[4][KC];  /* the patch values copied first: the FMAs then broadcast from fixed offsets */
-                for (int q = 0; q < 4; q++) {
-                    won[q] = _mm_cmpeq_epi8_mask(pos, _mm_set1_epi8((char)q));
-                    const float *xq = xn + (2 * i + (q >> 1)) * W + 2 * j + (q & 1);
-                    for (int k = 0; k < KCC; k++) p[q][k] = xq[off[k0 + k]];
-                }
-                for (int k = 0; k < KCC; k++)
-                    for (int q = 0; q < 4; q++)
-                        acc[k] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(p[q][k]), gv, acc[k], won[q]);
+    const float *xn = x + (long)n * C * H * W;
+    for (int i = 0; i < H2; i++)
+        for (int j = 0; j < W2; j++) {
+            const long o = (((long)n * H2 + i) * W2 + j) * F + f0;
+            const __m128i cb = _mm_loadu_si128((const __m128i *)(code + o));
+            const __m512 gin = bf16 ? from_bf16x16((const uint16_t *)g + o) : _mm512_loadu_ps((const float *)g + o);
+            /* through the ReLU: zero where it cut (threshold_backward's select, not a product) */
+            const __m512 gv = _mm512_maskz_mov_ps(_mm_test_epi8_mask(cb, _mm_set1_epi8(RELU_PASSED)), gin);
+            const __m128i pos = _mm_and_si128(cb, _mm_set1_epi8(3));
+            accb = _mm512_add_ps(accb, gv);
+            __mmask16 won[4];
+            float p[4][KC];  /* the patch values copied first: the FMAs then broadcast from fixed offsets */
+            for (int q = 0; q < 4; q++) {
+                won[q] = _mm_cmpeq_epi8_mask(pos, _mm_set1_epi8((char)q));
+                const float *xq = xn + (2 * i + (q >> 1)) * W + 2 * j + (q & 1);
+                for (int k = 0; k < KCC; k++) p[q][k] = xq[off[k0 + k]];
             }
-    }
+            for (int k = 0; k < KCC; k++)
+                for (int q = 0; q < 4; q++)
+                    acc[k] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(p[q][k]), gv, acc[k], won[q]);
+        }
     for (int k = 0; k < KCC; k++) {
         float *w = gw + (long)(k0 + k) * F + f0;
         _mm512_storeu_ps(w, _mm512_add_ps(_mm512_loadu_ps(w), acc[k]));

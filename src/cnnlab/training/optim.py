@@ -15,6 +15,7 @@ from cnnlab.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
 
+
 def _dynamo_loaded() -> bool:
     return sys.modules.get("torch._dynamo") is not None  # None: its import is blocked (as a test does)
 
@@ -113,14 +114,14 @@ def _adamw(groups, cfg: TrainConfig, device):
 @OPTIMIZERS.register("sgd")
 def _sgd(groups, cfg: TrainConfig, device):
     return SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay, **_fused_ok(device))
+               weight_decay=cfg.weight_decay, **_fused_ok(device))
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups, cfg: TrainConfig, device):
     # Keras RMSprop: rho 0.9, eps 1e-7.
     return RMSprop(groups, lr=cfg.peak_lr, alpha=0.9, eps=1e-7, momentum=cfg.momentum if cfg.momentum else 0.0,
-                               weight_decay=cfg.weight_decay)
+                   weight_decay=cfg.weight_decay)
 
 
 def make_param_groups(model: nn.Module, cfg: TrainConfig, *, head: set[str] | None = None, backbone_lr: float = 1.0) -> list[dict]:
