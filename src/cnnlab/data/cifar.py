@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -18,44 +17,97 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 
 
-# The official batches hold dicts, lists, bytes, ints and one numpy array, rebuilt through these three
-# globals (checked with pickletools on the official files); nothing else may be constructed.
+# The official batches hold dicts, lists, bytes, ints and numpy arrays, which a pickle rebuilds through these
+# four globals (checked with pickletools on the official files). Each name maps to a small pure-Python stand-in
+# that checks its arguments against what numpy's own pickles hold, so no numpy code ever runs on a file's values:
+# numpy 2.4's dtype.__setstate__ kills the process with a segmentation fault on a crafted state tuple (found by
+# tests/test_fuzz.py), and numpy's _reconstruct allocates whatever shape it is given.
+_PLAIN_DTYPES = frozenset(["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"])
+
+
+def _text(value: object) -> str:
+    """A pickled name as str: Python 2 pickles (the official files) give bytes under ``encoding="bytes"``."""
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    if isinstance(value, str):
+        return value
+    raise pickle.UnpicklingError(f"expected a name, found a {type(value).__name__}")
+
+
+class _Dtype:
+    """``numpy.dtype(code, align, copy)`` for plain number types; BUILD then passes numpy's version-3 state."""
+
+    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
+        self.code, self.order = _text(code), "|"
+        if self.code not in _PLAIN_DTYPES:
+            raise pickle.UnpicklingError(f"dtype {self.code!r} is not a plain number type")
+
+    def __setstate__(self, state: object) -> None:
+        # (3, byteorder, subarray, names, fields, elsize, alignment, flags): all but the byte order are fixed
+        # for plain number types
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[2:7] == (None,) * 3 +
+                (-1, -1) and type(state[7]) is int and _text(state[1]) in ("|", "<", ">", "=")):
+            raise pickle.UnpicklingError(f"dtype state {str(state)[:60]} is not a plain number type's")
+        self.order = _text(state[1])
+
+    def numpy(self) -> np.dtype:
+        dtype = np.dtype(self.code)
+        return dtype.newbyteorder(self.order) if self.order in "<>" else dtype
+
+
+class _NdarrayName:
+    """``numpy.ndarray`` as a pickle names it: only ``_reconstruct`` may receive it; calling it is refused."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> None:  # noqa: D102 - a pickle's REDUCE or NEWOBJ
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray from a data file")
+
+
+class _ArrayState:
+    """What ``_reconstruct`` returns: BUILD hands it ndarray's state and it keeps the checked array."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        # ndarray.__reduce__'s state: (1, shape, dtype, is_fortran, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise pickle.UnpicklingError("an array's state is not (1, shape, dtype, is_fortran, bytes)")
+        _, shape, dtype, fortran, raw = state
+        if not (isinstance(shape, tuple) and len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(dtype, _Dtype) and type(fortran) in (bool, int) and isinstance(raw, bytes)):
+            raise pickle.UnpicklingError("an array's state is not (1, shape, dtype, is_fortran, bytes)")
+        dt = dtype.numpy()
+        if math.prod(shape) * dt.itemsize != len(raw):
+            raise pickle.UnpicklingError(f"an array of shape {shape} needs {math.prod(shape) * dt.itemsize} "
+                                         f"bytes, the file holds {len(raw)}")
+        self.array = np.frombuffer(raw, dt).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _reconstruct(subtype: object, shape: object, code: object) -> _ArrayState:
+    if subtype is not _NdarrayName or shape != (0,) or _text(code) != "b":
+        raise pickle.UnpicklingError("_reconstruct is only allowed as numpy pickles call it")
+    return _ArrayState()
+
+
+def _latin1(text: object, encoding: object = "utf-8") -> bytes:
+    # how Python 3 pickles raw bytes at protocol 2; any other codec (hex, base64...) could multiply a file's size
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is only allowed from text to latin1 bytes")
+    return text.encode("latin1")
+
+
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 pickles the raw bytes of an array at protocol 2; a pure function
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NdarrayName, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
 }
 
 
 class _NoCode(pickle.Unpickler):
-    """Unpickler for the CIFAR batches that refuses every class or function except numpy's array rebuild.
-
-    ``numpy.ndarray`` is handed out as a subclass whose constructor refuses arrays larger than the file (a
-    pickle can call it with any shape, which would allocate that much memory); the official files only pass
-    it to ``_reconstruct`` with shape (0,) and fill it from the file's own bytes.
-    """
-
-    def __init__(self, file, *, limit: int, **kw) -> None:
-        super().__init__(file, **kw)
-        self.limit = limit
+    """Unpickler for the CIFAR batches that builds only plain containers and checked stand-ins (``_ALLOWED``)."""
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
-        if (module, name) == ("numpy", "ndarray"):
-            return _bounded_ndarray(self.limit)
         if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
+            return _ALLOWED[(module, name)]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-
-
-def _bounded_ndarray(limit: int) -> type:
-    class BoundedArray(np.ndarray):
-        def __new__(cls, shape, dtype=float, *args, **kwargs):
-            dims = (shape,) if isinstance(shape, int) else tuple(shape)
-            if any(not isinstance(d, int) or d < 0 for d in dims) or math.prod(dims) * np.dtype(dtype).itemsize > limit:
-                raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the file")
-            return super().__new__(cls, shape, dtype, *args, **kwargs)
-
-    return BoundedArray
 
 
 def read_batch(path: Path) -> dict:
@@ -67,7 +119,7 @@ def read_batch(path: Path) -> dict:
     """
     try:
         with open(path, "rb") as f:
-            batch = _NoCode(f, limit=os.fstat(f.fileno()).st_size, encoding="bytes").load()
+            batch = _NoCode(f, encoding="bytes").load()
     except FileNotFoundError:
         raise CnnlabError(f"{path} not found") from None
     except Exception as exc:  # noqa: BLE001 - pickle raises anything on crafted bytes; all mean "not a batch"
@@ -76,7 +128,11 @@ def read_batch(path: Path) -> dict:
     if not isinstance(batch, dict):
         raise CnnlabError(f"{path} is not a CIFAR-10 python batch (it holds a {type(batch).__name__}, not a dict); "
                           "delete it and fetch it again")
-    return batch
+    arrays = {key: value.array for key, value in batch.items() if isinstance(value, _ArrayState)}
+    if any(array is None for array in arrays.values()):
+        raise CnnlabError(f"{path} is not a CIFAR-10 python batch (an array without its data); "
+                          "delete it and fetch it again")
+    return {**batch, **arrays}
 
 
 def read_split(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
