@@ -26,7 +26,6 @@ from cnnlab.training.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     NanGuard,
-    ProgressBar,
     StallWarning,
     StopAtTarget,
     resolve_mode,
@@ -36,6 +35,7 @@ from cnnlab.training.engine import make_engine
 from cnnlab.training.features import KEY as CACHE_KEY
 from cnnlab.training.features import FeatureCache
 from cnnlab.training.optim import make_param_groups
+from cnnlab.training.progressbar import ProgressBar
 from cnnlab.training.trainer import Trainer
 from cnnlab.training.transfer import BackboneFreeze
 
