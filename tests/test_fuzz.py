@@ -197,7 +197,16 @@ def test_random_bytes_give_a_result_or_a_cnnlab_error_long(name, tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, (f"fuzzing {name} ended with exit code {done.returncode}; its last input is "
                                   f"in {tmp_path}\n{done.stderr[-4000:]}")
+    # ~270 MB is the interpreter with torch; a decoder that lets a small file claim GBs shows here (the C
+    # unpickler's memo once took 3 GB in one run of this test, and an out-of-memory kill in another)
+    peak_mb = int(done.stdout.split()[-1])
+    assert peak_mb < MAX_PEAK_MB, f"fuzzing {name} peaked at {peak_mb} MB; its last input is in {tmp_path}"
 
 
-if __name__ == "__main__":  # the slow test's child: python tests/test_fuzz.py TARGET FOLDER
+MAX_PEAK_MB = 1024
+
+if __name__ == "__main__":  # the slow test's child: python tests/test_fuzz.py TARGET FOLDER; prints its peak MB
+    import resource
+
     _fuzz(sys.argv[1], LONG, Path(sys.argv[2]), derandomize=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

@@ -3,6 +3,7 @@
 import io
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import tarfile
@@ -122,6 +123,40 @@ def test_a_crafted_dtype_state_is_an_error_not_a_crash(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "is not a plain number type's" in done.stdout
+
+
+MEMO = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (1024 * 2**20,) * 2)
+from cnnlab.data import cifar
+from cnnlab.errors import CnnlabError
+try:
+    cifar.read_batch(Path(sys.argv[1]))
+except CnnlabError as exc:
+    print(exc)
+"""
+
+
+def test_a_memo_index_in_the_billions_costs_no_memory(tmp_path):
+    # 9 bytes: None stored at memo index 2**28. pickle's C unpickler sizes its memo array by that index (4 GiB
+    # zeroed; 2**31 got a CI run killed); in a child under a 1 GiB address-space limit that is a MemoryError,
+    # with the pure-Python unpickler the file reads as what it is, a None
+    (tmp_path / "b").write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**28) + b".")
+    done = subprocess.run([sys.executable, "-c", MEMO, str(tmp_path / "b")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "it holds a NoneType, not a dict" in done.stdout, done.stdout
+
+
+def test_a_file_far_larger_than_any_batch_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 1000)
+    (tmp_path / "b").write_bytes(pickle.dumps({b"data": bytes(2000)}, protocol=2))
+    with pytest.raises(CnnlabError, match="is not a CIFAR-10 python batch \\(over 0 MiB; the official batches"):
+        cifar.read_batch(tmp_path / "b")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CnnlabError, match="d cannot be read"):
+        cifar.read_batch(tmp_path / "d")
 
 
 def test_codecs_other_than_latin1_are_refused(tmp_path):

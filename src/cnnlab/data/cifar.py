@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import tarfile
@@ -101,8 +102,18 @@ _ALLOWED = {
 }
 
 
-class _NoCode(pickle.Unpickler):
-    """Unpickler for the CIFAR batches that builds only plain containers and checked stand-ins (``_ALLOWED``)."""
+# The largest official file is a data batch of 31,035,704 bytes; a file far beyond that is not a batch.
+MAX_BATCH_BYTES = 256 * 2**20
+
+
+class _NoCode(pickle._Unpickler):
+    """Unpickler for the CIFAR batches that builds only plain containers and checked stand-ins (``_ALLOWED``).
+
+    It is pickle's pure-Python unpickler, not the C one: the C unpickler keeps its memo as an array indexed by
+    the file's own BINPUT numbers, so a 9-byte pickle storing at index 2**28 makes it zero 4 GiB (2**31: an
+    out-of-memory kill, as one fuzzed batch did to a CI run); the Python one keeps a dict. It reads from bytes
+    already in memory, so a length field that lies cannot make it allocate more than the file.
+    """
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
         if (module, name) in _ALLOWED:
@@ -119,9 +130,16 @@ def read_batch(path: Path) -> dict:
     """
     try:
         with open(path, "rb") as f:
-            batch = _NoCode(f, encoding="bytes").load()
+            data = f.read(MAX_BATCH_BYTES + 1)
     except FileNotFoundError:
         raise CnnlabError(f"{path} not found") from None
+    except OSError as exc:
+        raise CnnlabError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_BATCH_BYTES:
+        raise CnnlabError(f"{path} is not a CIFAR-10 python batch (over {MAX_BATCH_BYTES // 2**20} MiB; the "
+                          "official batches are 31 MB); delete it and fetch it again")
+    try:
+        batch = _NoCode(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001 - pickle raises anything on crafted bytes; all mean "not a batch"
         raise CnnlabError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: "
                           f"{str(exc)[:120]}); delete it and fetch it again") from None
