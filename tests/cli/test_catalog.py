@@ -77,6 +77,16 @@ def test_models_prints_the_catalogue_and_the_lists_start_without_torch(capsys):
     assert done.stderr.strip() == "[0, 0, 0] False"
 
 
+def test_summary_of_a_layer_list_model_starts_without_torch():
+    # start-up: a layer list's table follows from the list, so `cnnlab summary` must not pay for PyTorch (~1.2 s)
+    code = ("import sys; from cnnlab.cli import main; "
+            "codes = [main(a) for a in (['summary', 'cnn_64x2'], ['summary', 'fast/mnist', '--input-shape', '32,32,1'])]; "
+            "print(codes, 'torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "[0, 0] False"
+    assert "Total params: 243,786" in done.stdout
+
+
 def test_datasets_inspect_a_folder(image_folder, capsys):
     assert main(["datasets", "inspect", str(image_folder)]) == 0
     out = capsys.readouterr().out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from cnnlab.data.listing import FolderSpec, collect, folder_classes
+from cnnlab.config import load_config
+from cnnlab.data.listing import FolderSpec, collect, folder_classes, folder_spec
 from cnnlab.errors import CnnlabError
 
 
@@ -38,3 +39,9 @@ def test_file_names_and_split_folders(tmp_path):
     img(tmp_path / "splits" / "test" / "y.png")
     with pytest.raises(CnnlabError, match="split folders"):
         collect(FolderSpec(tmp_path / "splits"))
+
+
+def test_folder_options_reach_the_folder_spec():
+    cfg = load_config(None, [("data.dataset", "folder:/x"), ("data.max_pixels", 5), ("data.resize", "crop")]).data
+    spec = folder_spec(cfg)
+    assert (spec.max_pixels, spec.resize, str(spec.path)) == (5, "crop", "/x")

@@ -63,14 +63,6 @@ def test_normalizers(toy):
     assert torch.allclose(raw.denormalize(raw(x)), x.float() / 255, rtol=0, atol=1e-7)  # the same ulps, for display
 
 
-def test_folder_options_reach_the_folder_spec():
-    from cnnlab.data.prepare import folder_spec
-
-    cfg = load_config(None, [("data.dataset", "folder:/x"), ("data.max_pixels", 5), ("data.resize", "crop")]).data
-    spec = folder_spec(cfg)
-    assert (spec.max_pixels, spec.resize, str(spec.path)) == (5, "crop", "/x")
-
-
 def test_train_and_predict_on_a_folder(image_folder, tmp_path):
     out = tmp_path / "run"
     lines: list[str] = []

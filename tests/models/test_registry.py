@@ -20,7 +20,13 @@ from cnnlab.models import (
     model_names,
     register_model,
 )
-from cnnlab.models.registry import check_input, first_line, reject_options, torchvision_weights
+from cnnlab.models.registry import (
+    check_build_args,
+    check_input,
+    first_line,
+    reject_options,
+    torchvision_weights,
+)
 
 KEYS = json.loads(Path(__file__).with_name("torchvision_keys.json").read_text())
 ARCHS = sorted(k for k in KEYS if not k.startswith("_"))
@@ -128,3 +134,13 @@ def test_classic_models_declare_their_adam_rate():
         assert model_meta(name).lr == (LR_WITHOUT_BN if without_bn else LR_WITH_BN), name
     assert (LR_WITH_BN, LR_WITHOUT_BN) == (1e-3, 1e-4)
     assert model_meta("cnn_64x2").lr is None  # the tutorials' models: train.lr's generic default
+
+
+def test_build_arguments_are_checked_before_anything_is_built():
+    assert check_build_args("m", 3, [1, 28, 28]) == (1, 28, 28)
+    with pytest.raises(CnnlabError) as caught:
+        check_build_args("m", 10, (28, 28, 1))
+    assert str(caught.value) == ("m: `input_shape` is (C, H, W), channels first; (28, 28, 1) looks like Keras's "
+                                 "(H, W, C): use (1, 28, 28)")
+    with pytest.raises(CnnlabError, match=r"^m: `num_classes` must be a whole number ≥ 1, got True$"):
+        check_build_args("m", True, (1, 2, 2))

@@ -6,7 +6,8 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.seeds import seed_layers
-from cnnlab.models.spec import build_spec
+from cnnlab.models.spec import ACTIVATIONS, build_spec
+from cnnlab.models.specshape import ACTIVATION_NAMES
 
 
 def test_same_padding_with_stride_matches_tensorflow():
@@ -137,3 +138,7 @@ def test_plain_inference_takes_the_fused_path_and_hooks_still_see_keras_outputs(
     handle.remove()
     assert torch.allclose(y_fused, y_layers, atol=1e-6)
     assert seen["conv"].shape == (3, 64, 26, 26) and seen["conv"].min() >= 0  # post-ReLU, as Keras
+
+
+def test_every_activation_a_list_may_name_has_a_function():
+    assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.summary import keras_shape, keras_table, layer_rows, param_counts, summary_text
+from cnnlab.models.summary import keras_table, layer_rows, param_counts, summary_text
 
 
 def tutorial_cnn() -> nn.Sequential:
@@ -96,13 +96,6 @@ def test_batchnorm_statistics_count_as_keras_non_trainable_params() -> None:
     assert param_counts(model) == (186, 178)
     assert [r.params for r in layer_rows(model, (1, 6, 6))] == [40, 16, 0, 130]
     assert param_counts(nn.BatchNorm2d(4, track_running_stats=False)) == (8, 8)  # no statistics kept, none counted
-
-
-def test_keras_shape_text() -> None:
-    assert keras_shape((1, 64, 26, 26)) == "(None, 26, 26, 64)"
-    assert keras_shape((1, 1600)) == "(None, 1600)"
-    assert keras_shape((1, 8, 5)) == "(None, 5, 8)"
-    assert keras_shape(None) == "multiple"
 
 
 def test_bad_input_shape_and_depth_are_user_errors(keras_cnn_maps) -> None:

@@ -24,20 +24,14 @@ from typing import Any
 from torch import nn
 
 from cnnlab.app.run import Run
-from cnnlab.config import Config, config_path, from_dict, read_yaml
-from cnnlab.data.datasets import DATASETS
-from cnnlab.data.listing import folder_classes
-from cnnlab.data.prepare import folder_spec
-from cnnlab.errors import CnnlabError, one_of
-from cnnlab.models.build import build_model
-from cnnlab.models.keras import KERAS_SUFFIXES, build_keras, read_keras
+from cnnlab.app.summary import summary
+from cnnlab.config import Config
+from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import create_model as _create
 from cnnlab.models.registry import model_meta, model_names
-from cnnlab.models.summary import summary_text
 from cnnlab.plots.common import save_figure
 from cnnlab.plots.training import plot_lr_find
 from cnnlab.runs.experiment import train as _train
-from cnnlab.runs.loaded import load_run as _load_run
 from cnnlab.runs.lr_find import LrFinding
 from cnnlab.runs.lr_find import lr_find as _lr_find
 from cnnlab.runs.options import experiment_config, resume_config
@@ -162,97 +156,3 @@ def create_model(name: str, *, input_shape: Sequence[int] | None = None, num_cla
     meta = model_meta(name)
     return _create(name, num_classes=meta.num_classes if num_classes is None else num_classes,
                    input_shape=tuple(input_shape) if input_shape else meta.input_shape, **options)
-
-
-def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int] | None = None,
-            num_classes: int | None = None) -> str:
-    """Keras's ``model.summary()`` table of a model, a registered name, a config (name, YAML or object), a run
-    directory or a Keras model file (``.h5`` / ``.keras``, converted as ``cnnlab import-keras`` does).
-
-    A YAML file may also hold just a list of layers. A config's input comes from its data section
-    (registered dataset, or ``data.image_size`` and ``data.grayscale`` for folders).
-
-    Args:
-        model: an ``nn.Module``, a registered model name, a packaged config name, a YAML path, a Config, a run
-            directory or a Keras ``.h5`` / ``.keras`` file.
-        input_shape: (C, H, W); needed for an ``nn.Module`` and for configs whose data cannot tell it.
-        num_classes: outputs, when the name or config does not fix them.
-
-    Raises:
-        CnnlabError: unknown name or file, or an input shape that cannot be worked out.
-    """
-
-    if isinstance(model, nn.Module):
-        if input_shape is None:
-            raise CnnlabError("`input_shape` (C, H, W) is needed to summarise a model object")
-        return summary_text(model, tuple(input_shape), title=type(model).__name__)
-    built, shape, title = _model_to_summarise(model, input_shape, num_classes)
-    return summary_text(built, shape, title=title)
-
-
-def _model_to_summarise(source: str | Path | Config, input_shape: Sequence[int] | None,
-                        num_classes: int | None) -> tuple[nn.Module, tuple[int, int, int], str]:
-
-    if isinstance(source, str) and source in model_names():
-        module = create_model(source, input_shape=input_shape, num_classes=num_classes)
-
-        return module, tuple(input_shape) if input_shape else model_meta(source).input_shape, source
-    path = None if isinstance(source, Config) else Path(source)
-    if path is not None and path.suffix.lower() in KERAS_SUFFIXES and path.is_file():
-        km = read_keras(path)  # Keras's own model file: its converted layers, with Keras's parameter counts
-        return build_keras(km), km.input_shape, km.name
-    if path is not None and path.is_dir():  # a run directory: its model at the input it was trained on
-        loaded = _load_run(path)
-        return loaded.model, loaded.input_shape, loaded.cfg.name or path.name
-    cfg = source if isinstance(source, Config) else _config_or_layers(source)
-    shape, classes = _config_input(cfg, input_shape, num_classes)
-    title = cfg.name or (Path(source).stem if not isinstance(source, Config) else "model")
-    return build_model(cfg.model, input_shape=shape, num_classes=classes), shape, title
-
-
-def _config_or_layers(source: str | Path) -> Config:
-    path = Path(source).expanduser()
-    if not path.is_file() and path.suffix not in (".yaml", ".yml"):
-        try:
-            path = config_path(source)
-        except CnnlabError:
-            raise one_of("model", source, model_names()) from None
-    raw = read_yaml(path, allow_list=True)
-    if isinstance(raw, list):  # a bare layer list
-        return from_dict(Config, {"model": {"layers": raw}}, "")
-    return from_dict(Config, raw, "")
-
-
-def _config_input(cfg: Config, input_shape: Sequence[int] | None, num_classes: int | None) -> tuple[tuple, int]:
-    """(C, H, W) and class count from the config's data section, unless given."""
-
-    ds = cfg.data.dataset
-    if ds in DATASETS:
-        info = DATASETS.get(ds)
-        return tuple(input_shape or info.shape), len(info.classes) if num_classes is None else num_classes
-    if ds.startswith("folder:") and (input_shape or cfg.data.image_size):
-        shape = tuple(input_shape) if input_shape else (1 if cfg.data.grayscale else 3, cfg.data.image_size,
-                                                        cfg.data.image_size)
-        return shape, _folder_class_count(cfg) if num_classes is None else num_classes
-    if input_shape is None:
-        raise CnnlabError(f"cannot infer the input shape of dataset {ds!r}; give `input_shape` (or "
-                          "data.image_size for a folder)")
-    return tuple(input_shape), 10 if num_classes is None else num_classes
-
-
-def _folder_class_count(cfg: Config) -> int:
-    spec = folder_spec(cfg.data)
-    if not spec.path.exists():
-        raise CnnlabError(f"the config's classes come from its image folder {spec.path}, which does not exist here "
-                          "(a relative path starts from the current folder); give `num_classes` to summarise "
-                          "without it")
-    try:
-        classes = folder_classes(spec)
-    except CnnlabError as exc:
-        raise CnnlabError(f"the config's classes come from its image folder, which cannot be read ({exc}); "
-                          "give `num_classes`") from None
-    if not classes:
-        raise CnnlabError(f"the config's image folder {spec.path} has no labelled images to count classes from; "
-                          "give `num_classes`")
-    return len(classes)
-

@@ -64,9 +64,9 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    # lazy: cnnlab.app.api pulls in matplotlib, onnx and the whole app (~0.3 s quiet, >1 s loaded) that
-    # `cnnlab models` and `cnnlab datasets`, served by this module too, never use
-    from cnnlab.app.api import summary
+    # lazy: cnnlab.app.summary reads configs (PyYAML) that `cnnlab models` and `cnnlab datasets`, served by this
+    # module too, never use; it imports torch itself only for a model that is not a layer list
+    from cnnlab.app.summary import summary
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     print(summary(args.model, input_shape=shape, num_classes=args.num_classes))

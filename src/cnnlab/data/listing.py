@@ -10,11 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnlab.data.csvlabels import read_label_csv
 from cnnlab.data.decode import RESIZE_MODES, pixel_limit
 from cnnlab.data.imagefiles import find_images
 from cnnlab.errors import CnnlabError, one_of
+
+if TYPE_CHECKING:
+    from cnnlab.config import DataConfig
 
 LABEL_MODES = ("auto", "subfolders", "filename", "csv")
 DEFAULT_PATTERN = r"^([^\W\d_]+)"  # leading run of letters: cat.123.jpg -> cat, dog_7.png -> dog
@@ -104,6 +108,13 @@ class Listing:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     not_images: list[str] = field(default_factory=list)
     csv: Path | None = None
+
+
+def folder_spec(cfg: DataConfig) -> FolderSpec:
+    """The folder dataset ``cfg.dataset`` (``folder:PATH``) describes."""
+    return FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
+                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize,
+                      file_column=cfg.file_column, label_column=cfg.label_column, max_pixels=cfg.max_pixels)
 
 
 def collect(spec: FolderSpec) -> Listing:

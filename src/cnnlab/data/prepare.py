@@ -11,7 +11,7 @@ from typing import Any
 from cnnlab.config import DataConfig
 from cnnlab.data.datasets import load_dataset, load_test_split
 from cnnlab.data.folder import load_folder
-from cnnlab.data.listing import FolderSpec
+from cnnlab.data.listing import folder_spec
 from cnnlab.data.tensors import IMAGENET, RAW, ImageData, Normalizer, constant_channels, split
 from cnnlab.errors import CnnlabError
 
@@ -133,13 +133,6 @@ def relocate(cfg: DataConfig, data_dir: str | os.PathLike | None) -> DataConfig:
     if cfg.dataset.startswith("folder:"):
         return replace(cfg, dataset=f"folder:{Path(data_dir).expanduser().resolve()}", data_dir=None)
     return replace(cfg, data_dir=str(Path(data_dir).expanduser().resolve()))
-
-
-def folder_spec(cfg: DataConfig) -> FolderSpec:
-    """The folder dataset ``cfg.dataset`` (``folder:PATH``) describes."""
-    return FolderSpec(path=cfg.dataset[len("folder:"):], labels=cfg.labels, pattern=cfg.pattern, csv=cfg.csv,
-                      image_size=cfg.image_size, grayscale=cfg.grayscale, resize=cfg.resize,
-                      file_column=cfg.file_column, label_column=cfg.label_column, max_pixels=cfg.max_pixels)
 
 
 def make_normalizer(kind: str, train: ImageData, *, weights: Normalizer | None = None) -> Normalizer:

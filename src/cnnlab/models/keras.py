@@ -56,7 +56,6 @@ INFERENCE_IDENTITY = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTrans
                       "RandomBrightness", "GaussianNoise", "GaussianDropout")
 # Activations whose Keras and PyTorch definitions agree (Keras 3's leaky_relu slope is 0.2, PyTorch's 0.01).
 IMPORTABLE_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "leaky_relu")
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 _BatchNorm = nn.modules.batchnorm._BatchNorm  # BatchNorm1d and BatchNorm2d
 
 

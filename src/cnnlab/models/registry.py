@@ -183,6 +183,25 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], **k
             positive sizes (C, H, W), or options the builder does not take.
     """
     entry = model_entry(name)
+    shape = check_build_args(name, num_classes, input_shape)
+    try:
+        return entry.builder(num_classes=num_classes, input_shape=shape, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise CnnlabError(f"{name}: unknown option ({str(exc).split(')', 1)[-1].strip()}); the tutorial models take "
+                          "none, see the builder's docstring for the others") from None
+
+
+def check_build_args(name: str, num_classes: int, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """What :func:`create_model` checks before it builds ``name``: the class count and the (C, H, W) input.
+
+    Returns:
+        ``input_shape`` as a tuple.
+
+    Raises:
+        CnnlabError: a class count below 1, or an input that is not three positive sizes (C, H, W).
+    """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise CnnlabError(f"{name}: `num_classes` must be a whole number ≥ 1, got {num_classes!r}")
     shape = tuple(input_shape)
@@ -191,13 +210,7 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], **k
     if shape[0] > 4 and shape[2] in (1, 3):  # (H, W, C) given, as Keras writes it
         raise CnnlabError(f"{name}: `input_shape` is (C, H, W), channels first; {shape} looks like Keras's (H, W, C): "
                           f"use {(shape[2], shape[0], shape[1])}")
-    try:
-        return entry.builder(num_classes=num_classes, input_shape=shape, **kwargs)
-    except TypeError as exc:
-        if "unexpected keyword" not in str(exc):
-            raise
-        raise CnnlabError(f"{name}: unknown option ({str(exc).split(')', 1)[-1].strip()}); the tutorial models take "
-                          "none, see the builder's docstring for the others") from None
+    return shape
 
 
 def model_names() -> list[str]:

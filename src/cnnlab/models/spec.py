@@ -26,48 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import native
-from cnnlab.errors import CnnlabError, one_of
-from cnnlab.models.specinfo import keras_name
+from cnnlab.models.specshape import Shape, SpecLayer, infer_spec
 
 ACTIVATIONS = {
     "linear": None, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softmax": None,
     "elu": F.elu, "selu": F.selu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
     "leaky_relu": F.leaky_relu, "softplus": F.softplus,
 }
-
-Shape = tuple[int, ...]  # (C, H, W) for feature maps, (F,) after Flatten
-
-
-def _activation(name: str | None, where: str):
-    key = "linear" if name in (None, "None", "none") else str(name).lower()
-    if key not in ACTIVATIONS:
-        raise one_of(f"activation in {where}", name, ACTIVATIONS)
-    return key
-
-
-def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
-    if min(pair) < 1:
-        raise CnnlabError(f"{where}: {key} must be ≥ 1, got {value!r}")
-    return pair
-
-
-def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
-    """TensorFlow's 'same' padding: output ceil(size / s); odd padding goes to the end."""
-    out = -(-size // s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def _out_size(size: int, k: int, s: int, padding: str) -> int:
-    return -(-size // s) if padding == "same" else (size - k) // s + 1
 
 
 class Conv2D(nn.Conv2d):
@@ -240,21 +205,11 @@ class SpecModel(nn.Sequential):
         return x
 
 
-_KEYS = {
-    "Conv2D": {"filters", "kernel_size", "strides", "padding", "activation", "use_bias"},
-    "MaxPooling2D": {"pool_size", "strides", "padding"},
-    "AveragePooling2D": {"pool_size", "strides", "padding"},
-    "GlobalAveragePooling2D": set(), "GlobalMaxPooling2D": set(), "Flatten": set(),
-    "Dense": {"units", "activation", "use_bias"},
-    "Dropout": {"rate"},
-    "BatchNormalization": {"momentum", "epsilon", "center", "scale"},
-    "Activation": {"activation"},
-}
-_REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
-
-
 def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_classes: int | None = None) -> SpecModel:
     """Builds a model from a layer list, inferring every layer's input size from ``input_shape`` (C, H, W).
+
+    The list is checked and sized by :func:`cnnlab.models.specshape.infer_spec` (the rules live there, torch-free);
+    this builds each layer's module from what it found.
 
     Args:
         layers: Keras-named layer dicts (``type`` plus that layer's keys; optional ``name``). A Dense
@@ -266,138 +221,34 @@ def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_c
         CnnlabError: unknown layer type or key, missing key, impossible shape (e.g. a kernel larger than
             its input), Dense on a feature map without Flatten, or a class-count mismatch.
     """
-    if not layers:
-        raise CnnlabError("model.layers is empty; list at least one layer (e.g. {type: Dense, units: 10})")
-    shape: Shape = tuple(int(s) for s in input_shape)
-    modules: OrderedDict[str, nn.Module] = OrderedDict()
-    counts: dict[str, int] = {}
-    spec: list[dict] = []
-    last = len(layers) - 1
-    for i, raw in enumerate(layers):
-        if not isinstance(raw, Mapping):
-            raise CnnlabError(f"model.layers.{i} must be a mapping like {{type: Conv2D, filters: 32}}, got {raw!r}")
-        layer = dict(raw)
-        kind = layer.pop("type", None)
-        if kind not in _KEYS:
-            raise one_of(f"layer type in model.layers.{i}", kind, _KEYS)
-        name = keras_name(kind, layer.pop("name", None), counts)
-        where = f"model.layers.{i} ({name}: {kind})"
-        layer.pop("input_shape", None)  # pasted from Keras code; the data decides the input shape
-        unknown = set(layer) - _KEYS[kind]
-        if unknown:
-            raise CnnlabError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(_KEYS[kind])) or 'none'}")
-        for key in _REQUIRED.get(kind, ()):
-            if key not in layer:
-                raise CnnlabError(f"{where}: missing {key!r}")
-        if name in modules:
-            raise CnnlabError(f"{where}: duplicate layer name {name!r}")
-        if kind == "Dense" and layer.get("units") == "num_classes":
-            if num_classes is None:
-                raise CnnlabError(f"{where}: units: num_classes needs the data's class count")
-            layer["units"] = num_classes  # placeholder for "as many units as the data has classes"
-        module, shape = _make(kind, layer, shape, where, final=(i == last))
-        modules[name] = module
-        spec.append({"type": kind, "name": name, **layer})
-    if len(shape) != 1:
-        raise CnnlabError(f"the model ends with a {shape} feature map; end with Flatten and Dense(units=classes)")
-    if num_classes is not None and shape[0] != num_classes:
-        raise CnnlabError(f"the last layer outputs {shape[0]} values but the data has {num_classes} classes; "
-                          f"set the last Dense layer's units to {num_classes}")
-    return SpecModel(modules, spec, tuple(int(s) for s in input_shape))
+    found = infer_spec(layers, input_shape=input_shape, num_classes=num_classes)
+    modules = OrderedDict((layer.name, _module(layer)) for layer in found)
+    return SpecModel(modules, [layer.settings for layer in found], tuple(int(s) for s in input_shape))
 
 
-def _need_map(shape: Shape, where: str) -> tuple[int, int, int]:
-    if len(shape) != 3:
-        raise CnnlabError(f"{where} needs a (C, H, W) feature map but gets a flat vector of {shape[0]}; "
-                          "move it before Flatten/Dense")
-    return shape  # type: ignore[return-value]
-
-
-def _check_int(layer: dict, key: str, where: str, minimum: int = 1) -> int:
-    v = layer[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise CnnlabError(f"{where}: {key} must be an integer ≥ {minimum}, got {v!r}")
-    return v
-
-
-def _flag(layer: dict, key: str, where: str) -> bool:
-    value = layer.get(key, True)
-    if not isinstance(value, bool):
-        raise CnnlabError(f"{where}: {key} must be true or false, got {value!r}")
-    return value
-
-
-def _padding(layer: dict, where: str) -> str:
-    pad = str(layer.get("padding", "valid")).lower()
-    if pad not in ("valid", "same"):
-        raise CnnlabError(f"{where}: padding must be 'valid' or 'same', got {layer.get('padding')!r}")
-    return pad
-
-
-def _spatial(shape, k, s, pad, where, what) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    c, h, w = shape
-    if pad == "valid" and (k[0] > h or k[1] > w):
-        raise CnnlabError(f"{where}: {what} {k[0]}x{k[1]} is larger than its {h}x{w} input; use padding: same, "
-                          "a smaller kernel, fewer pooling layers, or a larger input")
-    out = (_out_size(h, k[0], s[0], pad), _out_size(w, k[1], s[1], pad))
-    if pad == "same":
-        top, bottom = _same_pad(h, k[0], s[0])
-        left, right = _same_pad(w, k[1], s[1])
-        return out, (left, right, top, bottom)
-    return out, (0, 0, 0, 0)
-
-
-def _make(kind: str, layer: dict, shape: Shape, where: str, final: bool) -> tuple[nn.Module, Shape]:
+def _module(layer: SpecLayer) -> nn.Module:
+    """The PyTorch module of one checked layer."""
+    kind, a, shape = layer.kind, layer.args, layer.in_shape
     if kind == "Conv2D":
-        c, _, _ = _need_map(shape, where)
-        filters = _check_int(layer, "filters", where)
-        k = _pair(layer["kernel_size"], "kernel_size", where)
-        s = _pair(layer.get("strides", 1), "strides", where)
-        pad = _padding(layer, where)
-        (oh, ow), pads = _spatial(shape, k, s, pad, where, "kernel")
-        act = _activation(layer.get("activation"), where)
-        return Conv2D(c, filters, k, s, pads, act, bool(layer.get("use_bias", True))), (filters, oh, ow)
+        return Conv2D(shape[0], a["filters"], a["kernel"], a["stride"], a["pad"], a["activation"], a["bias"])
     if kind in ("MaxPooling2D", "AveragePooling2D"):
-        c, _, _ = _need_map(shape, where)
-        k = _pair(layer.get("pool_size", 2), "pool_size", where)
-        s = _pair(layer.get("strides") or k, "strides", where)
-        pad = _padding(layer, where)
-        (oh, ow), pads = _spatial(shape, k, s, pad, where, "pool window")
-        return Pool2D("max" if kind == "MaxPooling2D" else "avg", k, s, pads), (c, oh, ow)
+        return Pool2D(a["pool"], a["size"], a["stride"], a["pad"])
     if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
-        c, _, _ = _need_map(shape, where)
-        return GlobalPool2D("max" if kind == "GlobalMaxPooling2D" else "avg"), (c,)
+        return GlobalPool2D(a["pool"])
     if kind == "Flatten":
-        n = 1
-        for d in shape:
-            n *= d
-        return nn.Flatten(), (n,)
+        return nn.Flatten()
     if kind == "Dense":
-        if len(shape) != 1:
-            raise CnnlabError(f"{where} gets a {shape} feature map; add a Flatten (or a global pooling) layer before it")
-        units = _check_int(layer, "units", where)
-        act = _activation(layer.get("activation"), where)
-        if act == "softmax" and not final:
-            raise CnnlabError(f"{where}: softmax is only supported on the last layer (the model returns logits)")
-        return Dense(shape[0], units, act, bool(layer.get("use_bias", True))), (units,)
+        return Dense(shape[0], a["units"], a["activation"], a["bias"])
     if kind == "Dropout":
-        rate = layer["rate"]
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise CnnlabError(f"{where}: rate must be a number in [0, 1), got {rate!r}")
-        return nn.Dropout(float(rate)), shape
+        return nn.Dropout(a["rate"])
     if kind == "BatchNormalization":
-        # Keras's momentum 0.99 weights the old running value; PyTorch's momentum weights the new batch.
-        momentum = 1.0 - float(layer.get("momentum", 0.99))
-        eps = float(layer.get("epsilon", 1e-3))
-        bn = nn.BatchNorm2d(shape[0], eps, momentum) if len(shape) == 3 else nn.BatchNorm1d(shape[0], eps, momentum)
+        norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        bn = norm(shape[0], a["eps"], a["momentum"])
         # Keras's center / scale off: no beta (bias) / gamma (weight) to learn. They stay as fixed zeros / ones
         # (unsaved buffers), since ONNX's BatchNormalization needs both tensors.
         for key, param, fill in (("center", "bias", 0.0), ("scale", "weight", 1.0)):
-            if not _flag(layer, key, where):
+            if not a[key]:
                 delattr(bn, param)
                 bn.register_buffer(param, torch.full((shape[0],), fill), persistent=False)
-        return bn, shape
-    act = _activation(layer["activation"], where)
-    if act == "softmax" and not final:
-        raise CnnlabError(f"{where}: softmax is only supported as the last layer (the model returns logits)")
-    return Activation(act), shape
+        return bn
+    return Activation(a["activation"])

@@ -11,6 +11,10 @@ from typing import Any
 
 from cnnlab.models.registry import ModelMeta
 
+# Keras's model files (Keras 2 HDF5, Keras 3 zip), read by cnnlab.models.keras; named here so that telling one
+# apart from a YAML file needs no torch.
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
 # Keras's automatic name of each layer type (keras.layers.Layer: the snake-case class name).
 KERAS_NAMES = {
     "Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AveragePooling2D": "average_pooling2d",

@@ -2,7 +2,8 @@
 
 torchinfo runs one dummy image through the model with hooks and records every module call in execution
 order with its output size; this module picks the rows a Keras user expects from that trace, writes the
-shapes the Keras way (channels last, ``None`` batch) and prints Keras's table. Totals are counted from
+shapes the Keras way (channels last, ``None`` batch) and prints Keras's table (the table itself, and a layer
+list's table without a trace, live in :mod:`cnnlab.models.kerastable`, which imports no torch). Totals are counted from
 ``model.parameters()`` (plus BatchNorm's moving statistics, which Keras counts as non-trainable) so they
 are exact whatever rows are shown.
 """
@@ -18,6 +19,10 @@ import torchinfo
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.kerastable import LayerRow, keras_shape, keras_table
+
+__all__ = ["LayerCall", "LayerRow", "eval_mode", "is_layer", "keras_shape", "keras_table", "layer_kind", "layer_rows",
+           "model_device", "param_counts", "preserved_state", "spec_types", "summary_text", "trace"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -38,30 +43,6 @@ _KIND_BASES: tuple[tuple[tuple[type, ...], str], ...] = (
 _KIND_WORDS = (("conv", "conv"), ("pool", "pool"), ("dense", "dense"), ("linear", "dense"), ("norm", "norm"),
                ("dropout", "dropout"), ("flatten", "reshape"), ("reshape", "reshape"), ("activation", "activation"),
                ("relu", "activation"), ("softmax", "activation"), ("sigmoid", "activation"), ("tanh", "activation"))
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One row of the summary.
-
-    Attributes:
-        name: the layer's key in ``dict(model.named_modules())`` (dotted for nested models).
-        type: class name, or the Keras layer type when the model carries a Keras-like ``spec``.
-        output_shape: as Keras prints it, e.g. ``(None, 26, 26, 64)``; ``multiple`` when the layer is
-            called more than once with different shapes; ``unused`` when the forward pass never calls it.
-        params: parameters of the layer and its children.
-        trainable: how many of ``params`` have ``requires_grad``.
-        kind: conv, pool, dense, norm, dropout, reshape, activation, block or other.
-        shape: PyTorch output shape without the batch dimension, e.g. (64, 26, 26); None when not one shape.
-    """
-
-    name: str
-    type: str
-    output_shape: str
-    params: int
-    trainable: int
-    kind: str
-    shape: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
@@ -100,16 +81,6 @@ def layer_kind(module: nn.Module, type_name: str | None = None) -> str:
         if word in lowered:
             return kind
     return "other" if is_layer(module) else "block"
-
-
-def keras_shape(size: Sequence[int] | None) -> str:
-    """PyTorch output size (batch first, channels second) → Keras's ``(None, H, W, C)`` text."""
-    if size is None:
-        return "multiple"
-    dims = [int(d) for d in size[1:]]
-    if len(dims) >= 2:  # (C, H, W) → (H, W, C); (C, L) → (L, C)
-        dims = dims[1:] + dims[:1]
-    return "(" + ", ".join(["None", *map(str, dims)]) + ("," if not dims else "") + ")"
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
@@ -275,37 +246,3 @@ def summary_text(model: nn.Module, input_shape: Sequence[int], *, title: str | N
     """The whole Keras-style summary of ``model`` with exact totals (what ``cnnlab summary`` prints)."""
     rows = layer_rows(model, input_shape, depth=depth)
     return keras_table(rows, title, params=param_counts(model))
-
-
-def keras_table(rows: Sequence[LayerRow], title: str | None = None, *,
-                params: tuple[int, int] | None = None) -> str:
-    """Formats rows like Keras's ``model.summary()``.
-
-    Args:
-        rows: from :func:`layer_rows`.
-        title: printed as ``Model: "title"`` above the table.
-        params: exact (total, trainable) counts from :func:`param_counts`; by default the rows' sums,
-            which equal the model's totals when every parameter lives in exactly one listed layer (true
-            for Keras-like sequential models).
-    """
-    total, trainable = params if params is not None else (sum(r.params for r in rows),
-                                                          sum(r.trainable for r in rows))
-    cells = [(f"{r.name} ({r.type})", r.output_shape, str(r.params)) for r in rows]
-    header = ("Layer (type)", "Output Shape", "Param #")
-    # Keras's widths (29, 26, 10), widened to fit long nested names or shapes.
-    widths = [max([w, *(len(c[i]) + 1 for c in cells)]) for i, w in enumerate((29, 26, 10))]
-    width = sum(widths)
-
-    def line(cols: Sequence[str]) -> str:
-        return "".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()
-
-    out = [f'Model: "{title}"'] if title else []
-    out += ["_" * width, line(header), "=" * width]
-    for i, cell in enumerate(cells):
-        out.append(line(cell))
-        out.append("=" * width if i == len(cells) - 1 else "_" * width)
-    if not cells:
-        out.append("=" * width)
-    out += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-            f"Non-trainable params: {total - trainable:,}", "_" * width]
-    return "\n".join(out)

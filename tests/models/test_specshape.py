@@ -1,0 +1,91 @@
+"""A layer list checked and sized without torch: output shapes, Keras's parameter counts, the one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.specshape import infer_spec, out_size, same_pad
+
+
+def test_every_layer_type_gets_its_shape_and_keras_parameter_count():
+    layers = [
+        {"type": "Conv2D", "filters": 8, "kernel_size": [3, 5], "strides": 2, "padding": "same", "use_bias": False},
+        {"type": "BatchNormalization", "center": False},
+        {"type": "Activation", "activation": "relu"},
+        {"type": "MaxPooling2D", "pool_size": 3, "strides": 1},
+        {"type": "AveragePooling2D", "padding": "same"},
+        {"type": "Dropout", "rate": 0.25},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 1, "name": "squeeze"},
+        {"type": "GlobalMaxPooling2D"},
+        {"type": "Dense", "units": "num_classes", "activation": "softmax"},
+    ]
+    found = infer_spec(layers, input_shape=(3, 15, 20), num_classes=6)
+    assert [(f.name, f.out_shape, f.params, f.trainable) for f in found] == [
+        ("conv2d", (8, 8, 10), 8 * 3 * 3 * 5, 8 * 3 * 3 * 5),  # same: ceil(15/2), ceil(20/2); no bias
+        ("batch_normalization", (8, 8, 10), 8 + 2 * 8, 8),  # gamma trained; moving mean and variance are not
+        ("activation", (8, 8, 10), 0, 0),
+        ("max_pooling2d", (8, 6, 8), 0, 0),  # valid, 3x3 at stride 1
+        ("average_pooling2d", (8, 3, 4), 0, 0),  # same, 2x2 at stride 2 (pool_size's default)
+        ("dropout", (8, 3, 4), 0, 0),
+        ("squeeze", (4, 3, 4), 4 * (8 + 1), 4 * (8 + 1)),
+        ("global_max_pooling2d", (4,), 0, 0),
+        ("dense", (6,), 6 * (4 + 1), 6 * (4 + 1)),
+    ]
+    assert found[0].args["pad"] == (1, 2, 1, 1)  # (left, right, top, bottom): the odd pixel at the end
+    assert found[-1].settings == {"type": "Dense", "name": "dense", "units": 6, "activation": "softmax"}
+    assert found[3].in_shape == (8, 8, 10)
+
+
+def test_flatten_multiplies_and_a_flat_batchnorm_counts_its_features():
+    found = infer_spec([{"type": "Flatten"}, {"type": "BatchNormalization", "scale": False, "center": False},
+                        {"type": "Dense", "units": 3, "use_bias": False}], input_shape=(2, 4, 5))
+    assert [(f.out_shape, f.params, f.trainable) for f in found] == [((40,), 0, 0), ((40,), 80, 0), ((3,), 120, 120)]
+
+
+def test_tensorflow_window_arithmetic():
+    assert [out_size(n, 3, 2, "valid") for n in (3, 4, 7)] == [1, 1, 3]
+    assert [out_size(n, 3, 2, "same") for n in (3, 4, 7)] == [2, 2, 4]
+    assert same_pad(8, 3, 2) == (0, 1) and same_pad(7, 3, 2) == (1, 1) and same_pad(5, 1, 1) == (0, 0)
+
+
+@pytest.mark.parametrize("layers, shape, message", [
+    ([{"type": "Conv2D", "filters": 4, "kernel_size": 5}, {"type": "Flatten"}], (1, 4, 9),
+     "model.layers.0 (conv2d: Conv2D): kernel 5x5 is larger than its 4x9 input; use padding: same, a smaller "
+     "kernel, fewer pooling layers, or a larger input"),
+    ([{"type": "MaxPooling2D", "pool_size": 3}, {"type": "MaxPooling2D", "pool_size": 3}, {"type": "Flatten"}],
+     (1, 8, 8), "model.layers.1 (max_pooling2d_1: MaxPooling2D): pool window 3x3 is larger than its 2x2 input; "
+                "use padding: same, a smaller kernel, fewer pooling layers, or a larger input"),
+    ([{"type": "Conv3D"}], (1, 8, 8), "unknown layer type in model.layers.0 'Conv3D'; valid: Activation, "
+     "AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D, "
+     "GlobalMaxPooling2D, MaxPooling2D"),
+    ([{"type": "Flatten", "name": "x"}, {"type": "Dense", "units": 2, "name": "x"}], (1, 2, 2),
+     "model.layers.1 (x: Dense): duplicate layer name 'x'"),
+    ([{"type": "Flatten"}, {"type": "Dense", "units": 2, "activation": "softmax"}, {"type": "Dense", "units": 2}],
+     (1, 2, 2), "model.layers.1 (dense: Dense): softmax is only supported on the last layer (the model returns "
+                "logits)"),
+    ([{"type": "BatchNormalization", "center": "no"}, {"type": "Flatten"}], (1, 2, 2),
+     "model.layers.0 (batch_normalization: BatchNormalization): center must be true or false, got 'no'"),
+    ([], (1, 2, 2), "model.layers is empty; list at least one layer (e.g. {type: Dense, units: 10})"),
+])
+def test_mistakes_are_one_line_errors(layers, shape, message):
+    with pytest.raises(CnnlabError) as caught:
+        infer_spec(layers, input_shape=shape)
+    assert str(caught.value) == message
+
+
+def test_class_count_placeholder_and_mismatch():
+    flat = [{"type": "Flatten"}, {"type": "Dense", "units": "num_classes"}]
+    with pytest.raises(CnnlabError, match=r"units: num_classes needs the data's class count"):
+        infer_spec(flat, input_shape=(1, 2, 2))
+    with pytest.raises(CnnlabError, match="outputs 3 values but the data has 4 classes"):
+        infer_spec([{"type": "Flatten"}, {"type": "Dense", "units": 3}], input_shape=(1, 2, 2), num_classes=4)
+
+
+def test_sizing_a_layer_list_does_not_import_torch():
+    code = ("import sys; from cnnlab.models.specshape import infer_spec; "
+            "infer_spec([{'type': 'Flatten'}, {'type': 'Dense', 'units': 2}], input_shape=(1, 2, 2)); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
