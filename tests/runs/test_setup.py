@@ -11,10 +11,10 @@ from cnnlab.training.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     NanGuard,
-    ProgressBar,
     StallWarning,
     StopAtTarget,
 )
+from cnnlab.training.progressbar import ProgressBar
 
 
 def test_callbacks_follow_the_config():
