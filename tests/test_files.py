@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import read_bytes, read_text, regular_file
+from cnnlab.files import read_bytes, read_text, regular_file, what_is
 
 
 def test_a_regular_file_is_read_and_a_missing_one_is_the_callers_business(tmp_path):
@@ -51,3 +51,12 @@ def test_a_device_and_bad_text_are_refused(tmp_path):
     (tmp_path / "b").write_bytes(b"ok\xff")
     with pytest.raises(CnnlabError, match=r"b is not UTF-8 text \(byte 2\)"):
         read_text(tmp_path / "b")
+
+
+def test_what_is_names_each_kind_for_readers_that_go_on(tmp_path):
+    (tmp_path / "f").write_text("x")
+    os.mkfifo(tmp_path / "p")
+    os.symlink("l", tmp_path / "l")
+    assert what_is(tmp_path / "f") is None
+    assert [what_is(tmp_path / n) for n in ("p", ".", "l", "none")] == [
+        "a FIFO, not a file", "a directory, not a file", "a symbolic link that loops", "no such file"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 
+MISSING = "no such file"
 FIX = "put the file itself there"  # the default advice; callers name a better one where they know it
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -31,15 +32,33 @@ def _not_a_file(path: Path, mode: int, fix: str) -> CnnlabError:
     return CnnlabError(f"{path} is {kind(mode)}, not a file; {fix}")
 
 
+def _os_reason(path: Path, exc: OSError) -> str:
+    """What a failed ``stat``/``open`` of ``path`` says is there, in words (:data:`MISSING` for nothing)."""
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link that loops"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return MISSING
+    return f"unreadable ({(exc.strerror or type(exc).__name__).lower()})"
+
+
 def _failed(path: Path, exc: OSError, fix: str) -> CnnlabError | None:
     """The one-line error for a ``stat``/``open`` of ``path`` that failed; None when nothing is there."""
-    if exc.errno == errno.ELOOP:
-        return CnnlabError(f"{path} is a symbolic link that loops; {fix}")
-    if exc.errno == errno.ENOENT and os.path.islink(path):
-        return CnnlabError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; {fix}")
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return None
-    return CnnlabError(f"{path} cannot be read ({(exc.strerror or type(exc).__name__).lower()}); {fix}")
+    reason = _os_reason(path, exc)
+    return None if reason == MISSING else CnnlabError(f"{path} is {reason}; {fix}")
+
+
+def what_is(path: str | os.PathLike) -> str | None:
+    """None for a regular file at ``path`` (links followed), else what is there in words: :data:`MISSING`,
+    ``"a FIFO, not a file"``, ``"a directory, not a file"``, ``"a symbolic link that loops"``... For readers
+    that report a bad file and go on (predict's list of images, a folder dataset's listing)."""
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as exc:
+        return _os_reason(p, exc)
+    return None if stat.S_ISREG(mode) else f"{kind(mode)}, not a file"
 
 
 def regular_file(path: str | os.PathLike, *, fix: str = FIX) -> bool:

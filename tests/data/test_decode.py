@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def test_probe_reads_headers_and_names_bad_files(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(decode.BadImage, match="empty"):
         decode.probe(tmp_path / "empty.png")
+    os.mkfifo(tmp_path / "fifo.png")  # its size reads 0: it was called empty; and opening it would block
+    with pytest.raises(decode.BadImage, match="^a FIFO, not a file$"):
+        decode.probe(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(CnnlabError, match="dir.png: a directory, not a file; replace or remove the file"):
+        decode.decode_image(tmp_path / "dir.png", (4, 4))
 
 
 def test_crop_keeps_the_centre_and_unknown_modes_are_refused(tmp_path):

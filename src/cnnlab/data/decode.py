@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import what_is
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +117,8 @@ def _open(path, limit: int) -> Image.Image:
 
     Refuses a file whose smallest possible decode is over ``limit`` pixels.
     """
+    if (why := what_is(path)) is not None:  # a FIFO would block the decoder, a device never end
+        raise BadImage(why)
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
