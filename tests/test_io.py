@@ -278,3 +278,9 @@ def test_a_place_that_cannot_be_written_is_a_one_line_error_and_leaves_no_folder
     (tmp_path / "plain").write_text("x")
     with pytest.raises(CnnlabError, match=r"^cannot write .*plain/tb: .*plain is a file, not a folder"):
         temp_folder_beside(tmp_path / "plain" / "tb")
+
+
+def test_check_file_refuses_a_fifo_before_hashing_it(tmp_path):
+    os.mkfifo(tmp_path / "train.gz")  # hashing it would wait for a writer forever
+    with pytest.raises(CnnlabError, match="train.gz is a FIFO, not a file; delete it and fetch it again"):
+        check_file(tmp_path / "train.gz", RemoteFile("train.gz", (), sha256="ab"))

@@ -1,6 +1,6 @@
 """The house rule: every import points down the layers (function-local and TYPE_CHECKING imports included).
 
-errors/registry/io → config → native → models → data → training → runs → inspect → plots → views → serve
+errors/registry/io/files → config → native → models → data → training → runs → inspect → plots → views → serve
 → app → cli → the package face. A module may import its own layer and the ones before it; config imports
 only errors.
 """
@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cnnlab._version", "cnnlab.errors", "cnnlab.registry", "cnnlab.io"),
+    ("cnnlab._version", "cnnlab.errors", "cnnlab.registry", "cnnlab.io", "cnnlab.files"),
     ("cnnlab.config",),
     ("cnnlab.native",),
     ("cnnlab.models",),

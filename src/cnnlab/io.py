@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import regular_file
 
 CHUNK = 1 << 20  # bytes per read while hashing / downloading
 
@@ -265,7 +266,9 @@ def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
 
 
 def check_file(path: Path, spec: RemoteFile) -> None:
-    """Raises a one-line :class:`CnnlabError` if ``path`` does not match the published size/checksum."""
+    """Raises a one-line :class:`CnnlabError` if ``path`` does not match the published size/checksum (or is
+    no regular file: hashing a FIFO would wait forever)."""
+    regular_file(path, fix="delete it and fetch it again")
     if spec.size is not None and path.stat().st_size != spec.size:
         raise CnnlabError(f"{path}: {path.stat().st_size} bytes, expected {spec.size} (truncated or wrong file); "
                           "delete it and fetch it again")

@@ -155,7 +155,7 @@ def test_a_file_far_larger_than_any_batch_is_refused_unread(tmp_path, monkeypatc
     with pytest.raises(CnnlabError, match="is not a CIFAR-10 python batch \\(over 0 MiB; the official batches"):
         cifar.read_batch(tmp_path / "b")
     (tmp_path / "d").mkdir()
-    with pytest.raises(CnnlabError, match="d cannot be read"):
+    with pytest.raises(CnnlabError, match="d is a directory, not a file; put the official file there"):
         cifar.read_batch(tmp_path / "d")
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,12 @@ def test_probe_reads_headers_and_names_bad_files(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(decode.BadImage, match="empty"):
         decode.probe(tmp_path / "empty.png")
+    os.mkfifo(tmp_path / "fifo.png")  # its size reads 0: it was called empty; and opening it would block
+    with pytest.raises(decode.BadImage, match="^a FIFO, not a file$"):
+        decode.probe(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(CnnlabError, match="dir.png: a directory, not a file; replace or remove the file"):
+        decode.decode_image(tmp_path / "dir.png", (4, 4))
 
 
 def test_crop_keeps_the_centre_and_unknown_modes_are_refused(tmp_path):
@@ -191,3 +200,23 @@ def test_bombs_are_judged_by_the_decoded_size_and_the_limit_is_a_setting(tmp_pat
         decode.pixel_limit()
     with pytest.raises(CnnlabError, match="`data.max_pixels` is 0"):
         decode.pixel_limit(0)
+
+
+def test_a_tiff_pillow_refuses_prints_nothing_but_our_line(tmp_path):
+    import struct
+
+    # 28×28, SamplesPerPixel 200: Pillow's TIFF plugin logs "More samples per pixel than can be decoded"
+    entries = [(256, 4, 28), (257, 4, 28), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 12 * 9 + 4),
+               (277, 3, 200), (278, 4, 28), (279, 4, 100)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", t, ty, 1, v) if ty == 4 else struct.pack("<HHIHH", t, ty, 1, v, 0)
+        for t, ty, v in entries) + b"\0" * 4
+    (tmp_path / "spp.tif").write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 100)
+    with pytest.raises(CnnlabError, match="spp.tif: not an image"):
+        decode.decode_image(tmp_path / "spp.tif", (4, 4))
+    # in a fresh process: pytest's log capture would stand in for the handler Python's last resort prints with
+    code = ("from cnnlab.data import decode\ntry:\n    decode.decode_image(__import__('sys').argv[1], (4, 4))\n"
+            "except Exception as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "spp.tif")], capture_output=True, text=True,
+                          timeout=120)
+    assert "spp.tif: not an image" in done.stdout and done.stderr == ""

@@ -105,3 +105,11 @@ def test_read_idx_cached_decodes_once_and_notices_a_replaced_file(tmp_path, monk
     newer = next(c for c in (cache_dir() / "idx").iterdir() if c != cached[0])
     newer.write_bytes(b"damaged")  # a damaged copy is decoded again and rewritten
     assert np.array_equal(idx.read_idx_cached(src), b) and np.array_equal(np.load(newer), b)
+
+
+def test_a_fifo_is_named_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "images-idx3-ubyte")  # reading it would wait for a writer forever
+    with pytest.raises(CnnlabError, match="images-idx3-ubyte is a FIFO, not a file; put the official file there"):
+        read_idx(tmp_path / "images-idx3-ubyte")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
@@ -29,6 +31,17 @@ def test_subfolders_any_format_and_files_that_are_not_images(tmp_path):
     assert listing.skipped == [("loose.png", "not inside a class subfolder")]
     assert listing.not_images == ["README.txt", "dog/Thumbs.db"]
     assert folder_classes(FolderSpec(tmp_path)) == ["cat", "dog"]
+
+
+def test_a_fifo_or_a_looping_link_among_the_images_is_skipped_by_name(tmp_path):
+    img(tmp_path / "cat" / "a.png")
+    os.mkfifo(tmp_path / "cat" / "b.png")  # never opened: reading it would wait for a writer
+    os.symlink("c.png", tmp_path / "cat" / "c.png")
+    os.symlink("/nonexistent/d.png", tmp_path / "cat" / "d.png")
+    listing = collect(FolderSpec(tmp_path))
+    assert listing.items == [("cat/a.png", "cat")]
+    assert listing.skipped == [("cat/b.png", "a FIFO, not a file"), ("cat/c.png", "a symbolic link that loops"),
+                               ("cat/d.png", "a symbolic link to /nonexistent/d.png, which does not exist")]
 
 
 def test_file_names_and_split_folders(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
@@ -123,8 +124,13 @@ def test_load_weights_file_and_strict_loading(tmp_path):
     with pytest.raises(CnnlabError, match="not found; the run has no saved weights yet"):
         load_weights_file(tmp_path / "none.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"\x01" * 16)
-    with pytest.raises(CnnlabError, match="is not a readable safetensors file"):
+    with pytest.raises(CnnlabError, match=r"is not a readable safetensors file \(.*\); train the run again$"):
         load_weights_file(tmp_path / "bad.safetensors")
+    with pytest.raises(CnnlabError, match=r"is not a readable safetensors file \(.*\); use the copy$"):
+        load_weights_file(tmp_path / "bad.safetensors", fix="use the copy")
+    os.mkfifo(tmp_path / "fifo.safetensors")  # safetensors would block reading it
+    with pytest.raises(CnnlabError, match="fifo.safetensors is a FIFO, not a file; train the run again"):
+        load_weights_file(tmp_path / "fifo.safetensors")
     wrong = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     with pytest.raises(CnnlabError, match=r"w.safetensors does not fit this model \(missing: 1.weight, 1.bias; "
                                           r"shape differs: 0.weight, 0.bias\); was it saved from a different "

@@ -35,6 +35,20 @@ def test_load_run_of_a_run_that_never_got_its_data(dnn_run, tmp_path):
         load_run(run)
 
 
+def test_damaged_final_weights_name_the_checkpoint_to_copy(dnn_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(dnn_run, run)
+    (run / "model.safetensors").write_bytes(b"\x01" * 16)
+    best = run / "checkpoints" / "best" / "model.safetensors"
+    with pytest.raises(CnnlabError, match=rf"model.safetensors is not a readable safetensors file \(.*\); copy the best "
+                                          rf"checkpoint's weights over it \(cp {best} {run}/model.safetensors\) or "
+                                          "train the run again$"):
+        load_run(run)
+    best.write_bytes(b"\x02" * 16)
+    with pytest.raises(CnnlabError, match=r"best/model.safetensors is not a readable .*; train the run again$"):
+        load_run(run, weights="best")
+
+
 def test_evaluate_run_repeats_the_final_test(dnn_run):
     lr, ev, test = evaluate_run(dnn_run)
     assert test.name == "fashion-mnist-sample:test" and len(test) == 1000

@@ -79,7 +79,7 @@ def test_history_round_trip_and_csv(tmp_path):
     run.write_history(history[:0])  # rewritten, never appended
     assert run.read_history() == []
     run.file("metrics.jsonl").write_text('{"epoch": 1}\nnot json\n')
-    with pytest.raises(CnnlabError, match="metrics.jsonl line 2 is not JSON; the run directory is damaged"):
+    with pytest.raises(CnnlabError, match="metrics.jsonl line 2 is not valid JSON .*; restore it from a backup or train the run again"):
         run.read_history()
 
 
@@ -92,8 +92,62 @@ def test_meta_updates_merge_and_stamp(tmp_path):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", meta["updated"])
     assert run.meta == meta
     run.file("run.json").write_text("{broken")
-    with pytest.raises(CnnlabError, match="run.json is unreadable .*the run directory is damaged"):
+    with pytest.raises(CnnlabError, match=r"run.json is not valid JSON \(Expecting property name.*\); restore it from a backup or train the run again"):
         _ = run.meta
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "run.json"])
+@pytest.mark.parametrize("make, kind", [(os.mkfifo, "a FIFO"), (os.mkdir, "a directory"),
+                                        (lambda p: os.symlink(p.name, p), "a symbolic link that loops")])
+def test_open_names_what_stands_where_a_run_file_belongs(tmp_path, name, make, kind):
+    run = _run(tmp_path / "run")
+    run.file(name).unlink()
+    make(run.file(name))
+    with pytest.raises(CnnlabError, match=f"{name} is {kind}(, not a file)?; restore it from a backup or train"):
+        RunDir.open(run.path)
+
+
+def test_a_fifo_metrics_file_is_refused_at_once(tmp_path):
+    run = _run(tmp_path / "run")
+    os.mkfifo(run.file("metrics.jsonl"))  # reading it by name would wait for a writer forever
+    with pytest.raises(CnnlabError, match="metrics.jsonl is a FIFO, not a file"):
+        run.read_history()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[" * 100000 + "]" * 100000, "line 1 is damaged .JSON nested too deeply."),
+    ('{"epoch": 1}\n[1]\n', "line 2 is a JSON list, not an object"),
+    ("5\n", "line 1 is a JSON int, not an object"),
+    ('{"epoch": 1, "train_loss": "x"}\n', "line 1 field 'train_loss' is 'x', not a number"),
+    ('{"train_loss": 1}\n', "line 1 field 'epoch' is null, not a positive integer"),
+])
+def test_damaged_metrics_rows_are_named(tmp_path, text, why):
+    run = _run(tmp_path / "run")
+    run.file("metrics.jsonl").write_text(text)
+    with pytest.raises(CnnlabError, match=f"metrics.jsonl {why}; restore it"):
+        run.read_history()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[" * 100000 + "]" * 100000, "is damaged .JSON nested too deeply."),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"classes": "zzz"}', "field 'classes' is 'zzz', not a non-empty list of class names"),
+    ('{"normalizer": null}', "field 'normalizer' is null, not a mapping"),
+    ('{"input_shape": [1, 28]}', r"field 'input_shape' is \[1, 28\], not a list \[channels, height, width\]"),
+])
+def test_damaged_meta_is_named_by_field(tmp_path, text, why):
+    run = _run(tmp_path / "run")
+    run.file("run.json").write_text(text)
+    with pytest.raises(CnnlabError, match=f"run.json {why}"):
+        _ = run.meta
+
+
+@pytest.mark.parametrize("text, why", [("", "section 'data' is missing"), ("data: 3\n", "section 'data' is 3, not a")])
+def test_a_run_config_must_be_what_train_writes(tmp_path, text, why):
+    run = _run(tmp_path / "run")
+    run.file("config.yaml").write_text(text)  # empty: would read as the default config, another dataset
+    with pytest.raises(CnnlabError, match=f"config.yaml {why}"):
+        run.read_config()
 
 
 def test_json_files_and_weights_path(tmp_path):

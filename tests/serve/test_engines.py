@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,35 @@ def test_ort_session_of_missing_and_corrupt_files(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_graph_that_fails_while_running_is_one_line_and_prints_nothing(tmp_path, capfd):
+    import onnx
+    from onnx import TensorProto, helper
+
+    # a graph that loads but cannot run: it reshapes 4 values of the image into 3 (the tester's asked 160 GB)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [3])
+    graph = helper.make_graph([helper.make_node("Reshape", ["input", "shape"], ["probs"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 2, 2])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None)], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "bad.onnx")
+    engine = OrtEngine(ort_session(tmp_path / "bad.onnx"), Normalizer((0.0,), (1.0,)), 1)
+    capfd.readouterr()
+    with pytest.raises(CnnlabError, match=rf"^{tmp_path}/bad.onnx failed in ONNX Runtime \(Non-zero status code "
+                                          r"returned while running Reshape node.*\); delete it and export the run "
+                                          r"again \(cnnlab export RUN_DIR\)$") as err:
+        engine(np.zeros((1, 1, 2, 2), np.uint8))
+    assert "onnxruntime_src" not in str(err.value)  # the C++ location it quotes is left out
+    assert capfd.readouterr().err == ""  # ONNX Runtime's own coloured copy of the error is not printed
+
+
+def test_ort_session_names_a_directory_or_fifo_in_place_of_the_model(tmp_path):
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(CnnlabError, match="dir.onnx is a directory, not a file; delete it and export the run"):
+        ort_session(tmp_path / "dir.onnx")
+    os.mkfifo(tmp_path / "fifo.onnx")
+    with pytest.raises(CnnlabError, match="fifo.onnx is a FIFO, not a file; delete it and export the run"):
+        ort_session(tmp_path / "fifo.onnx")
+
+
 def test_median_latency_times_single_images():
     calls: list[tuple] = []
 
@@ -138,16 +169,16 @@ def test_ort_session_options_and_the_first_line_of_a_load_error(tiny, tmp_path, 
     opts = ort_session(path, threads=2, spin=False).get_session_options()
     assert (opts.inter_op_num_threads, opts.intra_op_num_threads) == (1, 2)
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert opts.log_severity_level == 3  # onnxruntime's levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+    assert opts.log_severity_level == 4  # onnxruntime's levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
     spinning = ort_session(path).get_session_options()  # spin-waiting is onnxruntime's default: left alone
     with pytest.raises(Exception, match="does not have configuration"):
         spinning.get_session_config_entry("session.intra_op.allow_spinning")
 
     def fail(*args, **kwargs):
-        raise RuntimeError("x" * 200 + "\nsecond line")
+        raise RuntimeError("x" * 300 + "\nsecond line")
 
     monkeypatch.setattr(ort, "InferenceSession", fail)
-    with pytest.raises(CnnlabError, match=rf"^{path} is not a usable ONNX model \(x{{160}}\); delete it and "
+    with pytest.raises(CnnlabError, match=rf"^{path} is not a usable ONNX model \(x{{199}}…\); delete it and "
                                           r"export the run again \(cnnlab export RUN_DIR\)$"):
         ort_session(path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 
 import numpy as np
@@ -90,6 +91,14 @@ def test_csv_out_with_top_k_and_an_error_row(run, pngs, tmp_path):
     # the same labels as decoding file by file (the small-batch in-process path)
     few = predict_files(run, [pngs / "img00.png", pngs / "img01.png"])
     assert [p.top[0][0] for p in few] == [rows[1][1], rows[2][1]]
+
+
+def test_a_fifo_and_a_looping_link_are_named_not_missing(run, tmp_path):
+    os.mkfifo(tmp_path / "fifo.png")
+    os.symlink("loop.png", tmp_path / "loop.png")
+    results = predict_files(run, [tmp_path / "fifo.png", tmp_path / "loop.png"])
+    assert [r.error for r in results] == [f"{tmp_path}/fifo.png: a FIFO, not a file",
+                                          f"{tmp_path}/loop.png: a symbolic link that loops"]
 
 
 def test_csv_out_a_folder_suggests_a_file_in_it(run, pngs, tmp_path):

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from cnnlab._version import __version__
 from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text
 from cnnlab.io import write_atomic
 from cnnlab.models.summary import layer_rows, param_counts
 from cnnlab.plots.common import figure_data_uri, save_figure
@@ -306,7 +307,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data_dir
     sections: list[tuple[str, str, str]] = [("run", "Run", _run_facts(ctx))]
     sections.append(("config", "Configuration", "<details><summary>Fully resolved config (config.yaml): "
                      "pass it to <code>cnnlab train --config</code> to repeat the run</summary>"
-                     f"<pre>{_esc(run.file('config.yaml').read_text())}</pre></details>"))
+                     f"<pre>{_esc(read_text(run.file('config.yaml')))}</pre></details>"))
     sections.append(("summary", "Model summary", _summary_table(ctx)))
     curves = figures("curves", ShowOptions()) if "curves" in shown else {}
     if curves:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import regular_file
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -128,6 +129,7 @@ def read_batch(path: Path) -> dict:
         CnnlabError: the file is missing, or it is not a pickled dict of allowed values (any failure of the
             restricted unpickler on a hostile or damaged file, whatever its type).
     """
+    regular_file(path, fix="put the official file there")  # a FIFO would block the read below
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_BATCH_BYTES + 1)

@@ -17,6 +17,7 @@ the JPEG draft size when the image is reduced, the full size otherwise. The limi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -28,11 +29,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import what_is
 
 if TYPE_CHECKING:
     import torch
 
 RESIZE_MODES = ("squash", "crop")
+
+# Pillow's plugins log what they refuse (TiffImagePlugin: "More samples per pixel than can be decoded: 200")
+# before raising. With no handler configured, Python's last-resort handler prints that on stderr above our
+# one `error:` line; a NullHandler is the library's way to stay quiet. An application that configures
+# logging still gets the records (they propagate to its root handlers).
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # Largest decode, in pixels: 100 MP (a 12000×8000 photo, ~300 MB as RGB). More is almost always a
 # decompression bomb; JPEGs are judged by their reduced (draft) size, so big genuine photos still decode.
@@ -116,6 +124,8 @@ def _open(path, limit: int) -> Image.Image:
 
     Refuses a file whose smallest possible decode is over ``limit`` pixels.
     """
+    if (why := what_is(path)) is not None:  # a FIFO would block the decoder, a device never end
+        raise BadImage(why)
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import regular_file
 from cnnlab.io import atomic_path, cache_dir
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -29,6 +30,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     p = Path(path)
     gz = p.suffix == ".gz"
+    regular_file(p, fix="put the official file there")  # a FIFO would block the read below
     try:
         size = p.stat().st_size
         with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:

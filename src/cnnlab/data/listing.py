@@ -16,6 +16,7 @@ from cnnlab.data.csvlabels import read_label_csv
 from cnnlab.data.decode import RESIZE_MODES, pixel_limit
 from cnnlab.data.imagefiles import find_images
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.files import what_is
 
 if TYPE_CHECKING:
     from cnnlab.config import DataConfig
@@ -127,10 +128,10 @@ def collect(spec: FolderSpec) -> Listing:
         raise CnnlabError(f"image folder {root} does not exist; check the path (a trained run whose images moved "
                           "takes their new folder as `data_dir`)")
     found = find_images(root)
-    rels = [p.relative_to(root).as_posix() for p in found.files if p.is_file()]
-    # a symbolic link that loops or leads nowhere (os.walk does not follow links to folders, so no walk loops)
-    unreadable = [(p.relative_to(root).as_posix(), "a symbolic link that loops or leads nowhere")
-                  for p in found.files if not p.is_file()]
+    kinds = {p: what_is(p) for p in found.files}  # os.walk does not follow links to folders: no walk loops
+    rels = [p.relative_to(root).as_posix() for p in found.files if kinds[p] is None]
+    # a FIFO, a device, a symbolic link that loops or leads nowhere: said what it is, never opened
+    unreadable = [(p.relative_to(root).as_posix(), why) for p in found.files if (why := kinds[p]) is not None]
     mode = spec.labels
     if mode == "auto":
         mode = "subfolders" if any("/" in r for r in rels) else "filename"

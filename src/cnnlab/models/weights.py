@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import regular_file
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Checkpoint dictionaries that wrap the state dict under one of these keys are unwrapped.
@@ -112,14 +113,24 @@ def _is_state_dict(obj: Mapping) -> bool:
 # --- loading into a model ---------------------------------------------------------------------------------
 
 
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors state dict, with a one-line error for a missing or corrupt file."""
+def load_weights_file(path: Path, *, fix: str = "train the run again") -> dict[str, torch.Tensor]:
+    """A safetensors state dict, with a one-line error for a missing, damaged or non-regular file.
+
+    Args:
+        path: the ``.safetensors`` file.
+        fix: what to do about a damaged file, the end of the error (the caller knows which copies exist).
+
+    Raises:
+        CnnlabError: nothing is there, something else than a file is there, or it is not safetensors.
+    """
+    if not regular_file(path, fix=fix):
+        raise CnnlabError(f"{path} not found; the run has no saved weights yet")
     try:
         return load_file(str(path))
     except FileNotFoundError:
         raise CnnlabError(f"{path} not found; the run has no saved weights yet") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CnnlabError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise CnnlabError(f"{path} is not a readable safetensors file ({_first_line(exc)}); {fix}") from None
 
 
 def load_into(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:

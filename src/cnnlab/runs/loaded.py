@@ -13,6 +13,7 @@ from cnnlab.config import Config
 from cnnlab.data.prepare import load_test_data, relocate
 from cnnlab.data.tensors import ImageData, Normalizer
 from cnnlab.errors import CnnlabError
+from cnnlab.io import shell_word
 from cnnlab.models.build import build_model
 from cnnlab.models.weights import load_into, load_weights_file
 from cnnlab.runs.run_dir import RunDir
@@ -51,7 +52,7 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
         src = run.checkpoints / "best" / "model.safetensors" if weights == "best" else run.weights_path()
         before = _identity(src)
         try:
-            state = load_weights_file(src)
+            state = load_weights_file(src, fix=_weights_fix(run, src))
             break
         except CnnlabError:
             # the same file still there is damaged; a file gone or replaced was a training swapping in a new
@@ -68,6 +69,17 @@ def load_run(path: str | Path, *, weights: str = "final") -> LoadedRun:
     model.eval()
     norm = Normalizer(tuple(meta["normalizer"]["mean"]), tuple(meta["normalizer"]["std"]))
     return LoadedRun(run, cfg, model, norm, classes, shape)
+
+
+def _weights_fix(run: RunDir, src: Path) -> str:
+    """What to do about damaged weights ``src``: use a checkpoint's copy that is there, else train again."""
+    if src == run.file("model.safetensors"):
+        for name in ("best", "last"):
+            copy = run.checkpoints / name / "model.safetensors"
+            if copy != src and copy.is_file():
+                return (f"copy the {name} checkpoint's weights over it (cp {shell_word(copy)} {shell_word(src)}) "
+                        "or train the run again")
+    return "train the run again"
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text
 from cnnlab.io import write_atomic
 from cnnlab.runs.run_dir import RunDir
 from cnnlab.training.callbacks import Callback
@@ -82,8 +84,8 @@ class RunProgress(Callback):
 def read_progress(run: RunDir) -> dict[str, Any] | None:
     """progress.json of ``run``, or None when there is none or it cannot be read (it is only a hint)."""
     try:
-        data = json.loads(run.file(PROGRESS).read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_text(run.file(PROGRESS)))  # never blocks on a FIFO
+    except (OSError, ValueError, RecursionError, CnnlabError):
         return None
     return data if isinstance(data, dict) else None
 

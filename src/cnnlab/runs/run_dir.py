@@ -32,7 +32,9 @@ from typing import Any
 
 from cnnlab.config import Config, dump_yaml, from_dict, read_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text, regular_file
 from cnnlab.io import cannot_write, file_mode, write_atomic
+from cnnlab.runs.records import REDO, check_config, check_meta, check_row, parse_json
 
 CONFIG, META, METRICS, HISTORY = "config.yaml", "run.json", "metrics.jsonl", "history.csv"
 SUMMARY, RESULTS, WEIGHTS, CHECKPOINTS, FIGURES = "summary.txt", "results.json", "model.safetensors", "checkpoints", "figures"
@@ -86,7 +88,7 @@ class RunDir:
         p = Path(path).expanduser()
         if not p.is_dir():
             raise CnnlabError(f"{p} is not a directory; pass a run directory written by cnnlab train")
-        if not (p / CONFIG).is_file() or not (p / META).is_file():
+        if not regular_file(p / CONFIG, fix=REDO) or not regular_file(p / META, fix=REDO):
             raise CnnlabError(f"{p} is not a cnnlab run directory (no {CONFIG} / {META}); pass a folder written by "
                               "cnnlab train")
         return cls(p)
@@ -115,14 +117,18 @@ class RunDir:
         write_atomic(self.file(CONFIG), dump_yaml(cfg))
 
     def read_config(self) -> Config:
-        return from_dict(Config, read_yaml(self.file(CONFIG)), "")
+        path = self.file(CONFIG)
+        regular_file(path, fix=REDO)
+        return from_dict(Config, check_config(read_yaml(path), path), "")
 
     @property
     def meta(self) -> dict[str, Any]:
+        path = self.file(META)
         try:
-            return json.loads(self.file(META).read_text())
-        except (OSError, ValueError) as exc:
-            raise CnnlabError(f"{self.file(META)} is unreadable ({exc}); the run directory is damaged") from None
+            text = read_text(path, fix=REDO)
+        except OSError as exc:
+            raise CnnlabError(f"{path} is unreadable ({exc}); the run directory is damaged") from None
+        return check_meta(parse_json(text, path), path)
 
     def update_meta(self, **values: Any) -> None:
         meta = self.meta if self.file(META).is_file() else {}
@@ -143,28 +149,20 @@ class RunDir:
     def read_history(self) -> list[dict[str, Any]]:
         path = self.file(METRICS)
         try:
-            text = path.read_text()
-        except (FileNotFoundError, IsADirectoryError):  # no epoch finished yet (one try, no extra stat)
+            text = read_text(path, fix=REDO)
+        except FileNotFoundError:  # no epoch finished yet (one try, no extra stat)
             return []
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise CnnlabError(f"{path} line {i + 1} is not JSON; the run directory is damaged") from None
-        return rows
+        return [check_row(parse_json(line, path, f" line {i + 1}"), path, i + 1, HISTORY_COLUMNS)
+                for i, line in enumerate(text.splitlines()) if line.strip()]
 
     def write_json(self, name: str, data: Any) -> None:
         write_atomic(self.file(name), json.dumps(data, indent=1) + "\n")
 
     def read_json(self, name: str) -> Any:
         try:
-            return json.loads(self.file(name).read_text())
+            return parse_json(read_text(self.file(name), fix=REDO), self.file(name))
         except FileNotFoundError:
             raise CnnlabError(f"{self.file(name)} not found; has the run finished?") from None
-        except ValueError as exc:
-            raise CnnlabError(f"{self.file(name)} is not valid JSON ({exc})") from None
 
     def remove_temp_files(self) -> list[str]:
         """Removes the temporary files and folders (``.NAME.XXXX.tmp``) a killed writer left in the run and its
@@ -186,7 +184,7 @@ class RunDir:
         new ``last`` in, the one it replaces)."""
         for path in (self.file(WEIGHTS), *(self.checkpoints / name / WEIGHTS for name in ("last", ".last.old",
                                                                                           "previous"))):
-            if path.is_file():
+            if regular_file(path, fix=f"put the weights file there, or {REDO}"):
                 return path
         meta = self.meta if self.file(META).is_file() else {}
         if meta.get("status") == "failed":

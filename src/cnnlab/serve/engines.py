@@ -5,6 +5,7 @@ Both normalise with the run's one :class:`~cnnlab.data.tensors.Normalizer`, so t
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from cnnlab.data.tensors import Normalizer
 from cnnlab.errors import CnnlabError
+from cnnlab.files import regular_file
 from cnnlab.native.heap import keep_freed_memory
 
 ENGINES = ("auto", "torch", "onnx")
@@ -60,15 +62,42 @@ class OrtEngine:
         t *= self.scale
         t -= self.shift
         if self.fixed is None:
-            return self.session.run(["probs"], {"input": t})[0]
+            return run_session(self.session, t)
         out = []
         for start in range(0, len(t), self.fixed):
             part = t[start:start + self.fixed]
             n = len(part)
             if n < self.fixed:
                 part = np.concatenate([part, np.zeros((self.fixed - n, *part.shape[1:]), np.float32)])
-            out.append(self.session.run(["probs"], {"input": part})[0][:n])
+            out.append(run_session(self.session, part)[:n])
         return np.concatenate(out)
+
+
+def ort_reason(exc: BaseException, limit: int = 200) -> str:
+    """ONNX Runtime's message in short: its first line without the ``[ONNXRuntimeError] : 1 : FAIL :`` prefix
+    or the C++ source location and signature it quotes (``/onnxruntime_src/...cc:360 void* f(size_t) ``)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S+\.(?:cc|h|cpp):\d+ [^()]*\([^()]*\)\s*", "", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_session(session, feed: np.ndarray) -> np.ndarray:
+    """The ``probs`` output of ``session`` for the float32 batch ``feed`` (N, C, H, W).
+
+    A graph that loads can still fail when it runs (a node that asks for 160 GB, a shape that does not
+    compute): ONNX Runtime's exceptions become one line naming the file (onnxruntime's Python session keeps
+    the path it was created from as ``_model_path``).
+
+    Raises:
+        CnnlabError: ONNX Runtime failed to run the graph.
+    """
+    try:
+        return session.run(["probs"], {"input": feed})[0]
+    except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException/InvalidArgument/... types
+        path = getattr(session, "_model_path", None) or "the ONNX model"
+        raise CnnlabError(f"{path} failed in ONNX Runtime ({ort_reason(exc)}); delete it and export the run again "
+                          "(cnnlab export RUN_DIR)") from None
 
 
 def ort_session(path: str | Path, *, threads: int | None = None, spin: bool = True):
@@ -93,14 +122,15 @@ def ort_session(path: str | Path, *, threads: int | None = None, spin: bool = Tr
         opts.intra_op_num_threads = threads
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers of folded BatchNorms
-    if not Path(path).is_file():
+    # fatal only: ORT warns about unused initialisers of folded BatchNorms, and it would print every error
+    # (in colour, on stderr) before raising it as the exception that becomes our one line
+    opts.log_severity_level = 4
+    if not regular_file(path, fix="delete it and export the run again (cnnlab export RUN_DIR)"):
         raise CnnlabError(f"{path} not found; export the run to ONNX first (cnnlab export RUN_DIR)")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        reason = str(exc).splitlines()[0][:160]
-        raise CnnlabError(f"{path} is not a usable ONNX model ({reason}); delete it and "
+        raise CnnlabError(f"{path} is not a usable ONNX model ({ort_reason(exc)}); delete it and "
                           "export the run again (cnnlab export RUN_DIR)") from None
 
 

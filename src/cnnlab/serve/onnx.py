@@ -34,7 +34,7 @@ from cnnlab.errors import CnnlabError, one_of
 from cnnlab.io import atomic_path, file_digest
 from cnnlab.runs.loaded import load_run
 from cnnlab.runs.loggers import publish
-from cnnlab.serve.engines import ort_session
+from cnnlab.serve.engines import ort_session, run_session
 from cnnlab.serve.quantize import DEFAULT_MAX_DROP, QUANTIZE, QuantResult, int8_path, quantize_run
 
 FORMATS = ("onnx",)
@@ -349,7 +349,7 @@ def max_prob_diff(model: nn.Module, normalizer, onnx_path: Path, images: torch.T
         feed = x.numpy()
         if fixed and len(feed) < fixed:  # a fixed-batch graph: pad the last chunk, ignore the padding
             feed = np.concatenate([feed, np.zeros((fixed - len(feed), *feed.shape[1:]), np.float32)])
-        got = session.run(["probs"], {"input": feed})[0][:len(want)]
+        got = run_session(session, feed)[:len(want)]
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
 

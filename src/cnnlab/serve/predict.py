@@ -30,6 +30,7 @@ from cnnlab.data.cache import MIN_POOL_FILES, cores, decode_files
 from cnnlab.data.decode import decode_image, pixel_limit
 from cnnlab.data.imagefiles import find_images, not_images_line
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.files import what_is
 from cnnlab.io import atomic_path, file_digest, shell_word
 from cnnlab.runs.loaded import load_run
 from cnnlab.serve.engines import ENGINES, OrtEngine, TorchEngine, median_latency, ort_session
@@ -254,7 +255,7 @@ def decode_chunks(paths: list[Path], shape: tuple[int, int, int], resize: str,
         os.ftruncate(fd, min(chunk, len(paths)) * row)
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk]
-            errors = {i: f"{p}: no such file" for i, p in enumerate(part) if not p.is_file()}
+            errors = {i: f"{p}: {why}" for i, p in enumerate(part) if (why := what_is(p)) is not None}
             todo = [i for i in range(len(part)) if i not in errors]
             if len(todo) < MIN_POOL_FILES:
                 pixels = np.zeros((len(part), c, h, w), np.uint8)

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text, regular_file
 from cnnlab.io import file_digest, recover_folder, replace_folder, temp_folder_beside
 from cnnlab.models.weights import load_into, load_weights_file
 
@@ -107,23 +108,31 @@ def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any], *,
 def check_checkpoint(folder: Path) -> str | None:
     """Why ``folder`` is not a complete, intact checkpoint, or None when its files match their digests."""
     digest = folder / DIGEST_FILE
-    if not (folder / META_FILE).is_file():
-        return f"no {META_FILE}"
-    if not digest.is_file():
-        return f"no {DIGEST_FILE} (written last: the checkpoint was torn while being written)"
+    if problem := _not_regular(folder / META_FILE):
+        return problem
+    if problem := _not_regular(digest):
+        return f"{problem} (written last: the checkpoint was torn while being written)"
     try:
-        want = json.loads(digest.read_text())["sha256"]
-    except (ValueError, KeyError, TypeError):
+        want = json.loads(read_text(digest))["sha256"]
+    except (ValueError, KeyError, TypeError, RecursionError, OSError, CnnlabError):
         return f"{DIGEST_FILE} is damaged"
     # every file, and only these: a digest that leaves one out (or names another path) vouches for nothing
     if not isinstance(want, dict) or set(want) != {MODEL_FILE, STATE_FILE, META_FILE}:
         return f"{DIGEST_FILE} is damaged"
     for name, sha in want.items():
-        if not (folder / name).is_file():
-            return f"{name} is missing"
+        if problem := _not_regular(folder / name):
+            return problem
         if file_digest(folder / name) != sha:
             return f"{name} does not match its digest (damaged on disk)"
     return None
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` is no file to read (missing, a FIFO, a folder...), or None for a regular file."""
+    try:
+        return None if regular_file(path) else f"no {path.name}"
+    except CnnlabError:  # its kind, without the advice meant for a user's own file
+        return f"{path.name} is not a regular file"
 
 
 def load_checkpoint(folder: Path, model: nn.Module | None = None, *, fallback: Path | None = None,
@@ -153,7 +162,8 @@ def load_checkpoint(folder: Path, model: nn.Module | None = None, *, fallback: P
         load_into(model, load_weights_file(folder / MODEL_FILE), str(folder / MODEL_FILE))
     tensors = load_weights_file(folder / STATE_FILE)
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except ValueError as exc:
-        raise CnnlabError(f"{folder / META_FILE} is corrupt ({exc})") from None
+        meta = json.loads(read_text(folder / META_FILE))
+    except (ValueError, RecursionError, OSError) as exc:
+        raise CnnlabError(f"{folder / META_FILE} is corrupt ({type(exc).__name__}); train the run again "
+                          "with `overwrite`") from None
     return _join(meta, tensors)

@@ -65,6 +65,18 @@ def test_runs_dir_may_be_a_run_itself(tmp_path, make_run):
     assert (row.id, row.name) == ("only", "only")
 
 
+def test_fifos_in_a_run_are_listed_as_broken_not_waited_on(tmp_path, make_run):
+    import os
+
+    for name in ("run.json", "metrics.jsonl"):
+        make_run(tmp_path, name)
+        (tmp_path / name / name).unlink()
+        os.mkfifo(tmp_path / name / name)  # reading it by name would hang the dashboard's listing
+    rows = {r.name: r for r in RunIndex(tmp_path).rows()}
+    assert rows["run.json"].error.startswith(f"{tmp_path}/run.json/run.json is a FIFO, not a file; restore it")
+    assert rows["metrics.jsonl"].error.startswith(f"{tmp_path}/metrics.jsonl/metrics.jsonl is a FIFO, not a file")
+
+
 def test_damaged_folders_are_listed_as_broken_with_the_reason(tmp_path, make_run):
     make_run(tmp_path, "bad-json")
     (tmp_path / "bad-json" / "run.json").write_text("{not json")
@@ -80,8 +92,8 @@ def test_damaged_folders_are_listed_as_broken_with_the_reason(tmp_path, make_run
     rows = {r.name: r for r in RunIndex(tmp_path).rows()}
     assert set(rows) == {"bad-json", "bad-metrics", "bad-yaml", "no-meta", "no-config"}
     assert all(r.status == "broken" for r in rows.values())
-    assert rows["bad-json"].error.startswith("JSONDecodeError")
-    assert "line 2 is not JSON" in rows["bad-metrics"].error
+    assert rows["bad-json"].error.startswith(f"{tmp_path}/bad-json/run.json is not valid JSON (")
+    assert "line 2 is not valid JSON" in rows["bad-metrics"].error
     assert "no run.json" in rows["no-meta"].error
     assert rows["no-config"].error == "no config.yaml (the run's config is gone; the run directory is damaged)"
 

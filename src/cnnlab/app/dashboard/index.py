@@ -29,6 +29,7 @@ import yaml
 
 from cnnlab.app.compare import MARKER as COMPARE_MARKER
 from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text
 from cnnlab.io import write_atomic
 from cnnlab.runs.history import best_epoch
 from cnnlab.runs.progress import read_progress, trainer_alive
@@ -153,7 +154,7 @@ def top_sections(text: str, names: tuple[str, ...]) -> str:
 
 def _from_config(run: RunDir) -> tuple[str | None, float]:
     """(model, callbacks.min_delta) from config.yaml, for runs whose run.json predates having them."""
-    text = run.file(CONFIG).read_text() if run.file(CONFIG).is_file() else ""
+    text = read_text(run.file(CONFIG)) if run.file(CONFIG).exists() else ""  # a FIFO: an error, not a hang
     # a resolved config is ~80 lines and parsing it all is ~2 ms: for 1,000 older runs, most of a listing
     cfg = yaml.load(top_sections(text, ("model", "callbacks")), Loader=_Loader)
     if not isinstance(cfg, dict):  # an unusual layout: parse the whole file
@@ -181,16 +182,15 @@ def read_row(path: Path, rid: str, name: str, group: str | None, keys: tuple[Key
         row.error = f"no {CONFIG} (the run's config is gone; the run directory is damaged)"
         return row
     try:
-        meta = json.loads(run.file(META).read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
+        meta = run.meta  # every field checked by type (runs/records.py); never blocks on a FIFO
         if "min_delta" in meta:  # written by training since the dashboard: no YAML to parse (~2 ms a run)
             row.model, min_delta = _model_name(meta.get("model"), meta.get("model_layers") or 0), meta["min_delta"]
         else:
             row.model, min_delta = _from_config(run)
         history = run.read_history()
     except Exception as exc:  # any damage: list the folder as broken with the reason, never fail the page
-        row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        said = str(exc) if isinstance(exc, CnnlabError) else f"{type(exc).__name__}: {exc}"  # ours say it all
+        row.error = said.splitlines()[0][:200]
         return row
     row.status = STATUS.get(meta.get("status"), meta.get("status") or "unknown")
     row.dataset, row.params, row.epochs_planned = meta.get("dataset"), meta.get("params"), meta.get("epochs_planned")

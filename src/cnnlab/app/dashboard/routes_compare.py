@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from cnnlab.app.dashboard.routes_runs import dash
 from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text
 from cnnlab.runs.run_dir import CONFIG, META, METRICS, RESULTS, RunDir
 
 router = APIRouter()
@@ -80,8 +81,8 @@ def confusion_diffs(results: Sequence[dict[str, Any] | None]) -> list[dict[str, 
 
 def _load(path, parse) -> Any:
     try:
-        return parse(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        return parse(read_text(path))  # never blocks on a FIFO
+    except (OSError, ValueError, yaml.YAMLError, RecursionError, CnnlabError):
         return None
 
 

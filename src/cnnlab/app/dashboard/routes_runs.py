@@ -17,6 +17,8 @@ from cnnlab.app.dashboard.security import run_file
 from cnnlab.app.dashboard.store import Dashboard, NotFound, RunContext
 from cnnlab.app.dashboard.table import COLUMNS, select
 from cnnlab.app.report import REPORT
+from cnnlab.errors import CnnlabError
+from cnnlab.files import read_text
 from cnnlab.runs.progress import PROGRESS, read_progress, trainer_alive
 from cnnlab.runs.run_dir import CONFIG, META, METRICS, RESULTS, SUMMARY, WEIGHTS, RunDir
 from cnnlab.serve.onnx import ONNX_FILE
@@ -46,8 +48,8 @@ async def compute(request: Request, row: RunRow, name: str, fn: Callable[..., An
 
 def _read(path, parse: Callable[[str], Any] = json.loads) -> Any:
     try:
-        return parse(path.read_text())
-    except (OSError, ValueError):
+        return parse(read_text(path))  # never blocks on a FIFO
+    except (OSError, ValueError, RecursionError, CnnlabError):
         return None
 
 
@@ -134,10 +136,10 @@ def _stat(path) -> tuple[int, int] | None:
 def _history(run: RunDir) -> list[dict] | None:
     """metrics.jsonl, or None when it cannot be read right now (then the next poll tries again)."""
     try:
-        return [json.loads(line) for line in run.file(METRICS).read_text().splitlines() if line.strip()]
+        return run.read_history()  # rows checked by type; never blocks on a FIFO
     except FileNotFoundError:
         return []
-    except (OSError, ValueError):
+    except (OSError, ValueError, CnnlabError):
         return None
 
 
