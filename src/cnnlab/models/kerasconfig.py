@@ -76,7 +76,7 @@ def model_chain(config: Any, path: Path) -> tuple[str, list[KerasLayer], Any]:
             written as Keras writes them, or a functional model whose layers do not form one chain.
     """
     if not isinstance(config, dict):
-        raise CnnlabError(f"{path}: the model config is a {type(config).__name__}, not a mapping with class_name "
+        raise CnnlabError(f"{path}: the model config is JSON {type(config).__name__}, not a mapping with class_name "
                           "and config; save the model again with model.save()")
     kind, body = config.get("class_name"), config.get("config", {})
     raw = body.get("layers") if isinstance(body, dict) else body  # Keras < 2.3: a Sequential's config is the list
@@ -190,7 +190,11 @@ def map_layers(chain: Sequence[KerasLayer], batch_shape: Any, path: Path) -> Map
             dropped.append(layer.name)
             rescaling = True
         elif layer.kind in TYPES:
-            pairs.append((_spec(layer, f"{path}: {layer.where}", final=i == last), layer))
+            try:
+                pairs.append((_spec(layer, f"{path}: {layer.where}", final=i == last), layer))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a shape no check above foresaw
+                raise CnnlabError(f"{path}: {layer.where} has a config cnnlab cannot read ({type(exc).__name__}: "
+                                  f"{str(exc)[:80]}); save the model again with model.save()") from None
         else:
             raise CnnlabError(f"{path}: {layer.where} has no cnnlab equivalent; importable layers: InputLayer, "
                               f"Rescaling, {', '.join(sorted(set(TYPES.values())))} (and random augmentation layers)")
