@@ -68,11 +68,38 @@ def test_tensorflow_window_arithmetic():
     ([{"type": "BatchNormalization", "center": "no"}, {"type": "Flatten"}], (1, 2, 2),
      "model.layers.0 (batch_normalization: BatchNormalization): center must be true or false, got 'no'"),
     ([], (1, 2, 2), "model.layers is empty; list at least one layer (e.g. {type: Dense, units: 10})"),
+    ([{"type": "BatchNormalization", "momentum": "0.9"}, {"type": "Flatten"}], (1, 2, 2),
+     "model.layers.0 (batch_normalization: BatchNormalization): momentum must be a number in [0, 1], got 0.9"),
+    ([{"type": "BatchNormalization", "epsilon": 0}, {"type": "Flatten"}], (1, 2, 2),
+     "model.layers.0 (batch_normalization: BatchNormalization): epsilon must be a number in (0, inf], got 0"),
+    ([{"type": "Conv2D", "filters": 1, "kernel_size": [1, True]}, {"type": "Flatten"}], (1, 2, 2),
+     "model.layers.0 (conv2d: Conv2D): kernel_size must be an integer or [h, w], got [1, True]"),
 ])
 def test_mistakes_are_one_line_errors(layers, shape, message):
     with pytest.raises(CnnlabError) as caught:
         infer_spec(layers, input_shape=shape)
     assert str(caught.value) == message
+
+
+def test_limits_are_checked_before_anything_is_built():
+    vgg16 = [layer for width, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+             for layer in [*[{"type": "Conv2D", "filters": width, "kernel_size": 3, "padding": "same"}] * convs,
+                           {"type": "MaxPooling2D"}]]
+    vgg16 += [{"type": "Flatten"}, {"type": "Dense", "units": 4096}, {"type": "Dense", "units": 4096},
+              {"type": "Dense", "units": 1000}]
+    found = infer_spec(vgg16, input_shape=(3, 224, 224))  # within the limits: Keras's count for VGG-16
+    assert sum(f.params for f in found) == 138_357_544 and found[0].out_shape == (64, 224, 224)
+    no_pooling = [vgg16[0], {"type": "Flatten"}, {"type": "Dense", "units": 4096}]
+    with pytest.raises(CnnlabError, match=r"^model.layers.2 \(dense: Dense\): the model reaches 13,153,343,232 "
+                                          r"parameters here, over cnnlab's limit of 2,147,483,648 \(2\*\*31\)"):
+        infer_spec(no_pooling, input_shape=(3, 224, 224))  # 64 * (27 + 1) + 4096 * (64 * 224 * 224 + 1)
+    with pytest.raises(CnnlabError, match=r"^the input image of 1 x 8193 x 8192 has over 67,108,864 pixels"):
+        infer_spec([{"type": "Flatten"}], input_shape=(1, 8193, 8192))
+    with pytest.raises(CnnlabError, match=r"^the input image of 5 x 8192 x 8192 has over 268,435,456 values"):
+        infer_spec([{"type": "Flatten"}], input_shape=(5, 8192, 8192))
+    with pytest.raises(CnnlabError, match=r"^model.layers.0 \(conv2d: Conv2D\): its output \(6000, 224, 224\) holds "
+                                          r"301,056,000 values per image, over cnnlab's limit of 268,435,456"):
+        infer_spec([{**vgg16[0], "filters": 6000}, {"type": "Flatten"}], input_shape=(3, 224, 224))
 
 
 def test_class_count_placeholder_and_mismatch():

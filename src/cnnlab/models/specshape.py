@@ -11,6 +11,7 @@ list's summary can be worked out here, without importing torch (~1.2 s of start-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,12 @@ KEYS = {
     "BatchNormalization": {"momentum", "epsilon", "center", "scale"},
     "Activation": {"activation"},
 }
+# Limits on what a layer list may ask to be built (and a model file may claim): generous for real models (VGG-16
+# at 224x224 has 138 million parameters, its largest feature map 64x224x224 = 3.2 million values).
+MAX_PARAMS = 2**31  # parameters in all: 8 GiB of float32
+MAX_INPUT_PIXELS = 2**26  # H x W of one input image (8192 x 8192)
+MAX_ACTIVATION = 2**28  # values in one layer's output for one image (1 GiB of float32)
+
 _REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
 
 
@@ -81,8 +88,11 @@ def infer_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Sequence[int
     if not layers:
         raise CnnlabError("model.layers is empty; list at least one layer (e.g. {type: Dense, units: 10})")
     shape: Shape = tuple(int(s) for s in input_shape)
+    _check_input(shape)
     found: list[SpecLayer] = []
     counts: dict[str, int] = {}
+    names: set[str] = set()
+    total = 0
     last = len(layers) - 1
     for i, raw in enumerate(layers):
         if not isinstance(raw, Mapping):
@@ -95,13 +105,16 @@ def infer_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Sequence[int
         where = f"model.layers.{i} ({name}: {kind})"
         layer.pop("input_shape", None)  # pasted from Keras code; the data decides the input shape
         _check_keys(kind, layer, where)
-        if any(f.name == name for f in found):
+        if name in names:
             raise CnnlabError(f"{where}: duplicate layer name {name!r}")
+        names.add(name)
         if kind == "Dense" and layer.get("units") == "num_classes":
             if num_classes is None:
                 raise CnnlabError(f"{where}: units: num_classes needs the data's class count")
             layer["units"] = num_classes  # placeholder for "as many units as the data has classes"
         args, out, params, trainable = _size(kind, layer, shape, where, final=(i == last))
+        total += params
+        _check_limits(out, total, where)
         found.append(SpecLayer(kind, name, {"type": kind, "name": name, **layer}, shape, out, params, trainable, args))
         shape = out
     if len(shape) != 1:
@@ -110,6 +123,32 @@ def infer_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Sequence[int
         raise CnnlabError(f"the last layer outputs {shape[0]} values but the data has {num_classes} classes; "
                           f"set the last Dense layer's units to {num_classes}")
     return found
+
+
+def _check_input(shape: Shape) -> None:
+    if len(shape) >= 2 and _prod(shape[-2:]) > MAX_INPUT_PIXELS:
+        raise CnnlabError(f"the input image of {' x '.join(map(str, shape))} has over {MAX_INPUT_PIXELS:,} pixels "
+                          "(cnnlab's limit, 8192 x 8192); use smaller images")
+    if _prod(shape) > MAX_ACTIVATION:
+        raise CnnlabError(f"the input image of {' x '.join(map(str, shape))} has over {MAX_ACTIVATION:,} values "
+                          "(cnnlab's limit per layer); use smaller images or fewer channels")
+
+
+def _check_limits(out: Shape, total: int, where: str) -> None:
+    """Refuses a layer whose output or the model's parameters so far exceed cnnlab's limits (before building)."""
+    if _prod(out) > MAX_ACTIVATION:
+        raise CnnlabError(f"{where}: its output {out} holds {_prod(out):,} values per image, over cnnlab's limit of "
+                          f"{MAX_ACTIVATION:,} (2**28) per layer; use fewer filters/units or a smaller input")
+    if total > MAX_PARAMS:
+        raise CnnlabError(f"{where}: the model reaches {total:,} parameters here, over cnnlab's limit of "
+                          f"{MAX_PARAMS:,} (2**31); use fewer filters/units or a smaller input")
+
+
+def _prod(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _check_keys(kind: str, layer: dict, where: str) -> None:
@@ -134,7 +173,7 @@ def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
         raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
     if isinstance(value, int):
         pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+    elif isinstance(value, Sequence) and len(value) == 2 and all(type(v) is int for v in value):
         pair = (int(value[0]), int(value[1]))
     else:
         raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
@@ -224,10 +263,7 @@ def _size(kind: str, layer: dict, shape: Shape, where: str, final: bool) -> Size
         c, _, _ = _need_map(shape, where)
         return {"pool": "max" if kind == "GlobalMaxPooling2D" else "avg"}, (c,), 0, 0
     if kind == "Flatten":
-        n = 1
-        for d in shape:
-            n *= d
-        return {}, (n,), 0, 0
+        return {}, (_prod(shape),), 0, 0
     if kind == "Dense":
         return _dense(layer, shape, where, final)
     if kind == "Dropout":
@@ -255,10 +291,20 @@ def _dense(layer: dict, shape: Shape, where: str, final: bool) -> Sized:
     return {"units": units, "activation": act, "bias": bias}, (units,), n, n
 
 
+def _real(layer: dict, key: str, default: float, where: str, low: float, high: float, low_open: bool = False) -> float:
+    """A real number (not a bool or text) in [low, high] ((low, high] when ``low_open``)."""
+    value = layer.get(key, default)
+    ok = type(value) in (int, float) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise CnnlabError(f"{where}: {key} must be a number in {interval}, got {str(value)[:40]}")
+    return float(value)
+
+
 def _batch_norm(layer: dict, shape: Shape, where: str) -> Sized:
     # Keras's momentum 0.99 weights the old running value; PyTorch's momentum weights the new batch.
-    momentum = 1.0 - float(layer.get("momentum", 0.99))
-    eps = float(layer.get("epsilon", 1e-3))
+    momentum = 1.0 - _real(layer, "momentum", 0.99, where, 0.0, 1.0)
+    eps = _real(layer, "epsilon", 1e-3, where, 0.0, math.inf, low_open=True)
     center, scale = _flag(layer, "center", where), _flag(layer, "scale", where)
     c = shape[0]
     # gamma (scale) and beta (center) are trained; the moving mean and variance are Keras's non-trainable weights
