@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -119,3 +120,38 @@ def test_a_tutorial_model_is_summarised_without_importing_torch():
             "text = summary('fashion_mnist_cnn'); print(text.splitlines()[-3], 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "Trainable params: 243,786 False"
+
+
+@pytest.mark.parametrize("text", ["", "{}", "[]", "null\n"])
+def test_a_file_without_a_model_is_refused_not_summarised_as_the_default(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(CnnlabError, match="empty.yaml holds no config and no layer list"):
+        summary(path)
+
+
+def test_an_empty_layer_list_is_refused_on_both_paths(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {layers: []}\n")
+    with pytest.raises(CnnlabError, match=r"^model.layers is empty; list at least one layer"):
+        summary(path)
+    with pytest.raises(CnnlabError, match=r"^model.layers is empty"):  # training would have built cnn_64x2
+        build_model(load_config(path).model, input_shape=(1, 28, 28), num_classes=10)
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ("1,28,28", "must be positive whole sizes"), ((1.5, 28, 28), "must be positive whole sizes"),
+    ((1, -28, 28), "must be positive whole sizes"), ((0, 28, 28), "must be positive whole sizes"),
+    ((28, 28, 1), "looks like Keras's (H, W, C): use (1, 28, 28)"),
+    ((1, 9000, 9000), "has over 67,108,864 pixels"),
+])
+def test_a_layer_list_checks_its_input_shape_as_a_registered_model_does(tmp_path, shape, message):
+    path = tmp_path / "l.yaml"
+    path.write_text("- {type: Conv2D, filters: 2, kernel_size: 3}\n- {type: Flatten}\n- {type: Dense, units: 10}\n")
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        summary(path, input_shape=shape)
+
+
+def test_a_classic_family_refuses_an_input_over_the_pixel_limit_before_building():
+    with pytest.raises(CnnlabError, match=r"resnet18: `input_shape` \(3, 99999999999, 99999999999\) has over"):
+        summary("resnet18", input_shape=(3, 99999999999, 99999999999))

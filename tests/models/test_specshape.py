@@ -1,5 +1,6 @@
 """A layer list checked and sized without torch: output shapes, Keras's parameter counts, the one-line errors."""
 
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,20 @@ def test_sizing_a_layer_list_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ({"type": "MaxPooling2D", "pool_size": 10**6, "padding": "same"}, "pool_size 1000000 is over 8192"),
+    ({"type": "Conv2D", "filters": 2, "kernel_size": 1, "strides": 10**20}, "strides 100000000000000000000 is over 8192"),
+    ({"type": "AveragePooling2D", "pool_size": [2, 9000], "padding": "same"}, "pool_size [2, 9000] is over 8192"),
+])
+def test_windows_and_strides_beyond_any_image_side_are_refused(layer, message):
+    # Keras's rules would size these with same padding, but no kernel can run them (torch overflowed/allocated)
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        infer_spec([layer, {"type": "Flatten"}, {"type": "Dense", "units": 2}], input_shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize("kind", [["Conv2D"], {"a": 1}, 3, None])
+def test_a_layer_type_that_is_not_a_name_is_an_unknown_type(kind):
+    with pytest.raises(CnnlabError, match=r"unknown layer type in model.layers.0 .*; valid: Activation"):
+        infer_spec([{"type": kind, "filters": 2, "kernel_size": 3}], input_shape=(1, 28, 28))

@@ -58,7 +58,20 @@ def summary(model: str | Path | Config | nn.Module, *, input_shape: Sequence[int
     cfg = model if isinstance(model, Config) else _config_or_layers(model)
     shape, classes = config_input(cfg, input_shape, num_classes)
     title = cfg.name or (Path(model).stem if not isinstance(model, Config) else "model")
-    return _config_table(cfg.model, shape, classes, title)
+    return _config_table(cfg.model, _checked_shape(title, classes, shape), classes, title)
+
+
+def _checked_shape(title: str, classes: int, shape: Any) -> tuple:
+    """``shape`` as a tuple of positive whole sizes: (C, H, W) as ``create_model`` checks it, or a flat input a
+    layer list may take (e.g. (12,) for Dense layers alone).
+
+    Raises:
+        CnnlabError: a string, an empty shape, or a size that is not a whole number ≥ 1.
+    """
+    sizes = tuple(shape) if not isinstance(shape, str) else ()
+    if not sizes or not all(type(v) is int and v >= 1 for v in sizes):
+        raise CnnlabError(f"{title}: `input_shape` must be positive whole sizes like (1, 28, 28), got {shape!r}")
+    return check_build_args(title, classes, sizes) if len(sizes) == 3 else sizes
 
 
 def registered_names() -> list[str]:
@@ -116,9 +129,9 @@ def _file_table(path: Path) -> str:
 def _config_table(cfg: ModelConfig, shape: tuple, classes: int, title: str) -> str:
     """A config's model: a layer list (or a tutorial model named plainly) from its list, else built and traced."""
     plain = len(shape) == 3 and all(type(v) is int and v >= 1 for v in shape)  # else torch says what fails
-    if cfg.layers and plain:
+    if cfg.layers is not None and plain:
         return spec_summary_text(list(cfg.layers), shape, num_classes=classes, title=title)
-    if not cfg.layers and cfg.name in SEED_SPECS and not cfg.options and not cfg.pretrained:
+    if cfg.layers is None and cfg.name in SEED_SPECS and not cfg.options and not cfg.pretrained:
         return _seed_table(cfg.name, shape, classes, title)  # what build_model does for it, without building
     # lazy: start-up time; only a model that is not a layer list is built and traced with torch (~1.2 s)
     from cnnlab.models.build import build_model
@@ -135,8 +148,11 @@ def _config_or_layers(source: str | Path) -> Config:
         except CnnlabError:
             raise one_of("model", source, registered_names()) from None
     raw = read_yaml(path, allow_list=True)
+    if not raw:  # else the defaults would summarise a model the file never names
+        raise CnnlabError(f"{path} holds no config and no layer list; write one, e.g. a list of layers like "
+                          "- {type: Dense, units: 10}")
     if isinstance(raw, list):  # a bare layer list
-        return from_dict(Config, {"model": {"layers": raw}}, "")
+        raw = {"model": {"layers": raw}}
     return from_dict(Config, raw, "")
 
 

@@ -18,7 +18,7 @@ def build_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_clas
     Raises:
         CnnlabError: no model named, an unknown name, options the builder does not take, impossible shapes.
     """
-    if cfg.layers:
+    if cfg.layers is not None:  # an empty list is a mistake to report, not a cue to build model.name
 
         return build_spec(list(cfg.layers), input_shape=input_shape, num_classes=num_classes)
     if not cfg.name:
@@ -44,7 +44,7 @@ def count_params(model: nn.Module) -> int:
 
 def model_meta_for(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> ModelMeta:
     """The metadata of the configured model: the registered one's, or that of its layer list."""
-    if cfg.layers:
+    if cfg.layers is not None:
 
         return spec_meta(list(cfg.layers), input_shape, num_classes)
     if not cfg.name:

@@ -193,6 +193,9 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], **k
                           "none, see the builder's docstring for the others") from None
 
 
+MAX_INPUT_PIXELS = 2**26  # H x W of one input image (8192 x 8192): cnnlab's limit
+
+
 def check_build_args(name: str, num_classes: int, input_shape: Sequence[int]) -> tuple[int, ...]:
     """What :func:`create_model` checks before it builds ``name``: the class count and the (C, H, W) input.
 
@@ -210,6 +213,9 @@ def check_build_args(name: str, num_classes: int, input_shape: Sequence[int]) ->
     if shape[0] > 4 and shape[2] in (1, 3):  # (H, W, C) given, as Keras writes it
         raise CnnlabError(f"{name}: `input_shape` is (C, H, W), channels first; {shape} looks like Keras's (H, W, C): "
                           f"use {(shape[2], shape[0], shape[1])}")
+    if shape[1] * shape[2] > MAX_INPUT_PIXELS:  # before any model tries to allocate for it
+        raise CnnlabError(f"{name}: `input_shape` {shape} has over {MAX_INPUT_PIXELS:,} pixels (cnnlab's limit, "
+                          "8192 x 8192); use smaller images")
     return shape
 
 

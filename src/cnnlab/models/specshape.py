@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnlab.errors import CnnlabError, one_of
+from cnnlab.models.registry import MAX_INPUT_PIXELS
 from cnnlab.models.specinfo import keras_name
 
 Shape = tuple[int, ...]  # (C, H, W) for feature maps, (F,) after Flatten
@@ -38,7 +39,7 @@ KEYS = {
 # Limits on what a layer list may ask to be built (and a model file may claim): generous for real models (VGG-16
 # at 224x224 has 138 million parameters, its largest feature map 64x224x224 = 3.2 million values).
 MAX_PARAMS = 2**31  # parameters in all: 8 GiB of float32
-MAX_INPUT_PIXELS = 2**26  # H x W of one input image (8192 x 8192)
+MAX_SIDE = 8192  # a kernel, pool window or stride larger than the largest image side is a mistake
 MAX_ACTIVATION = 2**28  # values in one layer's output for one image (1 GiB of float32)
 
 _REQUIRED = {"Conv2D": ("filters", "kernel_size"), "Dense": ("units",), "Dropout": ("rate",), "Activation": ("activation",)}
@@ -99,7 +100,7 @@ def infer_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Sequence[int
             raise CnnlabError(f"model.layers.{i} must be a mapping like {{type: Conv2D, filters: 32}}, got {raw!r}")
         layer = dict(raw)
         kind = layer.pop("type", None)
-        if kind not in KEYS:
+        if not isinstance(kind, str) or kind not in KEYS:  # a list or mapping would not even hash
             raise one_of(f"layer type in model.layers.{i}", kind, KEYS)
         name = keras_name(kind, layer.pop("name", None), counts)
         where = f"model.layers.{i} ({name}: {kind})"
@@ -179,6 +180,9 @@ def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
         raise CnnlabError(f"{where}: {key} must be an integer or [h, w], got {value!r}")
     if min(pair) < 1:
         raise CnnlabError(f"{where}: {key} must be ≥ 1, got {value!r}")
+    if max(pair) > MAX_SIDE:  # Keras's rules would size it (same padding), but no kernel can run it
+        raise CnnlabError(f"{where}: {key} {value!r} is over {MAX_SIDE} (cnnlab's largest image side); use a "
+                          "smaller value")
     return pair
 
 
