@@ -84,8 +84,8 @@ def regular_file(path: str | os.PathLike, *, fix: str = FIX) -> bool:
     return True
 
 
-def read_bytes(path: str | os.PathLike, *, fix: str = FIX) -> bytes:
-    """The bytes of the regular file at ``path``; never blocks on a FIFO.
+def read_bytes(path: str | os.PathLike, *, fix: str = FIX, at_most: int | None = None) -> bytes:
+    """The bytes of the regular file at ``path`` (only its first ``at_most`` when given); never blocks on a FIFO.
 
     Raises:
         FileNotFoundError: nothing is at ``path`` (its caller knows what a missing file means).
@@ -104,7 +104,7 @@ def read_bytes(path: str | os.PathLike, *, fix: str = FIX) -> bytes:
         raise _not_a_file(p, mode, fix)
     with open(fd, "rb") as f:
         try:
-            return f.read()
+            return f.read(-1 if at_most is None else at_most)
         except OSError as exc:
             raise CnnlabError(f"{p} cannot be read ({(exc.strerror or str(exc)).lower()}); {fix}") from None
 

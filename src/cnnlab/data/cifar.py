@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import regular_file
+from cnnlab.files import read_bytes
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -129,14 +129,10 @@ def read_batch(path: Path) -> dict:
         CnnlabError: the file is missing, or it is not a pickled dict of allowed values (any failure of the
             restricted unpickler on a hostile or damaged file, whatever its type).
     """
-    regular_file(path, fix="put the official file there")  # a FIFO would block the read below
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BATCH_BYTES + 1)
+    try:  # opened non-blocking and checked to be a regular file: a FIFO cannot hang the read
+        data = read_bytes(path, fix="put the official file there", at_most=MAX_BATCH_BYTES + 1)
     except FileNotFoundError:
         raise CnnlabError(f"{path} not found") from None
-    except OSError as exc:
-        raise CnnlabError(f"{path} cannot be read ({exc.strerror or exc})") from None
     if len(data) > MAX_BATCH_BYTES:
         raise CnnlabError(f"{path} is not a CIFAR-10 python batch (over {MAX_BATCH_BYTES // 2**20} MiB; the "
                           "official batches are 31 MB); delete it and fetch it again")
