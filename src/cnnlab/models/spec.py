@@ -209,17 +209,7 @@ def build_spec(layers: Sequence[Mapping[str, Any]], *, input_shape: Shape, num_c
     """Builds a model from a layer list, inferring every layer's input size from ``input_shape`` (C, H, W).
 
     The list is checked and sized by :func:`cnnlab.models.specshape.infer_spec` (the rules live there, torch-free);
-    this builds each layer's module from what it found.
-
-    Args:
-        layers: Keras-named layer dicts (``type`` plus that layer's keys; optional ``name``). A Dense
-            layer may say ``units: num_classes`` to get as many units as the data has classes.
-        input_shape: (C, H, W) of one input image.
-        num_classes: when given, the last Dense layer must have this many units.
-
-    Raises:
-        CnnlabError: unknown layer type or key, missing key, impossible shape (e.g. a kernel larger than
-            its input), Dense on a feature map without Flatten, or a class-count mismatch.
+    this builds each layer's module from what it found. The arguments and errors are ``infer_spec``'s.
     """
     found = infer_spec(layers, input_shape=input_shape, num_classes=num_classes)
     modules = OrderedDict((layer.name, _module(layer)) for layer in found)
